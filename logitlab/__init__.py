@@ -1,0 +1,19 @@
+"""logitlab: a JAX/Flax research library for everything that happens in logit space.
+
+Submodules, one per method family:
+  ghosts          step-radius bound rho_a = pi/Delta_a, normalized step (Ghosts of Softmax)
+  radius_guard    optax transform capping each update at r <= max_ratio
+  numerics        shared float32 / masking / divergence policy
+  losses          KD, DKD, NKD, USKD, logit standardization, DHKD
+  models          Flax NNX vision models and the decoder LM
+  soft_thinking   soft-token decoding, Dirichlet / Gumbel variants, probes
+  ngram           n-gram style priors injected into logits
+  rl              GRPO and SofT-GRPO
+  ssb             Semantic Soft Bootstrapping
+  data_selection  ASLEC step-length-confounding-aware scores
+  second_order    gradient-normalized smoothness methods
+  auctions        position auctions (MNL, cascade)
+  training        mesh, sharding, checkpointing, input pipelines, metrics
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,120 @@
+"""Shared numerics for everything in logit space.
+
+Every loss, probe and metric in logitlab reduces through these helpers so that the
+numerical policy lives in one place:
+
+* Inputs may be any float dtype (bf16 included); math is done in float32
+  (``upcast``), results are float32.
+* Softmax-type quantities are computed with ``jax.nn.log_softmax``, which subtracts
+  the row max, so logits of magnitude 1e4 (or more) are exact to float32 precision.
+* Masks (``where``) are boolean or 0/1 arrays broadcastable to the values. A fully
+  masked reduction returns 0 (not NaN): dividing by ``max(count, 1)`` is deliberate,
+  because an all-padding micro-batch must contribute nothing to a training step.
+* ``-inf`` logits (hard-masked vocabulary entries) are allowed: probabilities are 0
+  there and ``p * log p`` terms are defined as 0 via ``jnp.where``, never ``0 * -inf``.
+"""
+
+from __future__ import annotations
+
+import chex
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+
+def upcast(x: chex.Array) -> Array:
+  """Returns ``x`` as float32 if it is a lower-precision float (bf16/f16), else as is."""
+  x = jnp.asarray(x)
+  if jnp.issubdtype(x.dtype, jnp.floating) and jnp.finfo(x.dtype).bits < 32:
+    return x.astype(jnp.float32)
+  if not jnp.issubdtype(x.dtype, jnp.floating):
+    return x.astype(jnp.float32)
+  return x
+
+
+def check_logits(name: str, logits: chex.Array, *, min_rank: int = 1) -> None:
+  """Raises a ValueError naming ``name`` unless ``logits`` is a float array of rank >= min_rank."""
+  if not hasattr(logits, "shape") or not hasattr(logits, "dtype"):
+    raise TypeError(f"`{name}` must be an array, got {type(logits).__name__}.")
+  if not jnp.issubdtype(logits.dtype, jnp.floating):
+    raise TypeError(f"`{name}` must be a floating array [..., C], got dtype {logits.dtype}.")
+  if logits.ndim < min_rank:
+    raise ValueError(
+        f"`{name}` must have rank >= {min_rank} (shape [..., C]), got shape {logits.shape}.")
+
+
+def check_same_shape(names: tuple[str, str], a: chex.Array, b: chex.Array) -> None:
+  """Raises a ValueError naming both arguments when shapes differ."""
+  if tuple(a.shape) != tuple(b.shape):
+    raise ValueError(
+        f"`{names[0]}` and `{names[1]}` must have the same shape, got {tuple(a.shape)} and "
+        f"{tuple(b.shape)}.")
+
+
+def check_mask(name: str, where: chex.Array | None, batch_shape: tuple[int, ...]) -> None:
+  """Raises unless ``where`` is None or broadcastable to ``batch_shape``."""
+  if where is None:
+    return
+  try:
+    jnp.broadcast_shapes(jnp.shape(where), batch_shape)
+  except ValueError:
+    raise ValueError(
+        f"`{name}` must be broadcastable to the batch shape {batch_shape}, got shape "
+        f"{jnp.shape(where)}.") from None
+
+
+def masked_mean(values: chex.Array, where: chex.Array | None = None, axis=None) -> Array:
+  """Mean of ``values`` over ``axis`` counting only entries where ``where`` is true.
+
+  A reduction with no valid entries returns 0 (see module docstring).
+  """
+  values = upcast(values)
+  if where is None:
+    return jnp.mean(values, axis=axis)
+  where = jnp.broadcast_to(jnp.asarray(where).astype(bool), values.shape)
+  total = jnp.sum(jnp.where(where, values, 0.0), axis=axis)
+  count = jnp.sum(where, axis=axis).astype(jnp.float32)
+  return total / jnp.maximum(count, 1.0)
+
+
+def log_softmax(logits: chex.Array, temperature: float | Array = 1.0, axis: int = -1) -> Array:
+  """float32 ``log softmax(logits / temperature)``; stable at any finite magnitude."""
+  return jax.nn.log_softmax(upcast(logits) / temperature, axis=axis)
+
+
+def xlogy_probs(p: Array, log_q: Array) -> Array:
+  """``p * log_q`` with the convention ``0 * log 0 = 0`` (also for ``log_q = -inf``)."""
+  return jnp.where(p > 0, p * jnp.where(p > 0, log_q, 0.0), 0.0)
+
+
+def kl_divergence_from_logits(
+    target_logits: chex.Array,
+    logits: chex.Array,
+    temperature: float | Array = 1.0,
+    axis: int = -1,
+) -> Array:
+  """Per-row ``KL(softmax(target/T) || softmax(logits/T))`` over ``axis`` in float32."""
+  log_p = log_softmax(target_logits, temperature, axis)
+  log_q = log_softmax(logits, temperature, axis)
+  p = jnp.exp(log_p)
+  return jnp.sum(xlogy_probs(p, log_p) - xlogy_probs(p, log_q), axis=axis)
+
+
+def entropy_from_logits(logits: chex.Array, temperature: float | Array = 1.0,
+                        axis: int = -1) -> Array:
+  """Per-row Shannon entropy (nats) of ``softmax(logits/T)``."""
+  log_p = log_softmax(logits, temperature, axis)
+  return -jnp.sum(xlogy_probs(jnp.exp(log_p), log_p), axis=axis)
+
+
+def js_divergence(p: chex.Array, q: chex.Array, axis: int = -1) -> Array:
+  """Jensen-Shannon divergence (nats, in [0, log 2]) between probability vectors."""
+  p, q = upcast(p), upcast(q)
+  m = 0.5 * (p + q)
+  log_m = jnp.log(jnp.where(m > 0, m, 1.0))
+  kl_pm = jnp.sum(xlogy_probs(p, jnp.log(jnp.where(p > 0, p, 1.0))) - xlogy_probs(p, log_m),
+                  axis=axis)
+  kl_qm = jnp.sum(xlogy_probs(q, jnp.log(jnp.where(q > 0, q, 1.0))) - xlogy_probs(q, log_m),
+                  axis=axis)
+  return 0.5 * (kl_pm + kl_qm)
