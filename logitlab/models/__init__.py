@@ -1,0 +1,1 @@
+"""Flax NNX models: `small` (digits-scale nets), `vision` (CIFAR/ImageNet), `decoder_lm` (Llama/Qwen2)."""
