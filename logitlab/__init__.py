@@ -17,3 +17,15 @@ Submodules, one per method family:
 """
 
 __version__ = "0.1.0"
+
+from logitlab import ghosts
+from logitlab import numerics
+from logitlab.ghosts import binary_radius
+from logitlab.ghosts import directional_logits
+from logitlab.ghosts import normalized_step
+from logitlab.ghosts import radius
+from logitlab.ghosts import top2_radius
+from logitlab.nnx_logits import nnx_logits_fn
+from logitlab.radius_guard import guard_metrics
+from logitlab.radius_guard import radius_guard
+from logitlab.radius_guard import RadiusGuardState
