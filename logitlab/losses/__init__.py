@@ -1,0 +1,49 @@
+"""Logit-distillation losses: one module per method, all pure JAX functions.
+
+Conventions (see docs/losses.md): logits ``[..., C]`` with any leading batch dims,
+integer labels ``[...]``, optional ``where`` mask and ``weights`` broadcastable to
+``[...]``, float32 math for bf16 inputs, mean over valid examples by default
+(``reduction="none"`` gives ``[...]``). Teachers are constants (``stop_gradient``).
+
+=====================  ============================================  ==================
+paper                  functions                                     arXiv
+=====================  ============================================  ==================
+supervised term        cross_entropy, soft_cross_entropy             -
+KD (Hinton 2015)       kd                                            1503.02531
+DKD (CVPR 2022)        dkd, tckd, nckd, dkd_warmup                   2203.08679
+NKD (ICCV 2023)        nkd, nkd_target, nkd_non_target               2305.13005
+USKD (ICCV 2023)       uskd, uskd_target_soft_labels,                2305.13005
+                       uskd_zipf_labels
+Logit standardization  standardize, with_standardized_logits         2403.01427
+DHKD                   dhkd, binary_kl_norm, project_conflicting     2411.08937
+=====================  ============================================  ==================
+"""
+
+from logitlab.losses.cross_entropy import cross_entropy, soft_cross_entropy
+from logitlab.losses.dhkd import binary_kl_norm, dhkd, project_conflicting
+from logitlab.losses.dkd import dkd, dkd_warmup, nckd, tckd
+from logitlab.losses.kd import kd
+from logitlab.losses.nkd import nkd, nkd_non_target, nkd_target
+from logitlab.losses.standardize import standardize, with_standardized_logits
+from logitlab.losses.uskd import uskd, uskd_target_soft_labels, uskd_zipf_labels
+
+__all__ = [
+    "binary_kl_norm",
+    "cross_entropy",
+    "dhkd",
+    "dkd",
+    "dkd_warmup",
+    "kd",
+    "nckd",
+    "nkd",
+    "nkd_non_target",
+    "nkd_target",
+    "project_conflicting",
+    "soft_cross_entropy",
+    "standardize",
+    "tckd",
+    "uskd",
+    "uskd_target_soft_labels",
+    "uskd_zipf_labels",
+    "with_standardized_logits",
+]
