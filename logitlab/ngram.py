@@ -1,0 +1,299 @@
+"""n-gram style priors injected in logit space.
+
+"Limits of n-gram Style Control for LLMs via Logit-Space Injection" (arXiv 2601.16224;
+abstract only) steers a frozen LM at decode time with an interpolated 1-to-3-gram model
+trained on a style corpus:
+
+  logits'(x) = logits(x) + lambda * sum_{n matching ctx} w_n log P_n(x | ctx),  lambda in [0, 1].
+
+The paper leaves smoothing, the weights w_n and tokenization open; our choices (all
+parameters, see docs/ngram.md):
+
+* Tokens are the LM's own token ids, so the prior lives on the LM's vocabulary [V].
+* Smoothing is interpolated absolute discounting (Ney, Essen & Kneser 1994), applied
+  recursively down to a uniform distribution, so every order is a proper distribution
+  with full support:
+
+    P_0(x) = 1 / V
+    P_n(x | h) = max(c(h x) - d, 0) / c(h) + d N1+(h .) / c(h) * P_{n-1}(x | h')   if c(h) > 0
+    P_n(x | h) = P_{n-1}(x | h')                                                  otherwise
+
+  with h the last n-1 tokens, h' = h without its oldest token, c(h) = sum_x c(h x),
+  N1+(h .) the number of distinct continuations of h and discount d in (0, 1].
+* An order n *matches* when its context h was seen in the corpus (order 1 always
+  matches). Weights are renormalized over the matching orders by default, so lambda has
+  the same scale at every step.
+* Context tokens < 0 mean "no token" (sequence start): such a context never matches.
+
+Storage is compact and jit-friendly: for each order the distinct contexts are a
+lexicographically sorted int32 table [C_n, n-1] with their continuations padded to the
+longest row ([C_n, R_n] ids and counts); a lookup is a binary search plus a scatter into a
+dense [V] row. The model is a pytree of arrays and can be closed over or passed into jit.
+
+Metrics: style perplexity (under the n-gram model), base perplexity (under the LM), JS
+divergence between the original and the steered next-token distributions, token overlap.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable, NamedTuple, Sequence
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from logitlab import numerics
+
+Array = jax.Array
+
+
+class NGramTable(NamedTuple):
+  """Counts of one order n: contexts [C, n-1] (sorted), continuation ids/counts [C, R]."""
+
+  contexts: Array
+  next_ids: Array
+  counts: Array
+
+
+class NGramModel(NamedTuple):
+  """Interpolated absolute-discounting n-gram model over a vocabulary of ``vocab_size``.
+
+  Attributes:
+    tables: one ``NGramTable`` per order 1..max_order.
+    discount: absolute discount d (float32 scalar).
+    unigram_counts: [V] float32 corpus counts of each token (for overlap metrics).
+  """
+
+  tables: tuple[NGramTable, ...]
+  discount: Array
+  unigram_counts: Array
+
+  @property
+  def max_order(self) -> int:
+    return len(self.tables)
+
+  @property
+  def vocab_size(self) -> int:
+    return self.unigram_counts.shape[0]
+
+
+def _count_order(sequences: list[np.ndarray], order: int) -> NGramTable:
+  """Counts all length-``order`` windows (within sequences) into a padded table."""
+  windows = [np.lib.stride_tricks.sliding_window_view(s, order) for s in sequences
+             if len(s) >= order]
+  windows = np.concatenate(windows) if windows else np.zeros((0, order), np.int64)
+  grams, counts = np.unique(windows, axis=0, return_counts=True)  # lexicographic order
+  contexts, starts, sizes = np.unique(grams[:, :-1], axis=0, return_index=True,
+                                      return_counts=True)
+  width = max(int(sizes.max()) if len(sizes) else 1, 1)
+  row = np.repeat(np.arange(len(contexts)), sizes)
+  col = np.arange(len(grams)) - starts[row]
+  next_ids = np.zeros((max(len(contexts), 1), width), np.int32)
+  padded_counts = np.zeros((max(len(contexts), 1), width), np.float32)
+  next_ids[row, col] = grams[:, -1]
+  padded_counts[row, col] = counts
+  if not len(contexts):  # an empty corpus: one never-matching context
+    contexts = np.full((1, order - 1), -1)
+  return NGramTable(contexts=jnp.asarray(contexts, jnp.int32), next_ids=jnp.asarray(next_ids),
+                    counts=jnp.asarray(padded_counts))
+
+
+def build_ngram(sequences: Iterable[Sequence[int]], vocab_size: int, *, max_order: int = 3,
+                discount: float = 0.75) -> NGramModel:
+  """Counts n-grams (n = 1..max_order) of token-id sequences; windows never cross sequences.
+
+  Args:
+    sequences: iterable of token-id sequences (lists or 1-D integer arrays) in [0, V).
+    vocab_size: V, the LM's vocabulary size.
+    max_order: highest order N >= 1 (3 for the paper's 1-to-3-gram prior).
+    discount: absolute discount d in (0, 1].
+
+  Returns:
+    An ``NGramModel`` (host-built, device arrays).
+  """
+  if max_order < 1:
+    raise ValueError(f"`max_order` must be >= 1, got {max_order}.")
+  if not 0 < discount <= 1:
+    raise ValueError(f"`discount` must be in (0, 1], got {discount}.")
+  sequences = [np.asarray(s, np.int64).reshape(-1) for s in sequences]
+  for s in sequences:
+    if len(s) and (s.min() < 0 or s.max() >= vocab_size):
+      raise ValueError(f"`sequences` must hold token ids in [0, {vocab_size}), got ids in "
+                       f"[{s.min()}, {s.max()}].")
+  tables = tuple(_count_order(sequences, n) for n in range(1, max_order + 1))
+  unigram_counts = np.bincount(np.concatenate(sequences + [np.zeros(0, np.int64)]),
+                               minlength=vocab_size).astype(np.float32)
+  return NGramModel(tables=tables, discount=jnp.float32(discount),
+                    unigram_counts=jnp.asarray(unigram_counts))
+
+
+def _find_context(contexts: Array, query: Array) -> tuple[Array, Array]:
+  """Binary search of ``query`` [n-1] in the sorted rows of ``contexts`` [C, n-1]."""
+  num_rows = contexts.shape[0]
+
+  def row_less(row):  # lexicographic row < query
+    differs = row != query
+    first = jnp.argmax(differs)
+    return jnp.any(differs) & (row[first] < query[first])
+
+  def step(_, bounds):
+    lo, hi = bounds
+    mid = (lo + hi) // 2
+    go_right = row_less(contexts[mid])
+    return jnp.where(go_right, mid + 1, lo), jnp.where(go_right, hi, mid)
+
+  lo, _ = jax.lax.fori_loop(0, max(math.ceil(math.log2(num_rows + 1)), 1), step,
+                            (jnp.int32(0), jnp.int32(num_rows)))
+  index = jnp.minimum(lo, num_rows - 1)
+  return index, jnp.all(contexts[index] == query)
+
+
+def _order_log_probs_single(model: NGramModel, context: Array) -> tuple[Array, Array]:
+  """Per-order log P_n(. | context) [N, V] and matched [N] for one context [N-1]."""
+  vocab_size, discount = model.vocab_size, model.discount
+  probs = jnp.full((vocab_size,), 1.0 / vocab_size)
+  log_probs, matched = [], []
+  for n, table in enumerate(model.tables, start=1):
+    if n == 1:  # the empty context: a single row
+      row, found = jnp.int32(0), jnp.bool_(True)
+    else:
+      row, found = _find_context(table.contexts, context[context.shape[0] - (n - 1):])
+    counts = table.counts[row]
+    total = jnp.sum(counts)
+    discounted = jnp.zeros(vocab_size).at[table.next_ids[row]].add(
+        jnp.maximum(counts - discount, 0.0))
+    backoff_mass = discount * jnp.sum(counts > 0)
+    interpolated = (discounted + backoff_mass * probs) / jnp.maximum(total, 1.0)
+    found &= total > 0
+    probs = jnp.where(found, interpolated, probs)
+    log_probs.append(jnp.log(probs))
+    matched.append(found)
+  return jnp.stack(log_probs), jnp.stack(matched)
+
+
+def _check_context(model: NGramModel, context: chex.Array) -> None:
+  if not jnp.issubdtype(context.dtype, jnp.integer):
+    raise TypeError(f"`context` must be an integer array [..., {model.max_order - 1}], got "
+                    f"dtype {context.dtype}.")
+  if context.ndim < 1 or context.shape[-1] != model.max_order - 1:
+    raise ValueError(f"`context` must have shape [..., {model.max_order - 1}] (the last "
+                     f"max_order - 1 tokens, oldest first), got {tuple(context.shape)}.")
+
+
+@jax.jit
+def order_log_probs(model: NGramModel, context: chex.Array) -> tuple[Array, Array]:
+  """Smoothed log P_n(x | context) for every order n and token x.
+
+  Args:
+    model: an ``NGramModel`` with max order N.
+    context: [..., N-1] int token ids, oldest first; ids < 0 mean "no token".
+
+  Returns:
+    (log_probs [..., N, V] float32, matched [..., N] bool). Each ``exp(log_probs[..., n, :])``
+    sums to 1; ``log_probs[..., -1, :]`` is the full interpolated model.
+  """
+  _check_context(model, context)
+  batch_shape = context.shape[:-1]
+  flat = context.reshape(-1, context.shape[-1]).astype(jnp.int32)
+  log_probs, matched = jax.vmap(lambda c: _order_log_probs_single(model, c))(flat)
+  return (log_probs.reshape(*batch_shape, *log_probs.shape[1:]),
+          matched.reshape(*batch_shape, matched.shape[-1]))
+
+
+def style_log_prior(model: NGramModel, context: chex.Array,
+                    order_weights: Sequence[float] = (0.2, 0.3, 0.5), *,
+                    normalize_weights: bool = True) -> Array:
+  """``sum_{n matching} w_n log P_n(x | context)`` [..., V] (weights renormalized if asked)."""
+  if len(order_weights) != model.max_order:
+    raise ValueError(f"`order_weights` must have {model.max_order} entries (one per order), "
+                     f"got {len(order_weights)}.")
+  log_probs, matched = order_log_probs(model, context)
+  weights = jnp.where(matched, jnp.asarray(order_weights, jnp.float32), 0.0)
+  if normalize_weights:
+    weights = weights / jnp.maximum(jnp.sum(weights, axis=-1, keepdims=True), 1e-30)
+  return jnp.einsum("...n,...nv->...v", weights, log_probs)
+
+
+def inject_style(logits: chex.Array, model: NGramModel, context: chex.Array, *,
+                 strength: float | Array,
+                 order_weights: Sequence[float] = (0.2, 0.3, 0.5),
+                 normalize_weights: bool = True) -> Array:
+  """Logit-space style injection ``logits + lambda * sum_n w_n log P_n(x | ctx)``.
+
+  Args:
+    logits: [..., V] LM next-token logits (any float dtype).
+    model: the style ``NGramModel``.
+    context: [..., N-1] last token ids, oldest first (ids < 0: none).
+    strength: lambda >= 0 (the paper sweeps [0, 1]); 0 returns the logits unchanged.
+    order_weights: w_1..w_N.
+
+  Returns:
+    float32 [..., V] steered logits.
+  """
+  numerics.check_logits("logits", logits)
+  if logits.shape[-1] != model.vocab_size:
+    raise ValueError(f"`logits` must have shape [..., {model.vocab_size}] (the n-gram "
+                     f"vocabulary), got {tuple(logits.shape)}.")
+  prior = style_log_prior(model, context, order_weights, normalize_weights=normalize_weights)
+  return numerics.upcast(logits) + strength * prior
+
+
+def shifted_contexts(model: NGramModel, tokens: chex.Array) -> Array:
+  """Contexts [B, T, N-1] of each position of ``tokens`` [B, T] (left-padded with -1)."""
+  width = model.max_order - 1
+  padded = jnp.pad(tokens.astype(jnp.int32), ((0, 0), (width, 0)), constant_values=-1)
+  return jnp.stack([padded[:, i:i + tokens.shape[1]] for i in range(width)], axis=-1)
+
+
+def style_perplexity(model: NGramModel, tokens: chex.Array,
+                     where: chex.Array | None = None) -> Array:
+  """``exp(-mean_t log P_N(x_t | x_{t-N+1:t}))`` under the full interpolated model.
+
+  Args:
+    tokens: [B, T] token ids (position t is scored given the tokens before it in the row).
+    where: optional [B, T] mask of the positions to score.
+  """
+  numerics.check_mask("where", where, tokens.shape)
+  log_probs, _ = order_log_probs(model, shifted_contexts(model, tokens))
+  token_log_probs = jnp.take_along_axis(log_probs[..., -1, :], tokens[..., None], axis=-1)
+  return jnp.exp(-numerics.masked_mean(token_log_probs[..., 0], where))
+
+
+def base_perplexity(lm_logits: chex.Array, targets: chex.Array,
+                    where: chex.Array | None = None) -> Array:
+  """``exp(-mean_t log softmax(lm_logits_t)[targets_t])``: perplexity under the LM.
+
+  Args:
+    lm_logits: [B, T, V] LM logits predicting ``targets`` (already shifted).
+    targets: [B, T] token ids.
+    where: optional [B, T] mask.
+  """
+  numerics.check_logits("lm_logits", lm_logits, min_rank=2)
+  numerics.check_mask("where", where, targets.shape)
+  log_probs = numerics.log_softmax(lm_logits)
+  token_log_probs = jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
+  return jnp.exp(-numerics.masked_mean(token_log_probs, where))
+
+
+def steering_js(logits: chex.Array, steered_logits: chex.Array,
+                where: chex.Array | None = None) -> Array:
+  """Mean JS(softmax(original), softmax(steered)) over the masked positions (nats)."""
+  numerics.check_same_shape(("logits", "steered_logits"), logits, steered_logits)
+  js = numerics.js_divergence(jnp.exp(numerics.log_softmax(logits)),
+                              jnp.exp(numerics.log_softmax(steered_logits)))
+  return numerics.masked_mean(js, where)
+
+
+def token_overlap(tokens: chex.Array, reference_tokens: chex.Array,
+                  where: chex.Array | None = None) -> Array:
+  """Fraction of masked positions where ``tokens`` equals ``reference_tokens`` ([B, T])."""
+  numerics.check_same_shape(("tokens", "reference_tokens"), tokens, reference_tokens)
+  return numerics.masked_mean(tokens == reference_tokens, where)
+
+
+def style_vocab_overlap(model: NGramModel, tokens: chex.Array,
+                        where: chex.Array | None = None) -> Array:
+  """Fraction of masked tokens ([B, T]) that occur in the style corpus."""
+  return numerics.masked_mean(model.unigram_counts[tokens] > 0, where)
