@@ -1,0 +1,25 @@
+"""Gradient-normalized smoothness second-order methods (arXiv 2506.13710).
+
+``gradient_normalized_newton`` is the gradient-regularized Newton method with an
+approximate Hessian and the authors' adaptive step-radius search; ``curvature`` builds
+exact-Hessian, Gauss-Newton, Fisher and weighted Gauss-Newton operators (matrix-free,
+jvp/vjp based); ``problems`` holds the paper's test problems.
+
+Example::
+
+  from logitlab import second_order as so
+  problem = so.problems.logistic_regression(features, labels)
+  solver = so.gradient_normalized_newton(
+      problem.value_fn, problem.curvatures["normalized_fisher"])
+  state = solver.init(w0, *problem.data)
+  update = jax.jit(solver.update)
+  for _ in range(50):
+    state = update(state, *problem.data)
+"""
+from logitlab.second_order import curvature
+from logitlab.second_order import problems
+from logitlab.second_order.solver import GNSSolver
+from logitlab.second_order.solver import GNSState
+from logitlab.second_order.solver import gradient_normalized_newton
+
+__all__ = ["curvature", "problems", "GNSSolver", "GNSState", "gradient_normalized_newton"]

@@ -1,0 +1,353 @@
+"""Tests for logitlab.second_order (arXiv 2506.13710) against float64 NumPy references."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.flatten_util import ravel_pytree
+
+from logitlab import second_order as so
+from logitlab.second_order import curvature
+
+
+def _sigmoid(t):
+  return 1.0 / (1.0 + np.exp(-t))
+
+
+def _logistic_data(rng, n=48, d=4):
+  features = rng.normal(size=(n, d))
+  w_true = rng.normal(size=d)
+  # Label noise keeps the classes overlapping, so a finite unique optimum exists.
+  labels = (features @ w_true + 0.8 * rng.normal(size=n) > 0).astype(np.float64)
+  return features, labels
+
+
+def _dense(curvature_fn, params, *data):
+  return np.asarray(curvature.dense_matrix(curvature_fn(params, *data), params), np.float64)
+
+
+def _run(solver, params, data, num_steps):
+  update = jax.jit(solver.update)
+  states = [solver.init(params, *data)]
+  for _ in range(num_steps):
+    states.append(update(states[-1], *data))
+  return states
+
+
+# ---------------------------------------------------------------- curvature operators
+
+
+def test_logistic_curvatures_match_numpy(rng):
+  features, labels = _logistic_data(rng)
+  problem = so.problems.logistic_regression(jnp.asarray(features, jnp.float32),
+                                            jnp.asarray(labels), l2=0.1)
+  w = rng.normal(size=features.shape[1])
+  signs = 2 * labels - 1
+  t = signs * (features @ w)
+  n, d = features.shape
+  loss = np.log1p(np.exp(-t))
+  dloss = -_sigmoid(-t)  # l'(t)
+  hess_np = features.T @ (features * (_sigmoid(t) * _sigmoid(-t))[:, None]) / n + 0.1 * np.eye(d)
+  fisher_np = features.T @ (features * (dloss**2)[:, None]) / n + 0.1 * np.eye(d)
+  nfisher_np = features.T @ (features * (dloss**2 / loss)[:, None]) / n + 0.1 * np.eye(d)
+  w32 = jnp.asarray(w, jnp.float32)
+  for name, expected in [("hessian", hess_np), ("gauss_newton", hess_np), ("fisher", fisher_np),
+                         ("normalized_fisher", nfisher_np)]:
+    np.testing.assert_allclose(_dense(problem.curvatures[name], w32, *problem.data), expected,
+                               rtol=1e-4, atol=1e-5, err_msg=name)
+  # l'^2 / l >= l'': the normalized Fisher upper-bounds the Hessian.
+  assert np.linalg.eigvalsh(nfisher_np - hess_np).min() > -1e-10
+  assert np.linalg.eigvalsh(
+      _dense(problem.curvatures["normalized_fisher"], w32, *problem.data) - hess_np).min() > -1e-4
+
+
+def test_softmax_gauss_newton_and_fisher_match_numpy(rng):
+  n, d, c = 20, 3, 4
+  features = rng.normal(size=(n, d))
+  labels = rng.integers(0, c, size=n)
+  problem = so.problems.softmax_regression(jnp.asarray(features, jnp.float32),
+                                           jnp.asarray(labels), c)
+  w = rng.normal(size=(d, c))
+  logits = features @ w
+  probs = np.exp(logits - logits.max(1, keepdims=True))
+  probs /= probs.sum(1, keepdims=True)
+  one_hot = np.eye(c)[labels]
+  # ravel of W [d, C] is row-major: index j * C + k, matching np.kron(a, .).
+  gn_np = sum(np.kron(np.outer(a, a), np.diag(p) - np.outer(p, p))
+              for a, p in zip(features, probs)) / n
+  fisher_np = sum(np.outer(np.kron(a, p - y), np.kron(a, p - y))
+                  for a, p, y in zip(features, probs, one_hot)) / n
+  w32 = jnp.asarray(w, jnp.float32)
+  np.testing.assert_allclose(_dense(problem.curvatures["gauss_newton"], w32, *problem.data),
+                             gn_np, rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(_dense(problem.curvatures["hessian"], w32, *problem.data),
+                             gn_np, rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(_dense(problem.curvatures["fisher"], w32, *problem.data),
+                             fisher_np, rtol=1e-4, atol=1e-6)
+
+
+def test_matrix_free_gauss_newton_on_pytree_params(rng):
+  """J^T H_z J v through jvp/vjp on {'kernel', 'bias'} equals the dense NumPy matrix."""
+  n, d, c = 16, 3, 5
+  features = rng.normal(size=(n, d))
+  labels = rng.integers(0, c, size=n)
+
+  def model_fn(params, x, y):
+    return x @ params["kernel"] + params["bias"]
+
+  def loss_fn(z, x, y):
+    return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(z), y[:, None], axis=1))
+
+  params = {"kernel": jnp.asarray(rng.normal(size=(d, c)), jnp.float32),
+            "bias": jnp.asarray(rng.normal(size=c), jnp.float32)}
+  data = (jnp.asarray(features, jnp.float32), jnp.asarray(labels))
+  matvec = curvature.gauss_newton(model_fn, loss_fn)(params, *data)
+  vec = {"kernel": jnp.asarray(rng.normal(size=(d, c)), jnp.float32),
+         "bias": jnp.asarray(rng.normal(size=c), jnp.float32)}
+  got = ravel_pytree(matvec(vec))[0]
+  # ravel_pytree orders dict keys: bias [C] first, then kernel [d, C] row-major.
+  augmented = np.c_[np.ones(n), features]  # bias acts like a ones feature
+  logits = features @ np.asarray(params["kernel"], np.float64) + np.asarray(params["bias"])
+  probs = np.exp(logits - logits.max(1, keepdims=True))
+  probs /= probs.sum(1, keepdims=True)
+  gn_np = sum(np.kron(np.outer(a, a), np.diag(p) - np.outer(p, p))
+              for a, p in zip(augmented, probs)) / n
+  expected = gn_np @ np.asarray(ravel_pytree(vec)[0], np.float64)
+  np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_weighted_gauss_newton_is_hessian_plus_outer_gradient(rng):
+  m, d, mu = 30, 6, 0.5
+  matrix, offsets = rng.normal(size=(m, d)), rng.normal(size=m)
+  problem = so.problems.logsumexp(jnp.asarray(matrix, jnp.float32),
+                                  jnp.asarray(offsets, jnp.float32), mu)
+  x = rng.normal(size=d)
+  z = (matrix @ x - offsets) / mu
+  pi = np.exp(z - z.max())
+  pi /= pi.sum()
+  grad = matrix.T @ pi
+  hess_np = matrix.T @ (np.diag(pi) - np.outer(pi, pi)) @ matrix / mu
+  wgn_np = matrix.T @ (matrix * pi[:, None]) / mu
+  np.testing.assert_allclose(wgn_np, hess_np + np.outer(grad, grad) / mu, atol=1e-12)
+  x32 = jnp.asarray(x, jnp.float32)
+  hess = _dense(problem.curvatures["hessian"], x32, *problem.data)
+  wgn = _dense(problem.curvatures["weighted_gauss_newton"], x32, *problem.data)
+  np.testing.assert_allclose(hess, hess_np, rtol=1e-4, atol=1e-5)
+  np.testing.assert_allclose(wgn, hess_np + np.outer(grad, grad) / mu, rtol=1e-4, atol=1e-5)
+
+
+def test_nonlinear_equations_curvatures_match_paper_formulas(rng):
+  m, d, p = 10, 4, 4.0
+  matrix, offsets = rng.normal(size=(m, d)), rng.normal(size=m)
+  problem = so.problems.nonlinear_equations(jnp.asarray(matrix, jnp.float32),
+                                            jnp.asarray(offsets, jnp.float32), p)
+  x = rng.normal(size=d)
+  u = matrix @ x - offsets
+  norm = np.linalg.norm(u)
+  jtu = matrix.T @ u
+  inexact_np = norm**(p - 2) * matrix.T @ matrix + (p - 2) * norm**(p - 4) * np.outer(jtu, jtu)
+  fisher_term_np = (p - 2) * norm**(p - 4) * np.outer(jtu, jtu)
+  x32 = jnp.asarray(x, jnp.float32)
+  for name, expected in [("hessian", inexact_np), ("gauss_newton", inexact_np),
+                         ("fisher_term", fisher_term_np)]:
+    np.testing.assert_allclose(_dense(problem.curvatures[name], x32, *problem.data), expected,
+                               rtol=1e-4, atol=1e-3, err_msg=name)
+
+
+def test_rosenbrock_gauss_newton_matches_numpy(rng):
+  d = 5
+  x = rng.normal(size=d)
+  jac = np.zeros((2 * (d - 1), d))
+  for i in range(d - 1):
+    jac[i, i], jac[i, i + 1] = -20 * x[i], 10.0
+    jac[d - 1 + i, i] = -1.0
+  problem = so.problems.rosenbrock()
+  np.testing.assert_allclose(
+      _dense(problem.curvatures["gauss_newton"], jnp.asarray(x, jnp.float32)),
+      2 * jac.T @ jac, rtol=1e-5, atol=1e-4)
+
+
+# ---------------------------------------------------------------- solver properties
+
+
+def _check_accepted_steps(states, metric=None):
+  """Monotone f, ||dx||_B <= gamma and the acceptance inequality on every accepted step."""
+  metric = np.eye(ravel_pytree(states[0].params)[0].size) if metric is None else metric
+  num_accepted = 0
+  for old, new in zip(states[:-1], states[1:]):
+    x_old = np.asarray(ravel_pytree(old.params)[0], np.float64)
+    x_new = np.asarray(ravel_pytree(new.params)[0], np.float64)
+    dx = x_new - x_old
+    if not bool(new.accepted):
+      np.testing.assert_array_equal(dx, 0.0)
+      continue
+    num_accepted += 1
+    gamma = float(new.step_gamma)
+    assert float(new.value) <= float(old.value)
+    assert np.sqrt(dx @ metric @ dx) <= gamma * (1 + 1e-4) + 1e-7
+    lam = float(old.grad_norm) / (gamma + 1e-8)
+    assert float(old.value) - float(new.value) >= float(new.grad_norm)**2 / (8 * lam) - 1e-7
+  return num_accepted
+
+
+@pytest.mark.parametrize("linear_solver", ["cholesky", "cg"])
+def test_monotone_decrease_and_step_bound_logistic(rng, linear_solver):
+  features, labels = _logistic_data(rng)
+  problem = so.problems.logistic_regression(jnp.asarray(features, jnp.float32),
+                                            jnp.asarray(labels))
+  solver = so.gradient_normalized_newton(problem.value_fn,
+                                         problem.curvatures["normalized_fisher"],
+                                         linear_solver=linear_solver, gamma_init=10.0)
+  states = _run(solver, jnp.zeros(features.shape[1]), problem.data, 15)
+  assert _check_accepted_steps(states) >= 10
+  assert float(states[-1].value) < 0.7 * float(states[0].value)
+
+
+def test_monotone_and_step_bound_with_metric_on_rosenbrock(rng):
+  d = 6
+  metric = np.diag(rng.uniform(0.5, 2.0, size=d))
+  problem = so.problems.rosenbrock()
+  solver = so.gradient_normalized_newton(problem.value_fn, problem.curvatures["gauss_newton"],
+                                         metric=jnp.asarray(metric, jnp.float32))
+  states = _run(solver, jnp.full((d,), -1.2), problem.data, 60)
+  assert _check_accepted_steps(states, metric) >= 30
+  assert float(states[-1].value) < 1e-3 * float(states[0].value)
+
+
+def test_indefinite_hessian_trials_are_rejected_not_fatal():
+  """Exact Rosenbrock Hessian is indefinite at x0: Cholesky NaNs must only shrink gamma."""
+  problem = so.problems.rosenbrock()
+  solver = so.gradient_normalized_newton(problem.value_fn, problem.curvatures["hessian"],
+                                         gamma_init=100.0)
+  states = _run(solver, jnp.array([-1.2, 1.0, -1.2, 1.0]), (), 40)
+  assert all(np.isfinite(float(s.value)) for s in states)
+  assert np.all(np.diff([float(s.value) for s in states]) <= 0)
+  assert float(states[-1].value) < float(states[0].value)
+
+
+def test_step_solves_regularized_newton_system(rng):
+  """dx = -(H + lambda I)^{-1} g with lambda = ||g||/(gamma+eps), and the Lipschitz variant."""
+  m, d = 40, 5
+  matrix, offsets = rng.normal(size=(m, d)), rng.normal(size=m)
+  problem = so.problems.logsumexp(jnp.asarray(matrix, jnp.float32),
+                                  jnp.asarray(offsets, jnp.float32))
+  x0 = rng.normal(size=d)
+
+  def numpy_step(lam):
+    z = matrix @ x0 - offsets
+    pi = np.exp(z - z.max())
+    pi /= pi.sum()
+    grad = matrix.T @ pi
+    wgn = matrix.T @ (matrix * pi[:, None])
+    return -np.linalg.solve(wgn + lam * np.eye(d), grad), np.linalg.norm(grad)
+
+  for lipschitz in [None, 3.0]:
+    solver = so.gradient_normalized_newton(
+        problem.value_fn, problem.curvatures["weighted_gauss_newton"], hessian_lipschitz=lipschitz)
+    state = solver.init(jnp.asarray(x0, jnp.float32), *problem.data)
+    new = jax.jit(solver.update)(state, *problem.data)
+    assert bool(new.accepted)
+    grad_norm = numpy_step(1.0)[1]
+    if lipschitz is None:
+      lam = grad_norm / (float(new.step_gamma) + 1e-8)
+    else:
+      lam = np.sqrt(lipschitz * grad_norm / 2)
+      np.testing.assert_allclose(float(new.step_gamma), np.sqrt(2 * grad_norm / lipschitz),
+                                 rtol=1e-5)
+    np.testing.assert_allclose(np.asarray(new.params) - x0, numpy_step(lam)[0], rtol=1e-3,
+                               atol=1e-5)
+
+
+def test_converges_to_lbfgs_optimum_on_logistic_regression(rng):
+  features, labels = _logistic_data(rng, n=80, d=5)
+  problem = so.problems.logistic_regression(jnp.asarray(features, jnp.float32),
+                                            jnp.asarray(labels), l2=1e-2)
+  value_fn = lambda w: problem.value_fn(w, *problem.data)
+  opt = optax.lbfgs()
+  w_ref = jnp.zeros(features.shape[1])
+  opt_state = opt.init(w_ref)
+  value_and_grad = optax.value_and_grad_from_state(value_fn)
+
+  @jax.jit
+  def lbfgs_step(w, opt_state):
+    value, grad = value_and_grad(w, state=opt_state)
+    updates, opt_state = opt.update(grad, opt_state, w, value=value, grad=grad, value_fn=value_fn)
+    return optax.apply_updates(w, updates), opt_state
+
+  for _ in range(60):
+    w_ref, opt_state = lbfgs_step(w_ref, opt_state)
+  for name in ["hessian", "normalized_fisher"]:
+    solver = so.gradient_normalized_newton(problem.value_fn, problem.curvatures[name])
+    state = _run(solver, jnp.zeros(features.shape[1]), problem.data, 25)[-1]
+    np.testing.assert_allclose(state.params, w_ref, atol=2e-3, err_msg=name)
+    np.testing.assert_allclose(float(state.value), float(value_fn(w_ref)), rtol=1e-5, err_msg=name)
+    assert float(state.grad_norm) < 1e-4
+
+
+def test_update_is_jitted_once_across_data_and_iterations(rng):
+  features, labels = _logistic_data(rng)
+  problem = so.problems.logistic_regression(jnp.asarray(features, jnp.float32),
+                                            jnp.asarray(labels))
+  solver = so.gradient_normalized_newton(problem.value_fn, problem.curvatures["fisher"],
+                                         linear_solver="cg")
+  update = jax.jit(solver.update)
+  state = solver.init(jnp.zeros(features.shape[1]), *problem.data)
+  for _ in range(3):
+    state = update(state, *problem.data)
+  other = so.problems.logistic_regression(jnp.asarray(features[::-1], jnp.float32),
+                                          jnp.asarray(labels[::-1]))
+  state = update(state, *other.data)
+  assert update._cache_size() == 1
+
+
+# ---------------------------------------------------------------- numerics and validation
+
+
+def test_mask_equals_subset_and_bf16_inputs(rng):
+  features, labels = _logistic_data(rng)
+  where = np.arange(len(labels)) < 30
+  w = jnp.asarray(rng.normal(size=features.shape[1]), jnp.float32)
+  masked = so.problems.logistic_regression(jnp.asarray(features, jnp.float32),
+                                           jnp.asarray(labels), where=jnp.asarray(where))
+  subset = so.problems.logistic_regression(jnp.asarray(features[:30], jnp.float32),
+                                           jnp.asarray(labels[:30]))
+  np.testing.assert_allclose(masked.value_fn(w, *masked.data), subset.value_fn(w, *subset.data),
+                             rtol=1e-6)
+  for name in ["fisher", "normalized_fisher", "gauss_newton"]:
+    np.testing.assert_allclose(_dense(masked.curvatures[name], w, *masked.data),
+                               _dense(subset.curvatures[name], w, *subset.data), rtol=1e-5,
+                               atol=1e-7)
+  bf16 = so.problems.logistic_regression(jnp.asarray(features, jnp.bfloat16), jnp.asarray(labels))
+  value = bf16.value_fn(w, *bf16.data)
+  assert value.dtype == jnp.float32
+  solver = so.gradient_normalized_newton(bf16.value_fn, bf16.curvatures["hessian"])
+  state = solver.init(w.astype(jnp.bfloat16), *bf16.data)
+  assert state.params.dtype == jnp.float32
+  assert np.isfinite(float(solver.update(state, *bf16.data).value))
+
+
+def test_stable_at_large_logits():
+  """Margins of +-1e4: loss, curvature and one step stay finite."""
+  features = jnp.array([[1e4, 0.0], [0.0, -1e4], [1e4, 1e4]], jnp.float32)
+  labels = jnp.array([1.0, 1.0, 0.0])
+  problem = so.problems.logistic_regression(features, labels)
+  w = jnp.ones(2)
+  np.testing.assert_allclose(float(problem.value_fn(w, *problem.data)), (1e4 + 2e4) / 3, rtol=1e-6)
+  for name in problem.curvatures:
+    assert np.all(np.isfinite(_dense(problem.curvatures[name], w, *problem.data))), name
+  solver = so.gradient_normalized_newton(problem.value_fn, problem.curvatures["normalized_fisher"])
+  state = solver.update(solver.init(w, *problem.data), *problem.data)
+  assert np.isfinite(float(state.value)) and float(state.value) <= 1e4
+  softmax = so.problems.softmax_regression(features, jnp.array([0, 1, 1]), 2)
+  assert np.isfinite(float(softmax.value_fn(jnp.eye(2), *softmax.data)))
+
+
+def test_argument_errors_name_the_argument():
+  with pytest.raises(ValueError, match="labels"):
+    so.problems.logistic_regression(jnp.ones((4, 2)), jnp.ones(3))
+  with pytest.raises(ValueError, match="linear_solver"):
+    so.gradient_normalized_newton(lambda x: x, lambda x: x, linear_solver="lu")
+  with pytest.raises(ValueError, match="metric"):
+    so.gradient_normalized_newton(lambda x: x, lambda x: x, metric=jnp.ones((2, 3)))
+  with pytest.raises(TypeError, match="features"):
+    so.problems.softmax_regression(jnp.ones((4, 2), jnp.int32), jnp.zeros(4, jnp.int32), 2)
