@@ -1,0 +1,191 @@
+"""Order-sensitive (cascade) position auctions: optimal order and an approximate allocation.
+
+Position Auctions in AI-Generated Content (arXiv 2506.03309). The auctioneer picks ad-position
+pairs (a matching with at most K ads) and the order in which they appear. The user reads top
+to bottom: the k-th displayed pair (i, j) is clicked with probability
+
+    pi_k = p_ij * prod_{l < k} c_l,
+
+where c_l is the probability of continuing past the l-th pair (default c = 1 - p: the user
+stops at a click; any continuation matrix in [0, 1] is accepted, e.g. 1 - p - exit rate).
+
+Optimal order of fixed pairs (exchange argument): swapping adjacent a, b changes the value by
+g_a + c_a g_b - (g_b + c_b g_a) = g_a (1 - c_b) - g_b (1 - c_a) with g = s p, so sorting by
+the index r = s p / (1 - c) in decreasing order is optimal (r = +-inf when c = 1). With
+c = 1 - p the index is the score itself.
+
+Joint selection + assignment + order. Given the index order, every ordered set is a
+subsequence of the globally sorted list of all n m pairs, so a DP over that list picks the
+best <= K subsequence in O(n m K). It ignores the matching constraint (an ad or position used
+twice), which makes it a relaxation: ``relaxation_bound`` is an upper bound on the optimum.
+``cascade_allocation`` is the approximation (no proven ratio; measured against brute force in
+tests/experiments):
+  1. two starts: the DP relaxation repaired greedily in index order (drop pairs that reuse an
+     ad or position), and a max-weight K-matching on g_ij = s_i p_ij, pruned by the same DP;
+  2. best-improvement local search over add / remove / swap-one-pair moves, each move scored
+     in closed form for all n m candidate pairs at once (insert x at its index rank:
+     V = Pre + D (g_x + c_x Tail)).
+The result is feasible, so value / relaxation_bound is a certified ratio at any scale.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from logitlab.auctions import mnl
+
+
+@dataclasses.dataclass(frozen=True)
+class CascadeAllocation:
+  """``pairs`` [L, 2] (ad, position) in display order, objective ``value``, ``click_probs`` [n],
+  and ``upper_bound`` from the DP relaxation (value <= optimum <= upper_bound)."""
+  pairs: np.ndarray
+  value: float
+  click_probs: np.ndarray
+  upper_bound: float
+
+
+def check_cascade_instance(scores, ctr, continuation, max_ads):
+  """Validates and returns (scores [n], ctr [n, m], continuation [n, m]) as float64."""
+  scores, ctr = mnl.check_instance(scores, ctr, max_ads)
+  if continuation is None:
+    continuation = 1.0 - ctr
+  continuation = np.asarray(continuation, np.float64)
+  if continuation.shape != ctr.shape:
+    raise ValueError(f"`continuation` must have the shape of `ctr` {ctr.shape}, got "
+                     f"{continuation.shape}.")
+  if np.any(continuation < 0) or np.any(continuation > 1):
+    raise ValueError("`continuation` must lie in [0, 1].")
+  return scores, ctr, continuation
+
+
+def order_index(gains: np.ndarray, continuation: np.ndarray) -> np.ndarray:
+  """r = g / (1 - c), the exchange-argument index (+-inf where c = 1 and g != 0)."""
+  stop = 1.0 - continuation
+  with np.errstate(divide="ignore", invalid="ignore"):
+    index = gains / stop
+  return np.where(stop > 0, index, np.sign(gains) * np.inf)
+
+
+def optimal_order(gains: np.ndarray, continuation: np.ndarray) -> np.ndarray:
+  """Permutation [L] displaying fixed items (gain g = s p, continuation c) optimally."""
+  return np.argsort(-order_index(gains, continuation), kind="stable")
+
+
+def sequence_value(gains: np.ndarray, continuation: np.ndarray) -> float:
+  """sum_k g_k prod_{l<k} c_l for items already in display order."""
+  reach = np.concatenate([[1.0], np.cumprod(continuation)])[:len(gains)]
+  return float(reach @ gains)
+
+
+def best_subsequence(gains: np.ndarray, continuation: np.ndarray,
+                     max_items: int) -> tuple[float, np.ndarray]:
+  """Best subsequence (order kept) of at most ``max_items`` items: (value, indices).
+
+  V_k(t) = max(V_k(t+1), g_t + c_t V_{k-1}(t+1)) is a reverse running max per layer k, so the
+  DP is K vectorized passes.
+  """
+  num = len(gains)
+  layers = [np.zeros(num + 1)]
+  takes = []
+  for _ in range(min(max_items, num)):
+    take = gains + continuation * layers[-1][1:]
+    takes.append(take)
+    layers.append(np.concatenate([np.maximum.accumulate(np.maximum(take, 0.0)[::-1])[::-1],
+                                  [0.0]]))
+  chosen, start = [], 0
+  for k in range(len(takes), 0, -1):
+    if start >= num or layers[k][start] <= 0:
+      break
+    t = start + int(np.argmax(takes[k - 1][start:]))
+    chosen.append(t)
+    start = t + 1
+  return float(layers[-1][0]), np.asarray(chosen, dtype=np.int64)
+
+
+def relaxation_bound(scores, ctr, continuation=None, max_ads: int = 1) -> float:
+  """Upper bound on the cascade optimum: the DP over all pairs without the matching constraint."""
+  scores, ctr, continuation = check_cascade_instance(scores, ctr, continuation, max_ads)
+  gains, conts = (scores[:, None] * ctr).ravel(), continuation.ravel()
+  order = optimal_order(gains, conts)
+  return best_subsequence(gains[order], conts[order], max_ads)[0]
+
+
+def cascade_allocation(scores, ctr, continuation=None, max_ads: int = 1, *,
+                       max_moves: int | None = None) -> CascadeAllocation:
+  """Approximately optimal ordered K-matching for the cascade model (module docstring).
+
+  Args:
+    scores: [n] per-click scores (values or virtual values).
+    ctr: [n, m] standalone CTRs p_ij in [0, 1).
+    continuation: [n, m] probability of reading on past pair (i, j); default 1 - ctr.
+    max_ads: K, the most pairs shown.
+    max_moves: cap on local-search moves (default 10 K).
+  """
+  scores, ctr, continuation = check_cascade_instance(scores, ctr, continuation, max_ads)
+  n, m = ctr.shape
+  gains, conts = (scores[:, None] * ctr).ravel(), continuation.ravel()
+  index = order_index(gains, conts)
+  order = np.argsort(-index, kind="stable")
+  upper_bound, relaxed = best_subsequence(gains[order], conts[order], max_ads)
+
+  # Start 1: the relaxed subsequence, keeping pairs whose ad and position are still free.
+  repaired, ads, positions = [], set(), set()
+  for pair in order[relaxed]:
+    if pair // m not in ads and pair % m not in positions:
+      repaired.append(pair)
+      ads.add(pair // m)
+      positions.add(pair % m)
+  # Start 2: max-weight K-matching on first-slot gains, pruned by the DP in index order.
+  assignment = mnl.max_weight_matching(gains.reshape(n, m), max_ads)
+  matched = np.flatnonzero(assignment != mnl.NOT_SHOWN) * m + assignment[
+      assignment != mnl.NOT_SHOWN]
+  matched = matched[np.argsort(-index[matched], kind="stable")]
+  matched = matched[best_subsequence(gains[matched], conts[matched], max_ads)[1]]
+  starts = [np.asarray(repaired, np.int64), matched]
+  current = max(starts, key=lambda s: sequence_value(gains[s], conts[s]))
+
+  for _ in range(10 * max_ads if max_moves is None else max_moves):
+    improved = _best_move(current, gains, conts, index, n, m, max_ads)
+    if improved is None:
+      break
+    current = improved
+  current = current[np.argsort(-index[current], kind="stable")]
+  click_probs = np.zeros(n)
+  reach = np.concatenate([[1.0], np.cumprod(conts[current])[:-1]])
+  click_probs[current // m] = reach * ctr.ravel()[current]
+  return CascadeAllocation(pairs=np.stack([current // m, current % m], axis=1).reshape(-1, 2),
+                           value=sequence_value(gains[current], conts[current]),
+                           click_probs=click_probs, upper_bound=upper_bound)
+
+
+def _best_move(current, gains, conts, index, n, m, max_ads):
+  """The best strictly improving add / remove / swap move from ``current``, or None."""
+  current = current[np.argsort(-index[current], kind="stable")]
+  value = sequence_value(gains[current], conts[current])
+  best_value, best = value + 1e-12 * (1.0 + abs(value)), None
+  bases = [(current, len(current) < max_ads)]
+  bases += [(np.delete(current, q), True) for q in range(len(current))]
+  for base, may_insert in bases:
+    base_value = sequence_value(gains[base], conts[base])
+    if base_value > best_value:  # A removal.
+      best_value, best = base_value, base
+    if not may_insert:
+      continue
+    g, c = gains[base], conts[base]
+    reach = np.concatenate([[1.0], np.cumprod(c)])  # D[r], r = 0..L
+    prefix = np.concatenate([[0.0], np.cumsum(reach[:-1] * g)])  # Pre[r]
+    tail = np.zeros(len(base) + 1)  # Tail[r] = g_r + c_r Tail[r + 1]
+    for r in range(len(base) - 1, -1, -1):
+      tail[r] = g[r] + c[r] * tail[r + 1]
+    rank = np.searchsorted(-index[base], -index, side="right")
+    inserted = prefix[rank] + reach[rank] * (gains + conts * tail[rank])
+    free = np.ones((n, m), dtype=bool)
+    free[base // m, :] = False
+    free[:, base % m] = False
+    inserted = np.where(free.ravel(), inserted, -np.inf)
+    candidate = int(np.argmax(inserted))
+    if inserted[candidate] > best_value:
+      best_value, best = inserted[candidate], np.append(base, candidate)
+  return best
