@@ -1,0 +1,213 @@
+"""Chunked, masked logit distillation for large vocabularies.
+
+For an LM with hidden states ``h [B, T, D]`` and output projection ``logits_fn`` (e.g.
+``DecoderLM.unembed``: final norm + ``[D, V]`` matmul), the naive distillation loss builds
+``[B, T, V]`` float32 logits for the student *and* the teacher, plus the same again for the
+backward pass. At V = 151936 (Qwen2.5) that dominates memory. Here the sequence axis is
+cut into chunks of ``chunk_size`` tokens and a ``jax.lax.scan`` over the chunks computes
+
+  loss = (1 / N) * sum_{b, t : mask[b, t]} D(p_teacher(. | b, t) || p_student(. | b, t))
+
+with N the number of valid tokens (global valid-token normalization: every valid token
+weighs the same, whatever the row length; pass ``num_valid_tokens`` to normalize by the
+count of a whole accumulated batch). The scan body is wrapped in ``jax.checkpoint`` so the
+backward pass recomputes one chunk's logits at a time: live memory is O(B * chunk * V)
+instead of O(B * T * V), while the FLOPs grow only by one extra projection forward.
+
+Divergences D on ``softmax(. / temperature)``:
+  * "forward_kl": KL(p_t || p_s) (standard KD, mode covering),
+  * "reverse_kl": KL(p_s || p_t) (mode seeking, as in on-policy distillation / MiniLLM),
+  * "jsd": generalized JSD (GKD, Agarwal et al., arXiv 2306.13649) with
+    m = beta p_t + (1 - beta) p_s and D = beta KL(p_t || m) + (1 - beta) KL(p_s || m).
+The losses are multiplied by ``temperature**2`` (Hinton et al., arXiv 1503.02531) so that
+gradient magnitudes do not shrink with T.
+
+Top-k teacher (our option, for stored teacher logits): the teacher is given as its top-k
+logits and ids per token; p_t is the softmax over those k entries only (teacher mass
+outside the top k is dropped and the rest renormalized), and the student's full-vocabulary
+log-probs are gathered at the ids. Only "forward_kl" is defined for a top-k teacher.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Literal
+
+import chex
+import jax
+import jax.numpy as jnp
+
+from logitlab import numerics
+
+Array = jax.Array
+LogitsFn = Callable[[Array], Array]
+Divergence = Literal["forward_kl", "reverse_kl", "jsd"]
+
+
+def map_token_chunks(fn: Callable[..., Array], arrays: tuple[Array, ...],
+                     chunk_size: int) -> Array:
+  """Applies ``fn`` to consecutive sequence chunks under ``scan`` + ``checkpoint``.
+
+  Args:
+    fn: maps chunk arrays ``[B, C, ...]`` (one per entry of ``arrays``) to per-token
+      values ``[B, C]``. Closed-over arrays (projection weights) get gradients.
+    arrays: arrays with leading axes ``[B, T, ...]``; T is padded with zeros to a
+      multiple of ``chunk_size`` (padded outputs are dropped).
+    chunk_size: tokens per chunk C (clipped to T).
+
+  Returns:
+    float32 per-token values ``[B, T]``. Only one chunk's intermediates (e.g. its
+    ``[B, C, V]`` logits) are live in the forward and the backward pass.
+  """
+  if chunk_size < 1:
+    raise ValueError(f"`chunk_size` must be >= 1, got {chunk_size}.")
+  b, t = arrays[0].shape[:2]
+  for a in arrays:
+    if a.shape[:2] != (b, t):
+      raise ValueError(f"All chunked arrays must share leading axes [B, T] = {(b, t)}, got "
+                       f"{a.shape}.")
+  chunk = min(chunk_size, t)
+  num_chunks = -(-t // chunk)
+  pad = num_chunks * chunk - t
+
+  def to_chunks(a):
+    a = jnp.pad(a, [(0, 0), (0, pad)] + [(0, 0)] * (a.ndim - 2))
+    a = a.reshape((b, num_chunks, chunk) + a.shape[2:])
+    return jnp.moveaxis(a, 1, 0)  # [num_chunks, B, C, ...]
+
+  body = jax.checkpoint(lambda _, xs: (None, fn(*xs).astype(jnp.float32)))
+  _, out = jax.lax.scan(body, None, tuple(to_chunks(a) for a in arrays))
+  return jnp.moveaxis(out, 0, 1).reshape(b, num_chunks * chunk)[:, :t]
+
+
+def divergence_from_logits(teacher_logits: Array, student_logits: Array, *,
+                           divergence: Divergence = "forward_kl", beta: float = 0.5,
+                           temperature: float = 1.0) -> Array:
+  """Per-token divergence ``[...]`` between teacher and student logits ``[..., V]``.
+
+  See the module docstring for the definitions; not scaled by ``temperature**2``.
+  """
+  if divergence == "forward_kl":
+    return numerics.kl_divergence_from_logits(teacher_logits, student_logits, temperature)
+  if divergence == "reverse_kl":
+    return numerics.kl_divergence_from_logits(student_logits, teacher_logits, temperature)
+  if divergence == "jsd":
+    if not 0.0 < beta < 1.0:
+      raise ValueError(f"`beta` must be in (0, 1) for 'jsd', got {beta}; use 'forward_kl' "
+                       "(beta -> 0 limit direction) or 'reverse_kl' instead.")
+    log_t = numerics.log_softmax(teacher_logits, temperature)
+    log_s = numerics.log_softmax(student_logits, temperature)
+    log_m = jnp.logaddexp(log_t + jnp.log(beta), log_s + jnp.log1p(-beta))
+    p_t, p_s = jnp.exp(log_t), jnp.exp(log_s)
+    kl_tm = jnp.sum(numerics.xlogy_probs(p_t, log_t) - numerics.xlogy_probs(p_t, log_m), -1)
+    kl_sm = jnp.sum(numerics.xlogy_probs(p_s, log_s) - numerics.xlogy_probs(p_s, log_m), -1)
+    return beta * kl_tm + (1.0 - beta) * kl_sm
+  raise ValueError(f"`divergence` must be 'forward_kl', 'reverse_kl' or 'jsd', got "
+                   f"{divergence!r}.")
+
+
+def topk_forward_kl(teacher_topk_logits: Array, teacher_topk_ids: Array,
+                    student_logits: Array, *, temperature: float = 1.0) -> Array:
+  """Per-token KL(p_t^k || p_s) with p_t^k the teacher softmax over its stored top-k.
+
+  ``sum_j p_t^k[j] (log p_t^k[j] - log p_s[ids_j])`` with ``p_s`` the full-vocabulary
+  student softmax (T-tempered). Shapes: ``[..., k]``, ``[..., k]``, ``[..., V]`` -> ``[...]``.
+  """
+  log_t = numerics.log_softmax(teacher_topk_logits, temperature)
+  log_s = jnp.take_along_axis(numerics.log_softmax(student_logits, temperature),
+                              teacher_topk_ids, axis=-1)
+  p_t = jnp.exp(log_t)
+  return jnp.sum(numerics.xlogy_probs(p_t, log_t) - numerics.xlogy_probs(p_t, log_s), -1)
+
+
+def _normalize(per_token: Array, mask: Array, num_valid_tokens) -> Array:
+  if num_valid_tokens is None:
+    return numerics.masked_mean(per_token, mask)
+  return jnp.sum(jnp.where(mask, per_token, 0.0)) / jnp.maximum(
+      jnp.asarray(num_valid_tokens, jnp.float32), 1.0)
+
+
+def _check_hidden(name: str, hidden: Array) -> None:
+  numerics.check_logits(name, hidden, min_rank=3)
+  if hidden.ndim != 3:
+    raise ValueError(f"`{name}` must have shape [B, T, D], got {hidden.shape}.")
+
+
+def chunked_distill_loss(
+    student_hidden: chex.Array,
+    student_logits_fn: LogitsFn,
+    mask: chex.Array,
+    *,
+    teacher_hidden: chex.Array | None = None,
+    teacher_logits_fn: LogitsFn | None = None,
+    teacher_topk_logits: chex.Array | None = None,
+    teacher_topk_ids: chex.Array | None = None,
+    divergence: Divergence = "forward_kl",
+    beta: float = 0.5,
+    temperature: float = 1.0,
+    chunk_size: int = 256,
+    num_valid_tokens: chex.Numeric | None = None,
+) -> Array:
+  """Masked distillation loss computed chunk by chunk from hidden states.
+
+  Args:
+    student_hidden: ``[B, T, D]`` student states fed to ``student_logits_fn``.
+    student_logits_fn: ``[B, C, D] -> [B, C, V]`` float logits (e.g. ``model.unembed``).
+    mask: bool ``[B, T]``, True on the tokens that count (reply tokens, not padding).
+    teacher_hidden, teacher_logits_fn: full teacher (``[B, T, D']`` and its projection);
+      the teacher side gets no gradient.
+    teacher_topk_logits, teacher_topk_ids: alternatively a stored top-k teacher
+      ``[B, T, k]`` (float logits, int ids); only with ``divergence="forward_kl"``.
+    divergence: "forward_kl" | "reverse_kl" | "jsd" (generalized JSD with ``beta``).
+    temperature: softmax temperature T; the loss is scaled by T**2.
+    chunk_size: tokens per chunk.
+    num_valid_tokens: normalizer (defaults to ``mask.sum()``); pass the count of the full
+      accumulated batch when summing micro-batch losses.
+
+  Returns:
+    float32 scalar ``T**2 * sum_valid D / N``.
+  """
+  _check_hidden("student_hidden", student_hidden)
+  b, t = student_hidden.shape[:2]
+  numerics.check_mask("mask", mask, (b, t))
+  mask = jnp.broadcast_to(jnp.asarray(mask, bool), (b, t))
+  if temperature <= 0:
+    raise ValueError(f"`temperature` must be > 0, got {temperature}.")
+  full_teacher = teacher_hidden is not None or teacher_logits_fn is not None
+  topk_teacher = teacher_topk_logits is not None or teacher_topk_ids is not None
+  if full_teacher == topk_teacher:
+    raise ValueError("Pass either (`teacher_hidden`, `teacher_logits_fn`) or "
+                     "(`teacher_topk_logits`, `teacher_topk_ids`).")
+
+  if full_teacher:
+    if teacher_hidden is None or teacher_logits_fn is None:
+      raise ValueError("`teacher_hidden` [B, T, D] and `teacher_logits_fn` go together.")
+    _check_hidden("teacher_hidden", teacher_hidden)
+    if teacher_hidden.shape[:2] != (b, t):
+      raise ValueError(f"`teacher_hidden` must be [B, T, D'] with [B, T] = {(b, t)}, got "
+                       f"{teacher_hidden.shape}.")
+
+    def per_chunk(s_h, t_h):
+      t_logits = jax.lax.stop_gradient(teacher_logits_fn(t_h))
+      return divergence_from_logits(t_logits, student_logits_fn(s_h), divergence=divergence,
+                                    beta=beta, temperature=temperature)
+
+    arrays = (student_hidden, jax.lax.stop_gradient(teacher_hidden))
+  else:
+    if teacher_topk_logits is None or teacher_topk_ids is None:
+      raise ValueError("`teacher_topk_logits` and `teacher_topk_ids` [B, T, k] go together.")
+    if divergence != "forward_kl":
+      raise ValueError(f"A top-k teacher supports only divergence='forward_kl', got "
+                       f"{divergence!r}.")
+    numerics.check_same_shape(("teacher_topk_logits", "teacher_topk_ids"),
+                              teacher_topk_logits, teacher_topk_ids)
+    if teacher_topk_logits.shape[:2] != (b, t):
+      raise ValueError(f"`teacher_topk_logits` must be [B, T, k] with [B, T] = {(b, t)}, got "
+                       f"{teacher_topk_logits.shape}.")
+
+    def per_chunk(s_h, t_logits, t_ids):
+      return topk_forward_kl(t_logits, t_ids, student_logits_fn(s_h), temperature=temperature)
+
+    arrays = (student_hidden, jax.lax.stop_gradient(teacher_topk_logits), teacher_topk_ids)
+
+  per_token = map_token_chunks(per_chunk, arrays, chunk_size)
+  return temperature**2 * _normalize(per_token, mask, num_valid_tokens)
