@@ -1,0 +1,152 @@
+"""Image classifier launcher on the shared training core (``logitlab.training``).
+
+One config file per experiment (``experiments/configs/classifier_*.py``), overridable from the
+command line. The run resumes automatically from ``<workdir>/checkpoints``.
+
+Run:  python -m experiments.train_classifier --config=experiments/configs/classifier_digits.py
+      python -m experiments.train_classifier --config=experiments/configs/classifier_digits.py \
+          --config.train.steps=100 --config.mesh.data=2 --config.mesh.fsdp=4
+      python -m experiments.train_classifier --config=experiments/configs/classifier_cifar.py \
+          --config.data_dir=/data/tfds
+Multi-host: the same command on every host, plus ``--distributed`` (TPU pods, SLURM: JAX
+detects the cluster) or ``--coordinator=HOST:PORT --num_processes=N --process_id=I``.
+``--stop_after=N`` SIGKILLs the process after step N (preemption tests).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from absl import app, flags, logging
+from flax import nnx
+from ml_collections import config_flags
+
+from logitlab import datasets, losses, radius_guard, training
+from logitlab.models import vision
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", "experiments/configs/classifier_digits.py", "Experiment config file.")
+_STOP_AFTER = flags.DEFINE_integer("stop_after", 0, "SIGKILL this process after this step.")
+_DISTRIBUTED = flags.DEFINE_bool("distributed", False,
+                                 "Call jax.distributed.initialize() (cluster auto-detection).")
+_COORDINATOR = flags.DEFINE_string("coordinator", "", "HOST:PORT of process 0 (multi-process).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", 1, "Number of processes.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", 0, "This process's index.")
+
+
+def make_optimizer(c: ml_collections.ConfigDict, steps: int) -> optax.GradientTransformation:
+  """SGD (momentum, coupled weight decay) or Adam(W); optional warmup + cosine; optional guard."""
+  if c.schedule == "cosine":
+    learning_rate = optax.warmup_cosine_decay_schedule(
+        0.0, c.learning_rate, c.warmup_steps, max(steps, c.warmup_steps + 1))
+  elif c.schedule == "constant":
+    learning_rate = (optax.linear_schedule(0.0, c.learning_rate, c.warmup_steps)
+                     if c.warmup_steps else c.learning_rate)
+  else:
+    raise ValueError(f"`optimizer.schedule` must be 'constant' or 'cosine', got {c.schedule!r}.")
+  if c.name == "sgd":
+    tx = optax.chain(optax.add_decayed_weights(c.weight_decay),
+                     optax.sgd(learning_rate, momentum=c.momentum))
+  elif c.name == "adam":
+    tx = optax.adamw(learning_rate, weight_decay=c.weight_decay)
+  else:
+    raise ValueError(f"`optimizer.name` must be 'sgd' or 'adam', got {c.name!r}.")
+  return radius_guard.radius_guard(tx, max_ratio=c.max_ratio) if c.radius_guard else tx
+
+
+def make_data(c: ml_collections.ConfigDict):
+  """``(train ResumableBatches, eval batches)`` for ``c.dataset``."""
+  t = c.train
+  if c.dataset == "digits":
+    x_train, y_train, x_test, y_test = datasets.digits()
+    flat = lambda x: x.reshape(len(x), -1)
+    train = training.ResumableBatches(
+        training.ArraySource(image=flat(x_train), label=y_train),
+        global_batch_size=t.global_batch_size, seed=t.seed, num_threads=t.num_threads)
+    evaluation = training.eval_batches(
+        training.ArraySource(image=flat(x_test), label=y_test),
+        global_batch_size=t.global_batch_size, num_threads=t.num_threads)
+    return train, evaluation
+  data_dir = c.data_dir or None
+  eval_split = "validation" if c.dataset.startswith("imagenet") else "test"
+  train = training.tfds_image_data(c.dataset, "train", global_batch_size=t.global_batch_size,
+                                   train=True, seed=t.seed, data_dir=data_dir,
+                                   num_threads=t.num_threads)
+  evaluation = training.tfds_image_data(c.dataset, eval_split,
+                                        global_batch_size=t.global_batch_size, train=False,
+                                        data_dir=data_dir, num_threads=t.num_threads)
+  return train, evaluation
+
+
+def loss_fn(model, batch, rng):
+  del rng  # deterministic models; dropout would draw from it
+  logits = model(batch["image"], train=True)
+  accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
+  return losses.cross_entropy(logits, batch["label"]), {"accuracy": accuracy}
+
+
+def eval_metrics(model, batch):
+  """Per-batch sums over valid examples (``training.evaluate`` divides by ``count``)."""
+  logits = model(batch["image"], train=False)
+  mask = batch["mask"]
+  correct = (jnp.argmax(logits, -1) == batch["label"]) & mask
+  ce = losses.cross_entropy(logits, batch["label"], reduction="none")
+  return {"accuracy": jnp.sum(correct), "loss": jnp.sum(jnp.where(mask, ce, 0.0)),
+          "count": jnp.sum(mask)}
+
+
+def guard_extra_args(ctx: training.StepContext):
+  """The radius guard's ``logits_fn``: logits of this step's batch at perturbed params."""
+  return {"logits_fn": lambda params: ctx.to_model(params)(ctx.batch["image"], train=False)}
+
+
+def run(c: ml_collections.ConfigDict, stop_after: int = 0) -> training.TrainResult:
+  mesh = training.make_mesh(dict(c.mesh))
+  train_data, eval_data = make_data(c)
+  model_fn = lambda rngs: vision.build(c.model, c.num_classes, rngs=rngs, **c.model_kwargs)
+  tx = make_optimizer(c.optimizer, c.train.steps)
+  eval_step = None
+
+  def eval_fn(graphdef, state):
+    nonlocal eval_step
+    if eval_step is None:
+      eval_step = training.make_eval_step(graphdef, eval_metrics, shardings, mesh)
+    return training.evaluate(eval_step, state, eval_data, mesh)
+
+  def kill_hook(step, state):
+    if step == stop_after:
+      jax.block_until_ready(state)
+      os.kill(os.getpid(), signal.SIGKILL)
+
+  _, abstract, shardings = training.abstract_train_state(model_fn, tx, mesh,
+                                                         seed=c.train.seed)
+  print(f"mesh {dict(mesh.shape)}, {jax.process_count()} process(es), "
+        f"{sum(x.size for x in jax.tree.leaves(abstract.params)):,} parameters", flush=True)
+  return training.train(
+      model_fn=model_fn, tx=tx, loss_fn=loss_fn, train_data=train_data, mesh=mesh,
+      workdir=c.workdir, num_steps=c.train.steps, seed=c.train.seed,
+      log_every=c.train.log_every, checkpoint_every=c.train.checkpoint_every,
+      keep_checkpoints=c.train.keep_checkpoints, eval_every=c.train.eval_every,
+      eval_fn=eval_fn, extra_args_fn=guard_extra_args if c.optimizer.radius_guard else None,
+      hooks=[kill_hook] if stop_after else [])
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO
+  if _COORDINATOR.value:
+    jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
+                               num_processes=_NUM_PROCESSES.value,
+                               process_id=_PROCESS_ID.value)
+  elif _DISTRIBUTED.value:
+    jax.distributed.initialize()
+  run(_CONFIG.value, stop_after=_STOP_AFTER.value)
+
+
+if __name__ == "__main__":
+  app.run(main)

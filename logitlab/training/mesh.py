@@ -1,0 +1,106 @@
+"""Device mesh, logical-axis rules and batch placement.
+
+One mesh layout serves every trainer in logitlab, from one CPU to a multi-host pod:
+
+* ``data``   pure data parallelism: parameters replicated, batch split.
+* ``fsdp``   fully sharded data parallelism (ZeRO-3): the batch is split over ``data`` and
+             ``fsdp`` together, and parameters/optimizer state are split over ``fsdp`` along
+             their ``embed`` (model-width) axis; XLA inserts the all-gathers.
+* ``tensor`` tensor (model) parallelism over hidden/heads/vocab axes.
+
+Models annotate parameters with *logical* axis names (``nnx.with_partitioning(init,
+("embed", "mlp"))``); ``LOGICAL_AXIS_RULES`` maps those names to mesh axes, so a model never
+names a mesh axis and the same model runs on any mesh. Every mesh axis is created with an
+explicit ``AxisType.Auto`` (``jax.make_mesh`` defaults to Explicit in recent JAX): sharding is
+then propagated by the XLA partitioner from the ``in_shardings``/``out_shardings`` of ``jax.jit``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import jax
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+# Batch dimensions are split over every data-like axis.
+BATCH_AXES = ("data", "fsdp")
+
+# Logical axis name -> mesh axis (or None: replicated). Names follow flax/MaxText conventions.
+LOGICAL_AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
+    ("batch", BATCH_AXES),
+    ("embed", "fsdp"),        # model width: sharded by FSDP
+    ("mlp", "tensor"),        # hidden width of MLPs
+    ("heads", "tensor"),
+    ("kv", None),
+    ("kv_heads", "tensor"),
+    ("vocab", "tensor"),      # classes / vocabulary
+    ("conv_in", None),
+    ("conv_out", "tensor"),
+    ("length", None),
+    ("norm", None),
+)
+
+
+def make_mesh(shape: Mapping[str, int] | None = None,
+              devices: Sequence[jax.Device] | None = None) -> jax.sharding.Mesh:
+  """Builds a ``(data, fsdp, tensor)`` mesh with Auto axis types.
+
+  Args:
+    shape: sizes per axis name in ``MESH_AXES``; missing axes are 1 and at most one axis may
+      be -1 (it absorbs the remaining devices). ``None`` means all devices on ``data``.
+    devices: devices to use (default: all global devices, i.e. every host's).
+
+  Returns:
+    A ``jax.sharding.Mesh`` with axes ``MESH_AXES`` in that order.
+  """
+  devices = list(jax.devices() if devices is None else devices)
+  shape = dict(shape or {"data": -1})
+  unknown = set(shape) - set(MESH_AXES)
+  if unknown:
+    raise ValueError(f"`shape` has unknown mesh axes {sorted(unknown)}; expected a subset of "
+                     f"{MESH_AXES}.")
+  sizes = [int(shape.get(name, 1)) for name in MESH_AXES]
+  if sizes.count(-1) > 1:
+    raise ValueError(f"`shape` may set at most one axis to -1, got {shape}.")
+  known = math.prod(s for s in sizes if s != -1)
+  if -1 in sizes:
+    if len(devices) % known:
+      raise ValueError(f"`shape` {shape}: {len(devices)} devices are not divisible by {known}.")
+    sizes[sizes.index(-1)] = len(devices) // known
+  if math.prod(sizes) != len(devices):
+    raise ValueError(f"`shape` {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices, "
+                     f"got {len(devices)}.")
+  # jax.make_mesh orders devices for the physical topology (ICI rings on TPU).
+  return jax.make_mesh(tuple(sizes), MESH_AXES, devices=devices,
+                       axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES))
+
+
+def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:
+  """Sharding of a batch array: leading (example) axis split over ``BATCH_AXES``."""
+  return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
+
+
+def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
+  """Fully replicated sharding (scalars, RNG keys, step counters)."""
+  return NamedSharding(mesh, PartitionSpec())
+
+
+def num_batch_shards(mesh: jax.sharding.Mesh) -> int:
+  """Number of ways a global batch is split (``data * fsdp``)."""
+  return math.prod(mesh.shape[name] for name in BATCH_AXES)
+
+
+def put_batch(local_batch, mesh: jax.sharding.Mesh):
+  """Places this host's slice of a global batch on the mesh.
+
+  Each process passes only the examples it loaded (``[global_batch / process_count, ...]``
+  per leaf); the result is a global ``jax.Array`` of ``[global_batch, ...]`` sharded by
+  ``batch_sharding``. With one process this is a plain sharded ``device_put``.
+  """
+  sharding = batch_sharding(mesh)
+  return jax.tree.map(
+      lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local_batch)

@@ -1,0 +1,116 @@
+"""Observability: scalars to a progress bar, JSONL and TensorBoard.
+
+``MetricsWriter`` is the one sink every trainer uses. ``metrics.jsonl`` (one JSON object per
+``write``: ``{"step": ..., "time": ..., name: value, ...}``) is the machine-readable record
+read by ``experiments/plot_runs.py`` and by tests; TensorBoard event files (tensorboardX, no
+TensorFlow needed) sit in ``<workdir>/tb``. Only process 0 writes in a multi-host run.
+
+On resume from step ``s`` the writer drops JSONL records with ``step > s`` (they were
+written by the killed run after its last checkpoint and are recomputed identically) and
+TensorBoard purges those steps, so a killed-and-resumed run leaves the same logs as an
+uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Mapping
+
+import jax
+import numpy as np
+import tensorboardX
+import tqdm
+
+
+def optimizer_scalars(opt_state) -> dict[str, jax.Array]:
+  """Every named scalar leaf of an optax state, as ``{"opt/<path>": float32}``.
+
+  This is how the radius guard's normalized step ``r`` and capped-step count, or an
+  ``inject_hyperparams`` learning rate, reach the logs without the loop knowing any
+  optimizer: e.g. a chain ``(RadiusGuardState(r, num_capped), ScaleByAdamState(...))`` gives
+  ``opt/0/r`` and ``opt/0/num_capped``. Integer ``count`` leaves are skipped (they duplicate
+  the step).
+  """
+  scalars = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(opt_state)[0]:
+    if not hasattr(leaf, "ndim") or leaf.ndim != 0:
+      continue
+    parts = []
+    for key in path:
+      if isinstance(key, jax.tree_util.GetAttrKey):
+        parts.append(key.name)
+      elif isinstance(key, jax.tree_util.DictKey):
+        parts.append(str(key.key))
+      elif isinstance(key, jax.tree_util.SequenceKey):
+        parts.append(str(key.idx))
+    if parts and parts[-1] == "count" and not jax.numpy.issubdtype(leaf.dtype, np.floating):
+      continue
+    scalars["opt/" + "/".join(parts)] = leaf.astype(np.float32)
+  return scalars
+
+
+class MetricsWriter:
+  """Writes scalars to tqdm, ``<workdir>/metrics.jsonl`` and TensorBoard.
+
+  Args:
+    workdir: run directory (created).
+    total_steps: length of the progress bar.
+    start_step: first step of this (possibly resumed) process; see module docstring.
+    tensorboard: also write TensorBoard event files.
+    progress: show a tqdm progress bar on stderr.
+  """
+
+  def __init__(self, workdir: str, *, total_steps: int, start_step: int = 0,
+               tensorboard: bool = True, progress: bool = True):
+    self.is_main = jax.process_index() == 0
+    self.path = os.path.join(workdir, "metrics.jsonl")
+    self._tb = self._bar = None
+    if not self.is_main:
+      return
+    os.makedirs(workdir, exist_ok=True)
+    self._truncate_after(start_step)
+    if tensorboard:
+      self._tb = tensorboardX.SummaryWriter(os.path.join(workdir, "tb"), purge_step=start_step)
+    if progress:
+      self._bar = tqdm.tqdm(total=total_steps, initial=start_step, dynamic_ncols=True)
+
+  def _truncate_after(self, step: int) -> None:
+    if not os.path.exists(self.path):
+      return
+    with open(self.path) as f:
+      kept = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
+    with open(self.path, "w") as f:
+      f.writelines(kept)
+
+  def write(self, step: int, scalars: Mapping[str, float | jax.Array]) -> None:
+    """Logs ``scalars`` (device scalars are fetched here, once per call) at ``step``."""
+    if not self.is_main:
+      return
+    values = {name: float(v) for name, v in jax.device_get(dict(scalars)).items()}
+    with open(self.path, "a") as f:
+      f.write(json.dumps({"step": int(step), "time": time.time(), **values}) + "\n")
+    if self._tb is not None:
+      for name, value in values.items():
+        self._tb.add_scalar(name, value, int(step))
+    if self._bar is not None:
+      shown = {k: f"{v:.4g}" for k, v in values.items() if "/" not in k or k.startswith("eval")}
+      self._bar.set_postfix(shown, refresh=False)
+
+  def advance(self, steps: int = 1) -> None:
+    """Moves the progress bar (call every step; cheap, no device sync)."""
+    if self._bar is not None:
+      self._bar.update(steps)
+
+  def close(self) -> None:
+    if self._tb is not None:
+      self._tb.close()
+    if self._bar is not None:
+      self._bar.close()
+
+
+def read_jsonl(path: str) -> list[dict]:
+  """Records of a ``metrics.jsonl`` file, in order."""
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]

@@ -1,0 +1,132 @@
+"""Functional train state and its sharded initialization.
+
+The state is a pytree (``TrainState``) rather than a stateful ``nnx.Optimizer`` so that one
+object can be (a) passed through ``jax.jit`` with ``donate_argnums``, (b) given a sharding
+tree for ``in_shardings``/``out_shardings`` and (c) saved/restored by Orbax as is. The NNX
+module structure lives in the static ``graphdef``; ``nnx.merge(graphdef, params,
+model_state)`` rebuilds the module inside a step.
+
+Sharding comes from the model's ``nnx.with_partitioning`` annotations: logical names are
+mapped to mesh axes with ``mesh.LOGICAL_AXIS_RULES`` (``nnx.get_partition_spec`` under
+``nnx.logical_axis_rules``). Optimizer-state leaves that mirror parameters (Adam's mu/nu, ...)
+inherit the parameter's sharding through ``optax.tree_map_params``; other optimizer leaves
+(counts, the radius guard's scalars) are replicated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from flax.core import spmd
+
+from logitlab.training import mesh as mesh_lib
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a resumed run needs, as one pytree.
+
+  Attributes:
+    step: int32 scalar, number of optimizer updates applied.
+    params: ``nnx.State`` of the model's ``nnx.Param`` variables.
+    model_state: ``nnx.State`` of every other variable (BatchNorm statistics, ...).
+    opt_state: the optax state for ``params``.
+    rng: uint32[2] raw PRNG key data; split once per step (raw data so Orbax stores it as a
+      plain array).
+  """
+  step: jax.Array
+  params: nnx.State
+  model_state: nnx.State
+  opt_state: optax.OptState
+  rng: jax.Array
+
+
+def _init(model_fn: Callable[[nnx.Rngs], nnx.Module], tx: optax.GradientTransformation,
+          seed: int):
+  model = model_fn(nnx.Rngs(seed))
+  graphdef, params, model_state = nnx.split(model, nnx.Param, ...)
+  state = TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=model_state,
+                     opt_state=tx.init(params),
+                     rng=jax.random.key_data(jax.random.key(seed + 1)))
+  return graphdef, state
+
+
+def state_shardings(shapes: TrainState, tx: optax.GradientTransformation,
+                    mesh: jax.sharding.Mesh, rules=mesh_lib.LOGICAL_AXIS_RULES) -> TrainState:
+  """NamedSharding tree matching ``shapes`` (see module docstring)."""
+  with spmd.logical_axis_rules(rules):
+    param_specs = nnx.get_partition_spec(shapes.params)
+    model_state_specs = nnx.get_partition_spec(shapes.model_state)
+  to_sharding = lambda spec: jax.sharding.NamedSharding(mesh, spec)
+  param_shardings = jax.tree.map(to_sharding, param_specs)
+  replicated = mesh_lib.replicated(mesh)
+  opt_shardings = optax.tree_map_params(
+      tx, lambda _, sharding: sharding, shapes.opt_state, param_shardings,
+      transform_non_params=lambda _: replicated)
+  return TrainState(step=replicated, params=param_shardings,
+                    model_state=jax.tree.map(to_sharding, model_state_specs),
+                    opt_state=opt_shardings, rng=replicated)
+
+
+def abstract_train_state(
+    model_fn: Callable[[nnx.Rngs], nnx.Module],
+    tx: optax.GradientTransformation,
+    mesh: jax.sharding.Mesh,
+    *,
+    seed: int = 0,
+    rules=mesh_lib.LOGICAL_AXIS_RULES,
+) -> tuple[nnx.GraphDef, TrainState, TrainState]:
+  """Shapes and shardings of the state, without allocating it.
+
+  Returns:
+    ``(graphdef, abstract, shardings)``: the static module structure, a tree of
+    ``jax.ShapeDtypeStruct`` with shardings (the Orbax restore target) and the sharding tree.
+  """
+  with jax.set_mesh(mesh), spmd.logical_axis_rules(rules):
+    graphdef, shapes = nnx.eval_shape(lambda: _init(model_fn, tx, seed))
+    shardings = state_shardings(shapes, tx, mesh, rules)
+  return graphdef, abstract_state(shapes, shardings), shardings
+
+
+def create_train_state(
+    model_fn: Callable[[nnx.Rngs], nnx.Module],
+    tx: optax.GradientTransformation,
+    mesh: jax.sharding.Mesh,
+    *,
+    seed: int = 0,
+    rules=mesh_lib.LOGICAL_AXIS_RULES,
+) -> tuple[nnx.GraphDef, TrainState, TrainState]:
+  """Initializes model + optimizer directly into their shardings (no host-side full copy).
+
+  Args:
+    model_fn: builds the NNX model from ``nnx.Rngs``; parameters may carry
+      ``nnx.with_partitioning`` annotations with logical axis names.
+    tx: the optax transformation (may take extra args, e.g. the radius guard).
+    mesh: from ``mesh.make_mesh``.
+    seed: seeds both the parameter init and the per-step RNG stream.
+    rules: logical-axis -> mesh-axis rules.
+
+  Returns:
+    ``(graphdef, state, shardings)``: the static module structure, the sharded state and the
+    sharding tree (reuse it for the train step and for checkpoint restore).
+  """
+  graphdef, _, shardings = abstract_train_state(model_fn, tx, mesh, seed=seed, rules=rules)
+  with jax.set_mesh(mesh), spmd.logical_axis_rules(rules):
+    state = jax.jit(lambda: _init(model_fn, tx, seed)[1], out_shardings=shardings)()
+  return graphdef, state, shardings
+
+
+def abstract_state(state_or_shapes: TrainState, shardings: TrainState) -> TrainState:
+  """``jax.ShapeDtypeStruct`` tree with shardings: the restore target for Orbax."""
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                      state_or_shapes, shardings)
+
+
+def num_params(state: TrainState) -> int:
+  return sum(x.size for x in jax.tree.leaves(state.params))
+

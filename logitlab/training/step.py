@@ -1,0 +1,122 @@
+"""Jitted, sharded train and eval steps built from a user loss.
+
+A step is ``jax.jit`` with explicit ``in_shardings``/``out_shardings`` (the state's sharding
+tree and ``mesh.batch_sharding``) and the state donated, so parameters and optimizer state are
+updated in place on every device. The same function runs on 1 CPU, 8 fake CPU devices, a GPU
+box or a TPU pod slice; only the mesh changes.
+
+Optimizers that need more than gradients (optax ``GradientTransformationExtraArgs``: the
+radius guard's ``logits_fn=``, a line search's ``value_fn=``) get their keyword arguments from
+``extra_args_fn(ctx)``, called inside the step with a ``StepContext``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
+
+import jax
+import optax
+from flax import nnx
+
+from logitlab.training import mesh as mesh_lib
+from logitlab.training.metrics import optimizer_scalars
+from logitlab.training.state import TrainState
+
+Batch = Mapping[str, jax.Array]
+# loss_fn(model, batch, rng) -> (scalar loss, {name: scalar metric}).
+LossFn = Callable[[nnx.Module, Batch, jax.Array], tuple[jax.Array, dict[str, jax.Array]]]
+
+
+class StepContext(NamedTuple):
+  """What ``extra_args_fn`` may use to build optimizer extra args.
+
+  Attributes:
+    to_model: ``params -> nnx.Module``; rebuilds the module around (possibly perturbed)
+      parameters, e.g. ``logits_fn = lambda p: ctx.to_model(p)(ctx.batch["image"])``.
+    batch: the global batch of this step.
+    rng: typed PRNG key of this step (the one ``loss_fn`` received).
+    loss: the loss at the current parameters.
+    grads: gradients of ``loss`` w.r.t. the parameters (an ``nnx.State``).
+  """
+  to_model: Callable[[nnx.State], nnx.Module]
+  batch: Batch
+  rng: jax.Array
+  loss: jax.Array
+  grads: nnx.State
+
+
+def make_train_step(
+    graphdef: nnx.GraphDef,
+    tx: optax.GradientTransformation,
+    loss_fn: LossFn,
+    shardings: TrainState,
+    mesh: jax.sharding.Mesh,
+    *,
+    extra_args_fn: Callable[[StepContext], dict[str, Any]] | None = None,
+) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
+  """Returns ``train_step(state, batch) -> (state, metrics)``, jitted with donated state.
+
+  One step: split ``state.rng``; ``loss, grads = value_and_grad(loss_fn)`` at ``state.params``
+  (non-parameter variables such as BatchNorm statistics updated by the forward pass become
+  the new ``model_state``); ``updates = tx.update(grads, opt_state, params, **extra_args)``;
+  ``params += updates``. ``metrics`` holds ``loss``, ``grad_norm``, the loss_fn's metrics
+  and every named scalar in the optimizer state (``metrics.optimizer_scalars``), all
+  replicated float32 scalars.
+
+  Args:
+    graphdef: from ``state.create_train_state``.
+    tx: the optax transformation.
+    loss_fn: ``loss_fn(model, batch, rng) -> (loss, metrics)``, mean over the global batch.
+    shardings: the state's sharding tree (from ``create_train_state``).
+    mesh: the mesh; batches are expected sharded with ``mesh.batch_sharding``.
+    extra_args_fn: ``ctx -> {name: value}`` keyword arguments for ``tx.update``.
+  """
+
+  def train_step(state: TrainState, batch: Batch):
+    rng, step_rng = jax.random.split(jax.random.wrap_key_data(state.rng))
+
+    def objective(params):
+      model = nnx.merge(graphdef, params, state.model_state)
+      loss, metrics = loss_fn(model, batch, step_rng)
+      return loss, (metrics, nnx.state(model, nnx.Not(nnx.Param)))
+
+    (loss, (metrics, model_state)), grads = jax.value_and_grad(objective, has_aux=True)(
+        state.params)
+    extra_args = {}
+    if extra_args_fn is not None:
+      to_model = lambda params: nnx.merge(graphdef, params, state.model_state)
+      extra_args = extra_args_fn(StepContext(to_model, batch, step_rng, loss, grads))
+    updates, opt_state = tx.update(grads, state.opt_state, state.params, **extra_args)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), **metrics,
+               **optimizer_scalars(opt_state)}
+    new_state = state.replace(step=state.step + 1, params=params, model_state=model_state,
+                              opt_state=opt_state, rng=jax.random.key_data(rng))
+    return new_state, metrics
+
+  replicated = mesh_lib.replicated(mesh)
+  return jax.jit(train_step, in_shardings=(shardings, mesh_lib.batch_sharding(mesh)),
+                 out_shardings=(shardings, replicated), donate_argnums=0)
+
+
+def make_eval_step(
+    graphdef: nnx.GraphDef,
+    metrics_fn: Callable[[nnx.Module, Batch], dict[str, jax.Array]],
+    shardings: TrainState,
+    mesh: jax.sharding.Mesh,
+) -> Callable[[TrainState, Batch], dict[str, jax.Array]]:
+  """Returns jitted ``eval_step(state, batch) -> metrics`` with the model in eval mode.
+
+  ``metrics_fn(model, batch)`` should return *sums* over the valid examples of the batch
+  (e.g. ``jnp.sum(correct * batch["mask"])``) plus a ``count``; ``evaluate`` adds them over
+  batches and divides once, so padding in the last batch never biases a mean.
+  """
+
+  def eval_step(state: TrainState, batch: Batch):
+    model = nnx.merge(graphdef, state.params, state.model_state)
+    model.eval()
+    return metrics_fn(model, batch)
+
+  return jax.jit(eval_step, in_shardings=(shardings, mesh_lib.batch_sharding(mesh)),
+                 out_shardings=mesh_lib.replicated(mesh))
