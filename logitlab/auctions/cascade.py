@@ -22,14 +22,16 @@ twice), which makes it a relaxation: ``relaxation_bound`` is an upper bound on t
 tests/experiments):
   1. two starts: the DP relaxation repaired greedily in index order (drop pairs that reuse an
      ad or position), and a max-weight K-matching on g_ij = s_i p_ij, pruned by the same DP;
-  2. best-improvement local search over add / remove / swap-one-pair moves, each move scored
+  2. best-improvement local search over add / remove / replace-one-pair moves, each scored
      in closed form for all n m candidate pairs at once (insert x at its index rank:
-     V = Pre + D (g_x + c_x Tail)).
+     V = Pre + D (g_x + c_x Tail)), and exchange moves (two shown ads trade positions,
+     which no single replacement can reach when every position is used).
 The result is feasible, so value / relaxation_bound is a certified ratio at any scale.
 """
 from __future__ import annotations
 
 import dataclasses
+import itertools
 
 import numpy as np
 
@@ -161,7 +163,7 @@ def cascade_allocation(scores, ctr, continuation=None, max_ads: int = 1, *,
 
 
 def _best_move(current, gains, conts, index, n, m, max_ads):
-  """The best strictly improving add / remove / swap move from ``current``, or None."""
+  """The best strictly improving add / remove / replace / exchange move, or None."""
   current = current[np.argsort(-index[current], kind="stable")]
   value = sequence_value(gains[current], conts[current])
   best_value, best = value + 1e-12 * (1.0 + abs(value)), None
@@ -188,4 +190,13 @@ def _best_move(current, gains, conts, index, n, m, max_ads):
     candidate = int(np.argmax(inserted))
     if inserted[candidate] > best_value:
       best_value, best = inserted[candidate], np.append(base, candidate)
+  for first, second in itertools.combinations(range(len(current)), 2):
+    ad_a, pos_a = divmod(current[first], m)
+    ad_b, pos_b = divmod(current[second], m)
+    exchanged = current.copy()
+    exchanged[first], exchanged[second] = ad_a * m + pos_b, ad_b * m + pos_a
+    exchanged = exchanged[np.argsort(-index[exchanged], kind="stable")]
+    exchanged_value = sequence_value(gains[exchanged], conts[exchanged])
+    if exchanged_value > best_value:
+      best_value, best = exchanged_value, exchanged
   return best
