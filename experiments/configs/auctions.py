@@ -17,7 +17,7 @@ def get_config():
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.value_distribution = "uniform"
-  c.num_instances = 100
+  c.num_instances = 300
   c.num_ads_sweep = "2,4,8,16"
   c.num_positions = 4
   c.max_ads = 3
