@@ -232,6 +232,18 @@ def test_nkd_non_target_ignores_target_logits(batch, rng):
   assert np.all(np.abs(np.asarray(grad)).sum(-1) > 0)
 
 
+def test_dhkd_total_is_weighted_sum_of_head_losses(batch, rng):
+  head1, teacher, y = batch
+  head2 = rng.normal(size=(N, C)).astype(np.float32)
+  total, parts = losses.dhkd(head1, head2, teacher, y, gamma=0.5, alpha=2.0, temperature=3.0)
+  want_ce, want_bkl = ref_cross_entropy(head1, y).mean(), ref_binary_kl(head2, teacher, 3.0).mean()
+  np.testing.assert_allclose([parts["ce"], parts["binary_kl"]], [want_ce, want_bkl], rtol=1e-5)
+  np.testing.assert_allclose(total, 0.5 * want_ce + 2.0 * want_bkl, rtol=1e-5)
+  # Each head gets only its own loss's gradient: CE never reaches head 2.
+  grad_head2 = jax.grad(lambda h2: losses.dhkd(head1, h2, teacher, y, alpha=0.0)[0])(head2)
+  assert np.all(np.asarray(grad_head2) == 0)
+
+
 def test_binary_kl_norm_gradient_is_bounded():
   T = 2.0
   gaps = np.array([[-1e4, -30.0, -1.0, 0.0, 1.0, 30.0, 1e4]], np.float32)

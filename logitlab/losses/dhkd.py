@@ -87,6 +87,7 @@ def dhkd(
     (unweighted).
   """
   _common.check_logit_pair("head1_logits", head1_logits, "head2_logits", head2_logits)
+  _common.check_labels("labels", labels, "head1_logits", head1_logits)
   reduce = dict(where=where, weights=weights, reduction="mean")
   parts = {
       "ce": cross_entropy(head1_logits, labels, **reduce),
