@@ -1,0 +1,157 @@
+"""The uniform interface of every vision model and the layers the families share.
+
+Every model is a `VisionClassifier`:
+
+* ``model(x, *, train=False) -> logits [N, num_classes]`` (float32).
+* ``model.forward(x, *, train=False) -> dict`` with
+
+  - ``"logits"``: main head on the final feature, ``[N, num_classes]``;
+  - ``"feature"``: the pooled final feature fed to the head, ``[N, feature_dim]``;
+  - ``"middle_feature"``: the USKD middle feature, ``[N, middle_dim]``: global average pool of the
+    second-to-last stage for CNNs, the class token after block ``depth // 2`` for ViTs
+    (USKD, arXiv:2305.15781, Sec. 3.3);
+  - ``"aux_logits"`` (only with ``aux_head="linear" | "mlp"``): the DHKD second head on the same
+    final feature (Dual-Head KD, arXiv:2411.08937): the KD loss goes on this head, CE on ``logits``;
+  - ``"middle_logits"`` (only with ``middle_head=True``): USKD's auxiliary linear classifier on
+    the middle feature (the weak head whose logits rank the non-target classes).
+
+``train`` selects batch statistics (and updates the running averages) in BatchNorm; ``train=False``
+uses the running averages, like PyTorch's ``model.eval()``. Inputs are NHWC images, any float
+dtype (bf16 included); parameters and logits are float32.
+
+Sharding: kernels carry logical-axis annotations (``nnx.with_partitioning``): conv kernels
+``(None, None, "conv_in", "conv_out")``, dense kernels ``("embed", "mlp")`` / ``("embed",
+"vocab")`` (classes), the names of ``logitlab.training.mesh.LOGICAL_AXIS_RULES``. They are
+metadata only (``eager_sharding=False``) until ``training.state.create_train_state`` maps them.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from logitlab import numerics
+
+AuxHead = Literal["linear", "mlp"] | None
+
+# PyTorch BatchNorm defaults (momentum 0.1 on the new statistic = flax momentum 0.9).
+_BN_MOMENTUM = 0.9
+_BN_EPSILON = 1e-5
+
+
+def conv_kernel_init():
+  """He (fan_out, normal) init as in mdistiller/torchvision ResNets, with sharding axes."""
+  return nnx.with_partitioning(nnx.initializers.variance_scaling(2.0, "fan_out", "normal"),
+                               (None, None, "conv_in", "conv_out"),
+                               eager_sharding=False)
+
+
+def conv(in_features: int, out_features: int, kernel: int, stride: int = 1, *, groups: int = 1,
+         use_bias: bool = False, rngs: nnx.Rngs) -> nnx.Conv:
+  """``kernel x kernel`` conv with PyTorch's symmetric ``kernel // 2`` padding.
+
+  Explicit padding (not "SAME") so stride-2 convs see the same pixels as the PyTorch
+  reference models, which matters when porting teacher weights.
+  """
+  pad = kernel // 2
+  return nnx.Conv(in_features, out_features, (kernel, kernel), strides=stride,
+                  padding=((pad, pad), (pad, pad)), feature_group_count=groups,
+                  use_bias=use_bias, kernel_init=conv_kernel_init(), rngs=rngs)
+
+
+def batch_norm(num_features: int, *, rngs: nnx.Rngs) -> nnx.BatchNorm:
+  return nnx.BatchNorm(num_features, momentum=_BN_MOMENTUM, epsilon=_BN_EPSILON, rngs=rngs)
+
+
+def dense(in_features: int, out_features: int, *, axes=("embed", "vocab"),
+          rngs: nnx.Rngs) -> nnx.Linear:
+  return nnx.Linear(in_features, out_features,
+                    kernel_init=nnx.with_partitioning(nnx.initializers.lecun_normal(), axes,
+                                                      eager_sharding=False),
+                    rngs=rngs)
+
+
+class ConvBN(nnx.Module):
+  """conv -> BatchNorm -> optional ReLU (or ReLU6 for MobileNetV2)."""
+
+  def __init__(self, in_features: int, out_features: int, kernel: int, stride: int = 1, *,
+               groups: int = 1, activation=jax.nn.relu, rngs: nnx.Rngs):
+    self.conv = conv(in_features, out_features, kernel, stride, groups=groups, rngs=rngs)
+    self.bn = batch_norm(out_features, rngs=rngs)
+    self.activation = activation
+
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    y = self.bn(self.conv(x), use_running_average=not train)
+    return y if self.activation is None else self.activation(y)
+
+
+def run_stages(stages: nnx.List, x: jax.Array, *, train: bool) -> list[jax.Array]:
+  """Runs a list of stages (each a list of ``block(x, *, train)``); returns every stage output."""
+  outputs = []
+  for stage in stages:
+    for block in stage:
+      x = block(x, train=train)
+    outputs.append(x)
+  return outputs
+
+
+def global_avg_pool(x: jax.Array) -> jax.Array:
+  """``[N, H, W, C] -> [N, C]``."""
+  return jnp.mean(x, axis=(1, 2))
+
+
+class MLPHead(nnx.Module):
+  """Nonlinear DHKD auxiliary head: Linear(d, d) -> ReLU -> Linear(d, C)."""
+
+  def __init__(self, in_features: int, num_classes: int, *, rngs: nnx.Rngs):
+    self.hidden = dense(in_features, in_features, axes=("embed", "mlp"), rngs=rngs)
+    self.out = dense(in_features, num_classes, axes=("mlp", "vocab"), rngs=rngs)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    return self.out(jax.nn.relu(self.hidden(x)))
+
+
+class VisionClassifier(nnx.Module):
+  """Base class: subclasses build a backbone, call `_init_heads` and implement `embed`."""
+
+  input_rank: int = 4  # NHWC images; the 1-D toy nets override this.
+
+  def _init_heads(self, *, feature_dim: int, middle_dim: int, num_classes: int,
+                  aux_head: AuxHead, middle_head: bool, rngs: nnx.Rngs) -> None:
+    self.feature_dim = feature_dim
+    self.middle_dim = middle_dim
+    self.num_classes = num_classes
+    self.head = dense(feature_dim, num_classes, rngs=rngs)
+    if aux_head is None:
+      self.aux_head = None
+    elif aux_head == "linear":
+      self.aux_head = dense(feature_dim, num_classes, rngs=rngs)
+    elif aux_head == "mlp":
+      self.aux_head = MLPHead(feature_dim, num_classes, rngs=rngs)
+    else:
+      raise ValueError(f"`aux_head` must be None, 'linear' or 'mlp', got {aux_head!r}.")
+    self.middle_head = dense(middle_dim, num_classes, rngs=rngs) if middle_head else None
+
+  def embed(self, x: jax.Array, *, train: bool) -> tuple[jax.Array, jax.Array]:
+    """Returns ``(middle_feature [N, middle_dim], feature [N, feature_dim])``."""
+    raise NotImplementedError
+
+  def forward(self, x: jax.Array, *, train: bool = False) -> dict[str, jax.Array]:
+    """All outputs of the model; see the module docstring for the keys."""
+    if not hasattr(x, "ndim") or x.ndim != self.input_rank:
+      layout = "[N, H, W, C]" if self.input_rank == 4 else "[N, L] or [N, L, C]"
+      raise ValueError(f"`x` must be a batch of inputs {layout} for {type(self).__name__}, got "
+                       f"shape {getattr(x, 'shape', None)}.")
+    middle, feature = self.embed(numerics.upcast(x), train=train)
+    out = {"logits": self.head(feature), "feature": feature, "middle_feature": middle}
+    if self.aux_head is not None:
+      out["aux_logits"] = self.aux_head(feature)
+    if self.middle_head is not None:
+      out["middle_logits"] = self.middle_head(middle)
+    return out
+
+  def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+    return self.forward(x, train=train)["logits"]
