@@ -1,0 +1,97 @@
+"""Semantic Soft Bootstrapping: curation, alignment, reply-only KL at T = 2, LoRA-only training."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from logitlab import ssb
+from logitlab import training
+from logitlab.models import decoder_lm
+
+
+def test_curate_picks_first_correct_and_most_common_incorrect(rng):
+  correct = np.array([[0, 1, 0, 1], [1, 1, 1, 1], [0, 0, 0, 0], [0, 0, 1, 0]], bool)
+  answers = [[5, 7, 5, 7], [1, 1, 1, 1], [2, 3, 2, 2], [4, 6, 9, 6]]
+  triples = ssb.curate(correct, answers, rng)
+  assert triples == [(0, 1, 0), (3, 2, 1)]
+  # All-unique incorrect answers: any incorrect rollout may be chosen, never a correct one.
+  picks = {ssb.curate(np.array([[0, 0, 1, 0]], bool), [[1, 2, 3, 4]], np.random.default_rng(s))[0][2]
+           for s in range(20)}
+  assert picks <= {0, 1, 3} and len(picks) > 1
+
+
+def test_align_replies_puts_reply_at_same_positions():
+  batch = ssb.align_replies([[9, 9, 9], [8]], [[1, 2], [3, 4, 5]], reply_start=3, width=7)
+  np.testing.assert_array_equal(batch["tokens"], [[9, 9, 9, 1, 2, 0, 0], [0, 0, 8, 3, 4, 5, 0]])
+  np.testing.assert_array_equal(batch["reply_mask"][:, 3], True)
+  np.testing.assert_array_equal(batch["reply_mask"].sum(1), [2, 3])
+  np.testing.assert_array_equal(batch["attention_mask"].sum(1), [5, 4])
+  with pytest.raises(ValueError, match="reply_start"):
+    ssb.align_replies([[1, 2, 3, 4]], [[1]], reply_start=3, width=7)
+
+
+def _np_kl_t2(t, s, mask, temp=2.0):
+  def lsm(z):
+    z = z / temp
+    z = z - z.max(-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(-1, keepdims=True))
+  lt, ls = lsm(t), lsm(s)
+  return temp**2 * (np.exp(lt) * (lt - ls)).sum(-1)[mask].mean()
+
+
+def test_ssb_loss_reference_and_ignores_prompt_tokens(rng):
+  b, t, d, v = 2, 8, 6, 20
+  hidden = rng.normal(size=(b, t, d))
+  w = rng.normal(size=(d, v))
+  teacher = rng.normal(size=(b, t, v)) * 3
+  reply = np.zeros((b, t), bool)
+  reply[:, 4:] = True
+  t_logits, t_ids = ssb.teacher_targets(jnp.asarray(teacher, jnp.float32))  # full vocabulary
+  loss_fn = jax.jit(lambda h: ssb.ssb_loss(h, lambda x: x @ jnp.asarray(w, jnp.float32), reply,
+                                           t_logits, t_ids, chunk_size=3))
+  loss = loss_fn(jnp.asarray(hidden, jnp.float32))
+  np.testing.assert_allclose(loss, _np_kl_t2(teacher, hidden @ w, reply), rtol=1e-4)
+  changed_prompt = hidden.copy()
+  changed_prompt[:, :4] = rng.normal(size=(b, 4, d)) * 10
+  np.testing.assert_allclose(loss_fn(jnp.asarray(changed_prompt, jnp.float32)), loss, rtol=1e-6)
+  changed_reply = hidden.copy()
+  changed_reply[:, 5] += 1.0
+  assert abs(float(loss_fn(jnp.asarray(changed_reply, jnp.float32))) - float(loss)) > 1e-3
+  # Top-k targets: the k largest teacher logits, exact KL over the truncated teacher.
+  k_logits, k_ids = ssb.teacher_targets(jnp.asarray(teacher, jnp.float32), top_k=4)
+  np.testing.assert_allclose(k_logits, -np.sort(-teacher, -1)[..., :4], rtol=1e-6)
+
+
+def test_lora_training_updates_only_adapters_and_checkpoints(tmp_path):
+  cfg = decoder_lm.LMConfig(vocab_size=24, hidden_size=16, intermediate_size=32, num_layers=1,
+                            num_heads=2, num_kv_heads=1)
+  teacher = decoder_lm.DecoderLM(cfg, rngs=nnx.Rngs(1))
+  student = ssb.add_lora(decoder_lm.DecoderLM(cfg, rngs=nnx.Rngs(0)), 4, rngs=nnx.Rngs(2))
+  teacher_batch = ssb.align_replies([[5, 6, 7, 8], [9, 10, 11]], [[3, 4, 5], [6, 7]], 4, 8)
+  student_batch = ssb.align_replies([[5, 6], [9]], [[3, 4, 5], [6, 7]], 4, 8)
+  t_logits, t_ids = ssb.model_teacher_targets(
+      teacher, {k: jnp.asarray(v) for k, v in teacher_batch.items()}, top_k=8)
+  batch = {k: jnp.asarray(v) for k, v in student_batch.items()}
+  batch.update(teacher_logits=t_logits, teacher_ids=t_ids)
+  base = nnx.All(nnx.Param, nnx.Not(nnx.LoRAParam))  # LoRAParam subclasses Param
+  base_before = jax.tree.map(np.array, nnx.state(student, base))
+  lora_before = jax.tree.map(np.array, nnx.state(student, nnx.LoRAParam))
+  optimizer = ssb.lora_optimizer(student, 1e-2)
+  losses = [float(ssb.lora_train_step(student, optimizer, batch)) for _ in range(3)]
+  assert losses[-1] < losses[0]
+  jax.tree.map(np.testing.assert_array_equal, base_before,
+               jax.tree.map(np.array, nnx.state(student, base)))
+  lora_after = nnx.state(student, nnx.LoRAParam)
+  assert any(np.abs(np.asarray(a) - b).max() > 0 for a, b in
+             zip(jax.tree.leaves(lora_after), jax.tree.leaves(lora_before)))
+  # Only the adapters are checkpointed, and they restore exactly.
+  ckpt = training.Checkpointer(str(tmp_path), save_interval_steps=1, async_save=False)
+  ckpt.save(5, lora_after, {"position": 5})
+  restored, data = ckpt.restore(jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+                                             lora_after))
+  ckpt.close()
+  assert data == {"position": 5}
+  jax.tree.map(np.testing.assert_array_equal, jax.tree.leaves(restored), jax.tree.leaves(lora_after))
+  assert sum(x.size for x in jax.tree.leaves(restored)) < sum(
+      x.size for x in jax.tree.leaves(base_before))
