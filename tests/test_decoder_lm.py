@@ -1,0 +1,182 @@
+"""DecoderLM against a float64 NumPy reference written from the Llama/Qwen2 equations."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from logitlab.models import decoder_lm
+from logitlab.models.decoder_lm import DecoderLM, LMConfig
+
+
+def tiny_config(**overrides) -> LMConfig:
+  fields = dict(vocab_size=40, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4,
+                num_kv_heads=2, head_dim=12, rope_theta=100.0, rms_norm_eps=1e-5)
+  fields.update(overrides)
+  return LMConfig(**fields)
+
+
+def randomize(model: DecoderLM, seed: int = 0) -> DecoderLM:
+  """Replaces every parameter (norm weights and biases included) with random values."""
+  rng = np.random.default_rng(seed)
+  state = nnx.state(model, nnx.Param)
+  state = jax.tree.map(lambda p: jnp.asarray(rng.normal(0.0, 0.3, p.shape), p.dtype), state)
+  nnx.update(model, state)
+  return model
+
+
+def np_params(model: DecoderLM) -> dict:
+  return jax.tree.map(lambda x: np.asarray(x, np.float64), nnx.to_pure_dict(nnx.state(model)))
+
+
+def reference_logits(model: DecoderLM, tokens: np.ndarray) -> np.ndarray:
+  """Float64 forward for unpadded tokens [B, T], from the equations (no cache)."""
+  cfg, p = model.config, np_params(model)
+  b, t = tokens.shape
+  hd, groups = cfg.head_dim, cfg.num_heads // cfg.num_kv_heads
+
+  def rms(x, w):
+    return x / np.sqrt(np.mean(x ** 2, -1, keepdims=True) + cfg.rms_norm_eps) * w
+
+  def rope(x):  # x: [B, T, N, hd], rotate_half pairs (i, i + hd/2)
+    half = hd // 2
+    freq = cfg.rope_theta ** (-np.arange(half) / half)
+    ang = np.arange(t)[:, None] * freq  # [T, half]
+    cos, sin = np.cos(ang)[None, :, None], np.sin(ang)[None, :, None]
+    x1, x2 = x[..., :half], x[..., half:]
+    return np.concatenate([x1 * cos - x2 * sin, x1 * sin + x2 * cos], -1)
+
+  def proj(layer, name, x):
+    out = x @ layer[name]["kernel"]
+    return out + layer[name]["bias"] if "bias" in layer[name] else out
+
+  h = p["embed_tokens"]["embedding"][tokens]
+  for i in range(cfg.num_layers):
+    layer = p["layers"][i]
+    attn = layer["self_attn"]
+    n = rms(h, layer["input_layernorm"]["weight"])
+    q = rope(proj(attn, "q_proj", n).reshape(b, t, cfg.num_heads, hd))
+    k = rope(proj(attn, "k_proj", n).reshape(b, t, cfg.num_kv_heads, hd))
+    v = proj(attn, "v_proj", n).reshape(b, t, cfg.num_kv_heads, hd)
+    k, v = np.repeat(k, groups, axis=2), np.repeat(v, groups, axis=2)  # GQA: head j uses j//g
+    scores = np.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(hd)
+    scores = np.where(np.tril(np.ones((t, t), bool)), scores, -np.inf)
+    w = np.exp(scores - scores.max(-1, keepdims=True))
+    w /= w.sum(-1, keepdims=True)
+    o = np.einsum("bhqk,bkhd->bqhd", w, v).reshape(b, t, -1)
+    h = h + o @ attn["o_proj"]["kernel"]
+    m = rms(h, layer["post_attention_layernorm"]["weight"])
+    mlp = layer["mlp"]
+    gate = m @ mlp["gate_proj"]["kernel"]
+    h = h + (gate / (1 + np.exp(-gate)) * (m @ mlp["up_proj"]["kernel"])) @ mlp["down_proj"][
+        "kernel"]
+  h = rms(h, p["final_norm"]["weight"])
+  head = p["embed_tokens"]["embedding"].T if cfg.tie_word_embeddings else p["lm_head"]
+  return h @ head
+
+
+@pytest.mark.parametrize("overrides", [
+    dict(),
+    dict(model_type="qwen2", qkv_bias=True, tie_word_embeddings=True, num_kv_heads=1),
+])
+def test_forward_matches_float64_reference(overrides):
+  model = randomize(DecoderLM(tiny_config(**overrides), rngs=nnx.Rngs(0)))
+  tokens = np.random.default_rng(1).integers(0, 40, (2, 9))
+  out = model(jnp.asarray(tokens))
+  assert out.logits.dtype == jnp.float32 and out.logits.shape == (2, 9, 40)
+  np.testing.assert_allclose(out.logits, reference_logits(model, tokens), rtol=2e-4, atol=2e-4)
+
+
+@pytest.fixture(scope="module")
+def model():
+  return randomize(DecoderLM(tiny_config(), rngs=nnx.Rngs(0)), seed=3)
+
+
+def test_cache_decode_equals_full_forward(model):
+  tokens = jnp.asarray(np.random.default_rng(2).integers(0, 40, (2, 10)))
+  full = model(tokens).logits
+  cache = decoder_lm.init_cache(model.config, 2, 12)
+  pieces = []
+  for start, stop in [(0, 4), (4, 5), (5, 6), (6, 10)]:  # prefill, single steps, a chunk
+    out = model(tokens[:, start:stop], cache=cache)
+    cache = out.cache
+    pieces.append(out.logits)
+  np.testing.assert_allclose(jnp.concatenate(pieces, 1), full, atol=1e-5)
+  assert int(cache.index) == 10
+  np.testing.assert_array_equal(cache.next_position, [10, 10])
+
+
+def test_left_padding_is_invisible(model):
+  """A left-padded row (prefill and cached decode) gives the logits of the unpadded row."""
+  seq = jnp.asarray(np.random.default_rng(4).integers(0, 40, (1, 6)))
+  ref = model(seq).logits[0]
+  padded = jnp.concatenate([jnp.full((1, 3), 7), seq[:, :4]], axis=1)  # 3 pads + 4 tokens
+  mask = jnp.arange(7)[None] >= 3
+  cache = decoder_lm.init_cache(model.config, 1, 9)
+  out = model(padded, attention_mask=mask, cache=cache)
+  np.testing.assert_allclose(out.logits[0, 3:], ref[:4], atol=1e-5)
+  out2 = model(seq[:, 4:], cache=out.cache)
+  np.testing.assert_allclose(out2.logits[0], ref[4:], atol=1e-5)
+  # Without a cache the same mask gives the same logits on the real tokens.
+  np.testing.assert_allclose(model(padded, attention_mask=mask).logits[0, 3:], ref[:4],
+                             atol=1e-5)
+
+
+def test_embeddings_hidden_states_and_unembed(model):
+  tokens = jnp.asarray([[1, 5, 9, 2]])
+  out = model(tokens, return_hidden_states=True)
+  by_embeds = model(inputs_embeds=model.embed(tokens))
+  np.testing.assert_allclose(by_embeds.logits, out.logits, atol=1e-6)
+  assert len(out.hidden_states) == model.config.num_layers + 1
+  np.testing.assert_allclose(out.hidden_states[0], model.embedding_matrix()[tokens[0]][None])
+  np.testing.assert_allclose(model.unembed(out.hidden_states[-1]), out.logits, atol=1e-5)
+  # A mixed (soft) input embedding is accepted and differs from both pure tokens.
+  soft = 0.6 * model.embedding_matrix()[5] + 0.4 * model.embedding_matrix()[9]
+  mixed = model(inputs_embeds=soft[None, None]).logits[0, 0]
+  for token in (5, 9):
+    assert not np.allclose(mixed, model(jnp.asarray([[token]])).logits[0, 0], atol=1e-3)
+
+
+def test_bf16_params_give_float32_logits_close_to_float32(model):
+  bf16 = DecoderLM(tiny_config(param_dtype=jnp.bfloat16), rngs=nnx.Rngs(0))
+  nnx.update(bf16, jax.tree.map(lambda x: x.astype(jnp.bfloat16), nnx.state(model, nnx.Param)))
+  tokens = jnp.asarray([[3, 1, 4, 1, 5, 9]])
+  assert bf16.layers[0].mlp.up_proj.kernel[...].dtype == jnp.bfloat16
+  logits = bf16(tokens).logits
+  assert logits.dtype == jnp.float32
+  ref = model(tokens).logits
+  np.testing.assert_allclose(logits, ref, atol=0.1 * float(jnp.std(ref)) + 0.05)
+
+
+def test_huge_embeddings_stay_finite(model):
+  embeds = 1e4 * jax.random.normal(jax.random.key(0), (1, 5, model.config.hidden_size))
+  assert np.isfinite(np.asarray(model(inputs_embeds=embeds).logits)).all()
+
+
+def test_shard_model_on_fsdp_tensor_mesh():
+  model = randomize(DecoderLM(tiny_config(vocab_size=64), rngs=nnx.Rngs(0)))
+  tokens = jnp.asarray(np.random.default_rng(5).integers(0, 64, (2, 5)))
+  ref = model(tokens).logits
+  mesh = jax.make_mesh((2, 4), ("fsdp", "tensor"),
+                       axis_types=(jax.sharding.AxisType.Auto,) * 2)
+  decoder_lm.shard_model(model, mesh)
+  q_kernel = model.layers[0].self_attn.q_proj.kernel[...]
+  assert q_kernel.sharding.spec == jax.P("fsdp", "tensor")
+  assert model.embed_tokens.embedding[...].sharding.spec == jax.P("tensor", "fsdp")
+  np.testing.assert_allclose(model(tokens).logits, ref, atol=1e-5)
+
+
+def test_config_hf_dict_round_trip_and_validation():
+  cfg = tiny_config(model_type="qwen2", qkv_bias=True, tie_word_embeddings=True, eos_token_id=1)
+  assert LMConfig.from_hf_dict(cfg.to_hf_dict()) == cfg
+  assert LMConfig(vocab_size=8, hidden_size=32, intermediate_size=8, num_layers=1, num_heads=4,
+                  num_kv_heads=4).head_dim == 8
+  with pytest.raises(NotImplementedError, match="rope_scaling"):
+    LMConfig.from_hf_dict({**cfg.to_hf_dict(), "rope_scaling": {"rope_type": "llama3"}})
+  with pytest.raises(ValueError, match="num_kv_heads"):
+    tiny_config(num_kv_heads=3)
+  model = DecoderLM(tiny_config(), rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match="exactly one"):
+    model()
+  with pytest.raises(ValueError, match="attention_mask"):
+    model(jnp.zeros((2, 3), jnp.int32), attention_mask=jnp.ones((2, 4), bool))
