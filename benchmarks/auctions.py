@@ -2,9 +2,9 @@
 
 For each (n, m, K): the exact MNL allocation (Dinkelbach + pruned assignment) against the
 Charnes-Cooper LP (HiGHS) on the same instance (speed ratio and value ratio, which must be 1),
-VCG (<= K + 1 allocations), Myerson with U[0, 1] values (exact breakpoints), and the cascade
+VCG (<= K + 1 allocations), Myerson with U[0, 1] values (exact breakpoints), the cascade
 approximation with its ratio to brute force (small n) or to the DP relaxation bound (certified
-lower bound on the true ratio).
+lower bound on the true ratio), and VCG-based cascade payments around the approximation.
 
 Run:  python -m benchmarks.auctions            (appends to BENCHMARKS.md)
       python -m benchmarks.auctions --reps 1 --no-append
@@ -52,18 +52,20 @@ def main():
                          args.reps)
     t_cascade, approx = timed(
         lambda: auctions.cascade_allocation(values, ctr, conts, max_ads), args.reps)
+    t_cascade_vcg, _ = timed(lambda: auctions.cascade_vcg(values, ctr, conts, max_ads), 1)
     if num_ads <= 7:
       reference, reference_name = brute_force.cascade_brute_force(
-          values, ctr, conts, max_ads)[1], "brute force"
+          values, ctr, conts, max_ads).value, "brute force"
       assert abs(brute_force.mnl_brute_force(values, ctr, max_ads)[1] - exact.value) < 1e-12
     else:
       reference, reference_name = approx.upper_bound, "DP bound"
     rows.append([num_ads, num_positions, max_ads, 1e3 * t_mnl, exact.iterations,
                  1e3 * t_lp, t_lp / t_mnl, exact.value / lp.value, 1e3 * t_vcg,
-                 1e3 * t_myerson, 1e3 * t_cascade, approx.value / reference, reference_name])
+                 1e3 * t_myerson, 1e3 * t_cascade, approx.value / reference, reference_name,
+                 1e3 * t_cascade_vcg])
   header = ["n", "m", "K", "MNL exact ms", "Dinkelbach iters", "LP ms", "LP / exact time",
             "exact / LP value", "VCG ms", "Myerson ms", "cascade ms", "cascade ratio",
-            "cascade reference"]
+            "cascade reference", "cascade VCG ms"]
   report("Position auctions: time per auction (MNL exact, VCG, Myerson, cascade)",
          __spec__.name, header, rows,
          notes=("Single-threaded NumPy/SciPy on the host; CTRs from "

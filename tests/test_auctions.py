@@ -251,7 +251,7 @@ def test_cascade_allocation_vs_brute_force(rng, default_continuation):
     scores, ctr, k = random_instance(rng)
     conts = None if default_continuation else rng.uniform(size=ctr.shape) * (1 - ctr)
     full_conts = 1 - ctr if conts is None else conts
-    _, best = brute_force.cascade_brute_force(scores, ctr, full_conts, k)
+    best = brute_force.cascade_brute_force(scores, ctr, full_conts, k).value
     allocation = auctions.cascade_allocation(scores, ctr, conts, k)
     ads, positions = allocation.pairs[:, 0], allocation.pairs[:, 1]
     assert len(ads) <= k and len(set(ads)) == len(ads) and len(set(positions)) == len(positions)
@@ -262,6 +262,43 @@ def test_cascade_allocation_vs_brute_force(rng, default_continuation):
     ratios.append(value / best)
   assert min(ratios) >= 0.9
   assert np.mean(ratios) >= 0.99
+
+
+def test_cascade_click_probs_sum_to_the_sequence_value(rng):
+  scores, ctr = rng.uniform(size=5), rng.uniform(0, 0.9, size=(5, 3))
+  conts = rng.uniform(size=(5, 3))
+  pairs = np.array([[3, 1], [0, 2], [4, 0]])
+  clicks = auctions.cascade_click_probs(ctr, conts, pairs)
+  np.testing.assert_allclose(clicks[[3, 0, 4]], [ctr[3, 1], conts[3, 1] * ctr[0, 2],
+                                                 conts[3, 1] * conts[0, 2] * ctr[4, 0]])
+  assert clicks[1] == clicks[2] == 0.0
+  assert scores @ clicks == pytest.approx(
+      brute_force.cascade_sequence_value(scores, ctr, conts, pairs))
+
+
+def test_cascade_vcg_with_exact_solver_is_truthful(rng):
+  for _ in range(2):
+    values, ctr = rng.uniform(size=4), rng.uniform(0.05, 0.8, size=(4, 2))
+    conts = rng.uniform(size=(4, 2)) * (1 - ctr)
+    mechanism = lambda v: auctions.cascade_vcg(v, ctr, conts, 2,
+                                               solver=brute_force.cascade_brute_force)
+    outcome = mechanism(values)
+    assert np.all(outcome.payments >= -1e-12)
+    assert np.all(outcome.utilities(values) >= -1e-12)
+    for bidder in range(4):
+      truthful = outcome.utilities(values)[bidder]
+      for report in np.linspace(0, 1, 6):
+        assert utility_of_report(mechanism, values, bidder, report) <= truthful + 1e-10
+
+
+def test_bf16_inputs_are_accepted_with_float64_math():
+  jnp = pytest.importorskip("jax.numpy")
+  values = jnp.asarray([0.5, 0.9, 0.2], jnp.bfloat16)
+  ctr = jnp.asarray([[0.1, 0.2], [0.3, 0.1], [0.2, 0.2]], jnp.bfloat16)
+  outcome = auctions.vcg(values, ctr, 2)
+  reference = auctions.vcg(np.asarray(values, np.float64), np.asarray(ctr, np.float64), 2)
+  assert outcome.payments.dtype == np.float64
+  np.testing.assert_array_equal(outcome.payments, reference.payments)
 
 
 # ----------------------------------------------------------------------------- baselines

@@ -5,7 +5,7 @@ i.i.d. from ``value_distribution`` (uniform | exponential | bimodal), CTRs
 p_ij = quality_i * position_j * lognormal noise. Mechanisms: VCG (welfare-optimal), Myerson
 (revenue-optimal), GSP-like rank by v*p (always K ads), the same with the monopoly reserve.
 Cascade part: the approximation vs brute force on small instances and vs the DP relaxation
-bound on larger ones, next to rank-by-v*p.
+bound on larger ones, next to rank-by-v*p; misreport gains of VCG-based cascade payments.
 
 Run:  python -m experiments.auctions
       python -m experiments.auctions --config.num_instances=500 --config.value_distribution=bimodal
@@ -26,6 +26,7 @@ def get_config():
   c.cascade_instances = 200
   c.cascade_small = "6,3,3"  # n, m, K for the brute-force comparison
   c.cascade_large = "200,10,5"  # n, m, K for the relaxation-bound certificate
+  c.cascade_ic_instances = 40  # misreport check of VCG-based cascade payments (small size)
   c.cascade_max_exit = 0.5  # continuation c = (1 - p) (1 - e), e ~ U(0, max_exit)
   c.out_dir = "experiments/out/auctions"
   return c

@@ -2,10 +2,12 @@
 
   mnl            exact welfare / virtual-welfare maximization over K-matchings (Dinkelbach +
                  assignment; Charnes-Cooper LP cross-check)
-  mechanisms     VCG and Myerson (ironed virtual values, exact threshold payments)
+  mechanisms     VCG and Myerson (ironed virtual values, exact threshold payments); cascade
+                 VCG around a solver (truthful with an exact one)
   distributions  value distributions, virtual values, ironing
   cascade        optimal order of fixed pairs, approximate joint allocation, DP upper bound
   baselines      rank-by-v*p (GSP-like) allocation and pricing, the comparison point
+  instances      random CTR / continuation generators
   brute_force    exhaustive references for tests
 
 See docs/auctions.md for the modelling choices.
@@ -14,6 +16,7 @@ from logitlab.auctions.baselines import RankedAllocation
 from logitlab.auctions.baselines import rank_by_value_ctr
 from logitlab.auctions.cascade import CascadeAllocation
 from logitlab.auctions.cascade import cascade_allocation
+from logitlab.auctions.cascade import cascade_click_probs
 from logitlab.auctions.cascade import optimal_order
 from logitlab.auctions.cascade import relaxation_bound
 from logitlab.auctions.distributions import Exponential
@@ -23,6 +26,7 @@ from logitlab.auctions.distributions import Uniform
 from logitlab.auctions.distributions import bimodal_uniform
 from logitlab.auctions.mechanisms import AuctionOutcome
 from logitlab.auctions.mechanisms import allocation_curve
+from logitlab.auctions.mechanisms import cascade_vcg
 from logitlab.auctions.mechanisms import myerson
 from logitlab.auctions.mechanisms import vcg
 from logitlab.auctions.mnl import MNLAllocation

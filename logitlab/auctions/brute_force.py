@@ -9,6 +9,7 @@ import itertools
 
 import numpy as np
 
+from logitlab.auctions import cascade
 from logitlab.auctions import mnl
 
 NOT_SHOWN = mnl.NOT_SHOWN
@@ -44,8 +45,8 @@ def cascade_sequence_value(scores, ctr, continuation, sequence) -> float:
   return value
 
 
-def cascade_brute_force(scores, ctr, continuation, max_ads) -> tuple[list, float]:
-  """Best ordered sequence of distinct ads in distinct positions, over all orders."""
+def cascade_brute_force(scores, ctr, continuation, max_ads) -> cascade.CascadeAllocation:
+  """Best ordered sequence of distinct ads in distinct positions, over all orders (exact)."""
   num_ads, num_positions = np.shape(ctr)
   best, best_value = [], 0.0
   for size in range(1, min(max_ads, num_ads, num_positions) + 1):
@@ -55,4 +56,7 @@ def cascade_brute_force(scores, ctr, continuation, max_ads) -> tuple[list, float
         value = cascade_sequence_value(scores, ctr, continuation, sequence)
         if value > best_value:
           best, best_value = sequence, value
-  return best, best_value
+  pairs = np.asarray(best, np.int64).reshape(-1, 2)
+  return cascade.CascadeAllocation(
+      pairs=pairs, value=best_value, upper_bound=best_value,
+      click_probs=cascade.cascade_click_probs(np.asarray(ctr), np.asarray(continuation), pairs))

@@ -154,12 +154,20 @@ def cascade_allocation(scores, ctr, continuation=None, max_ads: int = 1, *,
       break
     current = improved
   current = current[np.argsort(-index[current], kind="stable")]
-  click_probs = np.zeros(n)
-  reach = np.concatenate([[1.0], np.cumprod(conts[current])[:-1]])
-  click_probs[current // m] = reach * ctr.ravel()[current]
-  return CascadeAllocation(pairs=np.stack([current // m, current % m], axis=1).reshape(-1, 2),
-                           value=sequence_value(gains[current], conts[current]),
-                           click_probs=click_probs, upper_bound=upper_bound)
+  pairs = np.stack([current // m, current % m], axis=1).reshape(-1, 2)
+  return CascadeAllocation(pairs=pairs, value=sequence_value(gains[current], conts[current]),
+                           click_probs=cascade_click_probs(ctr, continuation, pairs),
+                           upper_bound=upper_bound)
+
+
+def cascade_click_probs(ctr, continuation, pairs) -> np.ndarray:
+  """Click probability [n] of each ad when ``pairs`` [L, 2] (ad, position) show in order."""
+  pairs = np.asarray(pairs, np.int64).reshape(-1, 2)
+  ads, positions = pairs[:, 0], pairs[:, 1]
+  reach = np.concatenate([[1.0], np.cumprod(continuation[ads, positions])])[:len(ads)]
+  click_probs = np.zeros(ctr.shape[0])
+  click_probs[ads] = reach * ctr[ads, positions]
+  return click_probs
 
 
 def _best_move(current, gains, conts, index, n, m, max_ads):

@@ -1,4 +1,4 @@
-"""Truthful MNL position auctions: VCG (welfare-optimal) and Myerson (revenue-optimal).
+"""Position-auction mechanisms: MNL VCG and Myerson (exact), cascade VCG around a solver.
 
 Position Auctions in AI-Generated Content (arXiv 2506.03309). Both mechanisms allocate with
 the exact MNL optimizer (``mnl.mnl_allocation``) on per-click scores s_i:
@@ -22,12 +22,15 @@ Clarke payment (envelope theorem), which the tests check as two independent comp
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
+from logitlab.auctions import cascade
 from logitlab.auctions import distributions as dists
 from logitlab.auctions import mnl
+
+CascadeSolver = Callable[..., "cascade.CascadeAllocation"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,6 +151,41 @@ def myerson(values: np.ndarray, ctr: np.ndarray, max_ads: int,
     curve = allocation_curve(scores, ctr, max_ads, bidder, scores[bidder])
     payments[bidder] = threshold_payment(curve, distributions[bidder])
   return AuctionOutcome(allocation.assignment, allocation.click_probs, payments)
+
+
+def cascade_vcg(values, ctr, continuation=None, max_ads: int = 1, *,
+                solver: CascadeSolver = cascade.cascade_allocation) -> AuctionOutcome:
+  """Clarke payments on the cascade model around an allocation ``solver``.
+
+  Truthful when ``solver`` is exact (e.g. ``brute_force.cascade_brute_force``, small n). With
+  the approximation (default) it is "VCG-based": the allocation is not guaranteed to be
+  optimal, so truthfulness can fail; experiments/auctions.py measures the gain from
+  misreporting.
+
+  Args:
+    values: [n] values per click.
+    ctr: [n, m] standalone CTRs.
+    continuation: [n, m] continuation probabilities (default 1 - ctr).
+    max_ads: K.
+    solver: (scores, ctr, continuation, max_ads) -> object with ``pairs`` [L, 2] in display
+      order and ``value``.
+
+  Returns:
+    ``AuctionOutcome`` whose ``assignment`` is the position of each ad (display order is the
+    solver's ``pairs`` order).
+  """
+  values, ctr, continuation = cascade.check_cascade_instance(values, ctr, continuation, max_ads)
+  _check_values(values)
+  allocation = solver(values, ctr, continuation, max_ads)
+  click_probs = cascade.cascade_click_probs(ctr, continuation, allocation.pairs)
+  assignment = np.full(len(values), mnl.NOT_SHOWN, dtype=np.int64)
+  assignment[allocation.pairs[:, 0]] = allocation.pairs[:, 1]
+  payments = np.zeros_like(values)
+  for bidder in allocation.pairs[:, 0]:
+    others = np.delete(np.arange(len(values)), bidder)
+    welfare_without = solver(values[others], ctr[others], continuation[others], max_ads).value
+    payments[bidder] = welfare_without - (allocation.value - values[bidder] * click_probs[bidder])
+  return AuctionOutcome(assignment, click_probs, payments)
 
 
 def _check_values(values: np.ndarray) -> None:

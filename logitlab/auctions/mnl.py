@@ -158,7 +158,7 @@ def mnl_allocation(scores: np.ndarray, ctr: np.ndarray, max_ads: int, *, tol: fl
     lam = float(w @ scores) / (1.0 + w.sum())
   else:
     raise RuntimeError(f"Dinkelbach did not converge in {max_iterations} iterations.")
-  return MNLAllocation(assignment=assignment, value=lam,
+  return MNLAllocation(assignment=assignment, value=float(lam),
                        click_probs=mnl_click_probs(ctr, assignment), iterations=iteration)
 
 
