@@ -4,6 +4,7 @@ sunshangquan/logit-standardization-KD (Z-score) and yzd-v/cls_KD (NKD with the f
 non-target mask, USKD with its log-softmax rank score), including their numerics, so the
 tests also show where those numerics break (|logits| = 1e4) and ours do not."""
 
+import jax
 import numpy as np
 import pytest
 
@@ -94,48 +95,58 @@ def cls_kd_uskd(w_fc, logit_s, gt_label, alpha, beta, mu):
 def batch(rng):
   zs = (3 * rng.normal(size=(N, C))).astype(np.float32)
   zt = (3 * rng.normal(size=(N, C))).astype(np.float32)
-  y = rng.integers(0, C, N)
+  y = rng.integers(0, C, N).astype(np.int32)
   return zs, zt, y
 
 
 def as_torch(zs, zt, y):
-  return (torch.tensor(zs, dtype=torch.float64), torch.tensor(zt, dtype=torch.float64),
-          torch.tensor(y, dtype=torch.int64))
+  return (torch.tensor(zs, dtype=torch.float64, requires_grad=True),
+          torch.tensor(zt, dtype=torch.float64), torch.tensor(y, dtype=torch.int64))
+
+
+def assert_value_and_student_grad_match(ours, reference, zs, zt, y, rtol=1e-5):
+  """``ours(zs, zt, y)`` (JAX) vs ``reference(zs, zt, y)`` (torch float64): value and
+  gradient with respect to the first argument."""
+  value, grad = jax.value_and_grad(ours)(zs, zt, y)
+  ts, tt, ty = as_torch(zs, zt, y)
+  ref_value = reference(ts, tt, ty)
+  ref_value.backward()
+  np.testing.assert_allclose(value, ref_value.item(), rtol=rtol)
+  np.testing.assert_allclose(grad, ts.grad.numpy(), rtol=1e-4,
+                             atol=1e-6 * np.abs(ts.grad.numpy()).max())
 
 
 def test_kd_and_standardized_kd_match_reference(batch):
-  zs, zt, y = batch
-  ts, tt, _ = as_torch(*batch)
-  np.testing.assert_allclose(losses.kd(zs, zt, temperature=4.0), mdistiller_kd(ts, tt, 4.0),
-                             rtol=1e-5)
-  np.testing.assert_allclose(
-      losses.kd(losses.standardize(zs), losses.standardize(zt), temperature=2.0),
-      mdistiller_kd(ls_normalize(ts), ls_normalize(tt), 2.0), rtol=1e-5)
+  assert_value_and_student_grad_match(
+      lambda zs, zt, y: losses.kd(zs, zt, temperature=4.0),
+      lambda zs, zt, y: mdistiller_kd(zs, zt, 4.0), *batch)
+  assert_value_and_student_grad_match(
+      lambda zs, zt, y: losses.kd(losses.standardize(zs), losses.standardize(zt),
+                                  temperature=2.0),
+      lambda zs, zt, y: mdistiller_kd(ls_normalize(zs), ls_normalize(zt), 2.0), *batch)
 
 
 def test_dkd_matches_reference_and_survives_where_it_does_not(batch):
   zs, zt, y = batch
-  y32 = y.astype(np.int32)
-  np.testing.assert_allclose(losses.dkd(zs, zt, y32, alpha=1.0, beta=8.0, temperature=4.0),
-                             mdistiller_dkd(*as_torch(*batch), 1.0, 8.0, 4.0), rtol=1e-5)
+  assert_value_and_student_grad_match(
+      lambda zs, zt, y: losses.dkd(zs, zt, y, alpha=1.0, beta=8.0, temperature=4.0),
+      lambda zs, zt, y: mdistiller_dkd(zs, zt, y, 1.0, 8.0, 4.0), *batch)
   # A confidently correct student at |logits| = 1e4: 1 - p_t underflows in the reference
   # (log 0) and the -1000 offset no longer masks the target.
   confident = np.where(np.eye(C, dtype=bool)[y], 1e4, -1e4).astype(np.float32)
   reference = mdistiller_dkd(*as_torch(confident, zt, y), 1.0, 8.0, 4.0)
-  ours = losses.dkd(confident, zt, y32, alpha=1.0, beta=8.0, temperature=4.0)
+  ours = losses.dkd(confident, zt, y, alpha=1.0, beta=8.0, temperature=4.0)
   assert not np.isfinite(reference.item()) and np.isfinite(ours)
 
 
 def test_nkd_matches_reference(batch):
-  zs, zt, y = batch
-  np.testing.assert_allclose(
-      losses.nkd(zs, zt, y.astype(np.int32), temperature=3.0, gamma=3.5),
-      cls_kd_nkd(*as_torch(*batch), 3.0, 3.5), rtol=1e-5)
+  assert_value_and_student_grad_match(
+      lambda zs, zt, y: losses.nkd(zs, zt, y, temperature=3.0, gamma=3.5),
+      lambda zs, zt, y: cls_kd_nkd(zs, zt, y, 3.0, 3.5), *batch)
 
 
 def test_uskd_log_probs_option_matches_reference(batch):
-  zs, za, y = batch
-  ts, ta, ty = as_torch(*batch)
-  total, _ = losses.uskd(zs, za, y.astype(np.int32), alpha=1.0, beta=0.1, mu=0.005,
-                         student_rank_scores="log_probs")
-  np.testing.assert_allclose(total, cls_kd_uskd(ta, ts, ty, 1.0, 0.1, 0.005), rtol=1e-5)
+  assert_value_and_student_grad_match(
+      lambda zs, za, y: losses.uskd(zs, za, y, alpha=1.0, beta=0.1, mu=0.005,
+                                    student_rank_scores="log_probs")[0],
+      lambda zs, za, y: cls_kd_uskd(za, zs, y, 1.0, 0.1, 0.005), *batch)
