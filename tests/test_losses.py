@@ -4,6 +4,7 @@ independence, bounded DHKD gradient) and the numerics contract (1e4, bf16, masks
 
 import functools
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -267,9 +268,7 @@ def test_project_conflicting_removes_opposing_component(rng):
   np.testing.assert_allclose(np.concatenate([projected["w"].ravel(), projected["b"]]), expected,
                              rtol=1e-5, atol=1e-6)
   aligned = jax.tree.map(lambda g: 2 * g, ce)
-  chex_equal = jax.tree.map(np.testing.assert_array_equal,
-                            losses.project_conflicting(aligned, ce), aligned)
-  assert chex_equal is not None
+  chex.assert_trees_all_equal(losses.project_conflicting(aligned, ce), aligned)
 
 
 def test_dkd_warmup():
