@@ -1,0 +1,228 @@
+"""Tests for logitlab.radius_guard (optax transform) and the NNX logits_fn helper."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+import logitlab
+from logitlab.models import small
+
+
+def _problem(seed=0, batch=16, dim=6, classes=5):
+  rng = np.random.default_rng(seed)
+  x = jnp.asarray(rng.normal(size=(batch, dim)), jnp.float32)
+  y = jnp.asarray(rng.integers(0, classes, batch))
+  params = {"w1": jnp.asarray(rng.normal(size=(dim, 8)) * 0.5, jnp.float32),
+            "w2": jnp.asarray(rng.normal(size=(8, classes)) * 0.5, jnp.float32)}
+  logits_fn = lambda p: jnp.tanh(x @ p["w1"]) @ p["w2"]
+  loss_fn = lambda p: optax.softmax_cross_entropy_with_integer_labels(logits_fn(p), y).mean()
+  return params, logits_fn, loss_fn, x
+
+
+def independent_ratio(logits_fn, params, step):
+  """r of a step from the full Jacobian (jacfwd) times the flattened step: no jax.jvp call."""
+  flat, unravel = jax.flatten_util.ravel_pytree(params)
+  step_flat, _ = jax.flatten_util.ravel_pytree(step)
+  jac = jax.jacfwd(lambda f: logits_fn(unravel(f)))(flat)  # [B, K, P]
+  a = np.asarray(jac, np.float64) @ np.asarray(step_flat, np.float64)
+  return (a.max(-1) - a.min(-1)).max() / np.pi
+
+
+@pytest.mark.parametrize("form", ["wrapper", "chain_after"])
+@pytest.mark.parametrize("max_ratio", [0.5, 1.0])
+def test_applied_step_satisfies_post_condition(form, max_ratio):
+  params, logits_fn, loss_fn, _ = _problem()
+  lr = 50.0  # a spike: Adam's step is far outside the radius
+  tx = (logitlab.radius_guard(optax.adam(lr), max_ratio=max_ratio) if form == "wrapper" else
+        optax.chain(optax.adam(lr), logitlab.radius_guard(max_ratio=max_ratio)))
+  state = tx.init(params)
+  for _ in range(3):
+    updates, state = tx.update(jax.grad(loss_fn)(params), state, params, logits_fn=logits_fn)
+    r = independent_ratio(logits_fn, params, updates)
+    assert r <= max_ratio * (1 + 1e-5), r
+    assert r >= max_ratio * (1 - 1e-4)  # it was capped, not zeroed
+    params = optax.apply_updates(params, updates)
+  metrics = logitlab.guard_metrics(state)
+  assert int(metrics["guard/num_capped"]) == 3
+  assert float(metrics["guard/ratio"]) > max_ratio
+
+
+def test_small_steps_pass_through_unchanged():
+  params, logits_fn, loss_fn, _ = _problem()
+  grads = jax.grad(loss_fn)(params)
+  plain, _ = optax.adam(1e-4).update(grads, optax.adam(1e-4).init(params), params)
+  tx = logitlab.radius_guard(optax.adam(1e-4))
+  guarded, state = tx.update(grads, tx.init(params), params, logits_fn=logits_fn)
+  chex.assert_trees_all_close(guarded, plain)
+  assert float(state.scale) == 1.0 and int(state.num_capped) == 0
+
+
+def test_misuse_guard_before_adam_does_not_cap_the_step():
+  """chain(radius_guard(), adam) rescales the gradient, which Adam undoes."""
+  params, logits_fn, loss_fn, _ = _problem()
+  misuse = optax.chain(logitlab.radius_guard(), optax.adam(50.0))
+  updates, _ = misuse.update(jax.grad(loss_fn)(params), misuse.init(params), params,
+                             logits_fn=logits_fn)
+  assert independent_ratio(logits_fn, params, updates) > 10.0
+
+
+def test_logits_jvp_form_matches_logits_fn_form():
+  params, logits_fn, loss_fn, _ = _problem()
+  grads = jax.grad(loss_fn)(params)
+  tx = logitlab.radius_guard(optax.adam(10.0))
+  via_fn, _ = tx.update(grads, tx.init(params), params, logits_fn=logits_fn)
+  _, jvp = jax.linearize(logits_fn, params)
+  via_jvp, _ = tx.update(grads, tx.init(params), params, logits_jvp=jvp)
+  chex.assert_trees_all_close(via_fn, via_jvp, rtol=1e-5)
+
+
+def test_jit_does_not_recompile_and_ignores_unknown_extra_args():
+  params, logits_fn, loss_fn, x = _problem()
+  traces = []
+  tx = logitlab.radius_guard(optax.adam(1.0))
+
+  @jax.jit
+  def step(params, state, x):
+    traces.append(1)
+    fn = lambda p: jnp.tanh(x @ p["w1"]) @ p["w2"]
+    updates, state = tx.update(jax.grad(loss_fn)(params), state, params, logits_fn=fn,
+                               some_other_arg=jnp.ones(3))
+    return optax.apply_updates(params, updates), state
+
+  state = tx.init(params)
+  for _ in range(3):
+    params, state = step(params, state, x)
+  assert len(traces) == 1
+
+
+def test_missing_logits_argument_raises_clear_error():
+  params, _, loss_fn, _ = _problem()
+  tx = logitlab.radius_guard(optax.sgd(1.0))
+  with pytest.raises(ValueError, match="logits_fn"):
+    tx.update(jax.grad(loss_fn)(params), tx.init(params), params)
+
+
+def test_non_finite_tangent_skips_step_and_keeps_inner_state():
+  params, logits_fn, loss_fn, _ = _problem()
+  grads = jax.grad(loss_fn)(params)
+  tx = logitlab.radius_guard(optax.adam(1.0))
+  state = tx.init(params)
+  bad_fn = lambda p: logits_fn(p) * jnp.sqrt(-1.0 + 0 * p["w1"].sum())  # NaN tangent
+  updates, new_state = tx.update(grads, state, params, logits_fn=bad_fn)
+  assert all(np.all(np.asarray(u) == 0) for u in jax.tree.leaves(updates))
+  assert int(new_state.num_skipped) == 1 and float(new_state.scale) == 0.0
+  chex.assert_trees_all_equal(new_state.inner_state, state.inner_state)
+  nan_grads = jax.tree.map(lambda g: g * jnp.nan, grads)
+  updates, new_state = tx.update(nan_grads, state, params, logits_fn=logits_fn)
+  assert all(np.all(np.isfinite(np.asarray(u))) for u in jax.tree.leaves(updates))
+  assert int(new_state.num_skipped) == 1
+
+
+def test_inject_hyperparams_and_multisteps():
+  params, logits_fn, loss_fn, _ = _problem()
+  grads = jax.grad(loss_fn)(params)
+  tx = optax.chain(optax.adam(20.0),
+                   optax.inject_hyperparams(logitlab.radius_guard)(max_ratio=0.25))
+  updates, state = tx.update(grads, tx.init(params), params, logits_fn=logits_fn)
+  assert independent_ratio(logits_fn, params, updates) <= 0.25 * (1 + 1e-5)
+  state[1].hyperparams["max_ratio"] = jnp.asarray(0.1)
+  updates, _ = tx.update(grads, state, params, logits_fn=logits_fn)
+  assert independent_ratio(logits_fn, params, updates) <= 0.1 * (1 + 1e-5)
+
+  multi = optax.MultiSteps(logitlab.radius_guard(optax.adam(20.0), max_ratio=0.5), 2)
+  state = multi.init(params)
+  first, state = multi.update(grads, state, params, logits_fn=logits_fn)
+  assert all(np.all(np.asarray(u) == 0) for u in jax.tree.leaves(first))
+  second, state = multi.update(grads, state, params, logits_fn=logits_fn)
+  r = independent_ratio(logits_fn, params, second)
+  assert 0.5 * (1 - 1e-4) <= r <= 0.5 * (1 + 1e-5)
+  assert int(logitlab.guard_metrics(state)["guard/num_capped"]) == 1
+
+
+def test_mask_and_temperature_are_respected():
+  params, logits_fn, loss_fn, _ = _problem()
+  grads = jax.grad(loss_fn)(params)
+  mask = jnp.arange(16) < 8
+  tx = logitlab.radius_guard(optax.adam(50.0), temperature=2.0)
+  updates, _ = tx.update(grads, tx.init(params), params, logits_fn=logits_fn, logits_mask=mask)
+  masked_fn = lambda p: logits_fn(p)[:8]
+  # Temperature 2 doubles the radius: the capped step has r = 2 in units of T = 1.
+  np.testing.assert_allclose(independent_ratio(masked_fn, params, updates), 2.0, rtol=1e-4)
+
+
+def test_bf16_params_and_logits():
+  params, logits_fn, loss_fn, _ = _problem()
+  params = jax.tree.map(lambda p: p.astype(jnp.bfloat16), params)
+  fn = lambda p: logits_fn(p).astype(jnp.bfloat16)
+  grads = jax.grad(lambda p: loss_fn(jax.tree.map(lambda q: q.astype(jnp.float32), p)))(params)
+  tx = logitlab.radius_guard(optax.adam(50.0))
+  updates, state = tx.update(grads, tx.init(params), params, logits_fn=fn)
+  assert all(u.dtype == jnp.bfloat16 for u in jax.tree.leaves(updates))
+  assert state.ratio.dtype == jnp.float32 and np.isfinite(float(state.ratio))
+  f32 = lambda t: jax.tree.map(lambda q: q.astype(jnp.float32), t)
+  assert independent_ratio(logits_fn, f32(params), f32(updates)) <= 1.05  # bf16 rounding
+
+
+def test_sharded_params_give_the_same_update():
+  devices = np.array(jax.devices()[:8])
+  if devices.size < 2:
+    pytest.skip("needs forced host devices (tests/conftest.py)")
+  mesh = jax.sharding.Mesh(devices, ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+  params, logits_fn, loss_fn, _ = _problem(batch=16, dim=8, classes=8)
+  spec = {"w1": jax.P("data", None), "w2": jax.P(None, "data")}
+  sharded = jax.tree.map(lambda p, s: jax.device_put(p, jax.NamedSharding(mesh, s)), params, spec)
+  tx = logitlab.radius_guard(optax.adam(30.0))
+
+  def step(params):
+    updates, state = tx.update(jax.grad(loss_fn)(params), tx.init(params), params,
+                               logits_fn=logits_fn)
+    return updates, state.ratio
+
+  ref_updates, ref_ratio = jax.jit(step)(params)
+  shardings = (jax.tree.map(lambda s: jax.NamedSharding(mesh, s), spec),
+               jax.NamedSharding(mesh, jax.P()))
+  updates, ratio = jax.jit(step, out_shardings=shardings)(sharded)
+  chex.assert_trees_all_close(updates, ref_updates, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(ratio, ref_ratio, rtol=1e-5)
+  assert updates["w1"].sharding.spec == jax.P("data", None)
+
+
+def test_nnx_optimizer_with_batchnorm_eval_mode_and_no_mutation():
+  model = small.build("cnn_bn", rngs=nnx.Rngs(0))
+  x = jnp.asarray(np.random.default_rng(0).uniform(size=(32, 8, 8)), jnp.float32)
+  y = jnp.arange(32) % 10
+  opt = nnx.Optimizer(model, logitlab.radius_guard(optax.adam(5.0)), wrt=nnx.Param)
+  stats_before = jax.tree.map(np.asarray, nnx.state(model, nnx.BatchStat))
+
+  fn = logitlab.nnx_logits_fn(model, x)
+  _, params, _ = nnx.split(model, nnx.Param, ...)
+  fn(params)  # evaluating the rebuilt copy must not touch the model's batch statistics
+  chex.assert_trees_all_equal(jax.tree.map(np.asarray, nnx.state(model, nnx.BatchStat)),
+                              stats_before)
+  assert not model.norms[0].use_running_average  # still in train mode
+
+  @nnx.jit
+  def step(model, opt, x, y):
+    def loss(m):
+      return optax.softmax_cross_entropy_with_integer_labels(m(x), y).mean()
+    grads = nnx.grad(loss)(model)  # the train-mode forward updates the batch statistics
+    # as_pure snapshots the arrays the guard sees (a State keeps live Variables).
+    _, params_before, rest_before = nnx.as_pure(nnx.split(model, nnx.Param, ...))
+    updates = opt.update(model, grads, logits_fn=logitlab.nnx_logits_fn(model, x))
+    return updates, params_before, rest_before
+
+  graphdef = nnx.graphdef(model)
+  updates, params_before, rest_before = step(model, opt, x, y)
+
+  def eval_logits(p):
+    m = nnx.merge(graphdef, p, rest_before)
+    m.eval()
+    return m(x)
+
+  r = independent_ratio(eval_logits, params_before, updates)
+  assert r <= 1.0 + 1e-4
+  assert int(logitlab.guard_metrics(opt.opt_state)["guard/num_capped"]) == 1
