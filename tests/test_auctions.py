@@ -210,6 +210,21 @@ def test_myerson_single_bidder_is_a_posted_price():
   assert auctions.vcg(np.array([0.7]), ctr, 1).payments[0] == 0.0
 
 
+def test_myerson_expected_payment_equals_expected_virtual_surplus(rng):
+  # Myerson's lemma for one bidder with the others fixed, values U[0, 1]:
+  # E_z[t_i(z)] = E_z[phi(z) Pi_i(z)], both sides by midpoint quadrature of real auctions.
+  values, ctr = rng.uniform(size=4), rng.uniform(0.05, 0.8, size=(4, 2))
+  grid = (np.arange(400) + 0.5) / 400
+  payment, surplus = [], []
+  for z in grid:
+    values[0] = z
+    outcome = auctions.myerson(values, ctr, 2, auctions.Uniform())
+    payment.append(outcome.payments[0])
+    surplus.append((2 * z - 1) * outcome.click_probs[0])
+  assert np.max(payment) > 0.01  # The bidder does win on part of the grid.
+  assert np.mean(payment) == pytest.approx(np.mean(surplus), abs=2e-3)
+
+
 def test_automatic_reserve_negative_virtual_values_never_shown(rng):
   for _ in range(20):
     values, ctr, k = random_instance(rng)
