@@ -128,36 +128,53 @@ def cascade_allocation(scores, ctr, continuation=None, max_ads: int = 1, *,
   scores, ctr, continuation = check_cascade_instance(scores, ctr, continuation, max_ads)
   n, m = ctr.shape
   gains, conts = (scores[:, None] * ctr).ravel(), continuation.ravel()
-  index = order_index(gains, conts)
-  order = np.argsort(-index, kind="stable")
-  upper_bound, relaxed = best_subsequence(gains[order], conts[order], max_ads)
+  # Work in "slots": positions in the global index order, so any sorted set of slots is
+  # already in optimal display order.
+  order = optimal_order(gains, conts)
+  slot_of = np.empty_like(order)
+  slot_of[order] = np.arange(len(order))
+  sorted_instance = _SortedPairs(gains[order], conts[order], order // m, order % m, slot_of, m)
+  upper_bound, relaxed = best_subsequence(sorted_instance.gains, sorted_instance.conts, max_ads)
 
   # Start 1: the relaxed subsequence, keeping pairs whose ad and position are still free.
   repaired, ads, positions = [], set(), set()
-  for pair in order[relaxed]:
-    if pair // m not in ads and pair % m not in positions:
-      repaired.append(pair)
-      ads.add(pair // m)
-      positions.add(pair % m)
+  for slot in relaxed:
+    ad, position = sorted_instance.ads[slot], sorted_instance.positions[slot]
+    if ad not in ads and position not in positions:
+      repaired.append(slot)
+      ads.add(ad)
+      positions.add(position)
   # Start 2: max-weight K-matching on first-slot gains, pruned by the DP in index order.
   assignment = mnl.max_weight_matching(gains.reshape(n, m), max_ads)
-  matched = np.flatnonzero(assignment != mnl.NOT_SHOWN) * m + assignment[
-      assignment != mnl.NOT_SHOWN]
-  matched = matched[np.argsort(-index[matched], kind="stable")]
-  matched = matched[best_subsequence(gains[matched], conts[matched], max_ads)[1]]
-  starts = [np.asarray(repaired, np.int64), matched]
-  current = max(starts, key=lambda s: sequence_value(gains[s], conts[s]))
+  shown = np.flatnonzero(assignment != mnl.NOT_SHOWN)
+  matched = np.sort(slot_of[shown * m + assignment[shown]])
+  matched = matched[best_subsequence(sorted_instance.gains[matched],
+                                     sorted_instance.conts[matched], max_ads)[1]]
+  current = max([np.asarray(repaired, np.int64), matched], key=sorted_instance.value)
 
   for _ in range(10 * max_ads if max_moves is None else max_moves):
-    improved = _best_move(current, gains, conts, index, n, m, max_ads)
+    improved = _best_move(current, sorted_instance, n, max_ads)
     if improved is None:
       break
     current = improved
-  current = current[np.argsort(-index[current], kind="stable")]
-  pairs = np.stack([current // m, current % m], axis=1).reshape(-1, 2)
-  return CascadeAllocation(pairs=pairs, value=sequence_value(gains[current], conts[current]),
+  pairs = np.stack([sorted_instance.ads[current], sorted_instance.positions[current]], axis=1)
+  return CascadeAllocation(pairs=pairs.reshape(-1, 2), value=sorted_instance.value(current),
                            click_probs=cascade_click_probs(ctr, continuation, pairs),
                            upper_bound=upper_bound)
+
+
+@dataclasses.dataclass(frozen=True)
+class _SortedPairs:
+  """All n m pairs in index order: gains, continuations, ads, positions [T]; slot_of [T]."""
+  gains: np.ndarray
+  conts: np.ndarray
+  ads: np.ndarray
+  positions: np.ndarray
+  slot_of: np.ndarray
+  num_positions: int
+
+  def value(self, slots: np.ndarray) -> float:
+    return sequence_value(self.gains[slots], self.conts[slots])
 
 
 def cascade_click_probs(ctr, continuation, pairs) -> np.ndarray:
@@ -170,41 +187,49 @@ def cascade_click_probs(ctr, continuation, pairs) -> np.ndarray:
   return click_probs
 
 
-def _best_move(current, gains, conts, index, n, m, max_ads):
-  """The best strictly improving add / remove / replace / exchange move, or None."""
-  current = current[np.argsort(-index[current], kind="stable")]
-  value = sequence_value(gains[current], conts[current])
+def _best_move(current: np.ndarray, pairs: _SortedPairs, num_ads: int,
+               max_ads: int) -> np.ndarray | None:
+  """The best strictly improving add / remove / replace / exchange move, or None.
+
+  ``current`` and the result are sorted slot arrays (= display order).
+  """
+  value = pairs.value(current)
   best_value, best = value + 1e-12 * (1.0 + abs(value)), None
   bases = [(current, len(current) < max_ads)]
   bases += [(np.delete(current, q), True) for q in range(len(current))]
   for base, may_insert in bases:
-    base_value = sequence_value(gains[base], conts[base])
+    base_value = pairs.value(base)
     if base_value > best_value:  # A removal.
       best_value, best = base_value, base
     if not may_insert:
       continue
-    g, c = gains[base], conts[base]
+    g, c = pairs.gains[base], pairs.conts[base]
     reach = np.concatenate([[1.0], np.cumprod(c)])  # D[r], r = 0..L
     prefix = np.concatenate([[0.0], np.cumsum(reach[:-1] * g)])  # Pre[r]
     tail = np.zeros(len(base) + 1)  # Tail[r] = g_r + c_r Tail[r + 1]
     for r in range(len(base) - 1, -1, -1):
       tail[r] = g[r] + c[r] * tail[r + 1]
-    rank = np.searchsorted(-index[base], -index, side="right")
-    inserted = prefix[rank] + reach[rank] * (gains + conts * tail[rank])
-    free = np.ones((n, m), dtype=bool)
-    free[base // m, :] = False
-    free[:, base % m] = False
-    inserted = np.where(free.ravel(), inserted, -np.inf)
+    in_base = np.zeros(len(pairs.gains), dtype=np.int64)
+    in_base[base] = 1
+    rank = np.cumsum(in_base) - in_base  # Base slots before each slot: its insertion rank.
+    inserted = prefix[rank] + reach[rank] * (pairs.gains + pairs.conts * tail[rank])
+    ad_used = np.zeros(num_ads, dtype=bool)
+    ad_used[pairs.ads[base]] = True
+    position_used = np.zeros(pairs.num_positions, dtype=bool)
+    position_used[pairs.positions[base]] = True
+    free = ~ad_used[pairs.ads] & ~position_used[pairs.positions]
+    inserted = np.where(free, inserted, -np.inf)
     candidate = int(np.argmax(inserted))
     if inserted[candidate] > best_value:
-      best_value, best = inserted[candidate], np.append(base, candidate)
+      best_value, best = inserted[candidate], np.sort(np.append(base, candidate))
+  m = pairs.num_positions
   for first, second in itertools.combinations(range(len(current)), 2):
-    ad_a, pos_a = divmod(current[first], m)
-    ad_b, pos_b = divmod(current[second], m)
+    ad_a, pos_a = pairs.ads[current[first]], pairs.positions[current[first]]
+    ad_b, pos_b = pairs.ads[current[second]], pairs.positions[current[second]]
     exchanged = current.copy()
-    exchanged[first], exchanged[second] = ad_a * m + pos_b, ad_b * m + pos_a
-    exchanged = exchanged[np.argsort(-index[exchanged], kind="stable")]
-    exchanged_value = sequence_value(gains[exchanged], conts[exchanged])
+    exchanged[first], exchanged[second] = pairs.slot_of[[ad_a * m + pos_b, ad_b * m + pos_a]]
+    exchanged = np.sort(exchanged)
+    exchanged_value = pairs.value(exchanged)
     if exchanged_value > best_value:
       best_value, best = exchanged_value, exchanged
   return best
