@@ -26,7 +26,8 @@ from absl import app, flags, logging
 from flax import nnx
 from ml_collections import config_flags
 
-from logitlab import datasets, losses, radius_guard, training
+from logitlab import datasets, losses, training
+from logitlab.radius_guard import radius_guard
 from logitlab.models import vision
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -56,7 +57,7 @@ def make_optimizer(c: ml_collections.ConfigDict, steps: int) -> optax.GradientTr
     tx = optax.adamw(learning_rate, weight_decay=c.weight_decay)
   else:
     raise ValueError(f"`optimizer.name` must be 'sgd' or 'adam', got {c.name!r}.")
-  return radius_guard.radius_guard(tx, max_ratio=c.max_ratio) if c.radius_guard else tx
+  return radius_guard(tx, max_ratio=c.max_ratio) if c.radius_guard else tx
 
 
 def make_data(c: ml_collections.ConfigDict):

@@ -8,13 +8,14 @@ model_state)`` rebuilds the module inside a step.
 
 Sharding comes from the model's ``nnx.with_partitioning`` annotations: logical names are
 mapped to mesh axes with ``mesh.LOGICAL_AXIS_RULES`` (``nnx.get_partition_spec`` under
-``nnx.logical_axis_rules``). Optimizer-state leaves that mirror parameters (Adam's mu/nu, ...)
+``logical_axis_rules``); a dimension its mesh axes do not divide is replicated. Optimizer-state leaves that mirror parameters (Adam's mu/nu, ...)
 inherit the parameter's sharding through ``optax.tree_map_params``; other optimizer leaves
 (counts, the radius guard's scalars) are replicated.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import flax
@@ -56,21 +57,39 @@ def _init(model_fn: Callable[[nnx.Rngs], nnx.Module], tx: optax.GradientTransfor
   return graphdef, state
 
 
+def _divisible_spec(spec: jax.sharding.PartitionSpec, shape: tuple[int, ...],
+                    mesh: jax.sharding.Mesh) -> jax.sharding.PartitionSpec:
+  """Replicates every dimension the mapped mesh axes do not divide (e.g. 100 classes on 8
+  tensor shards), so one set of annotations works on every mesh."""
+  entries = []
+  for size, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
+    names = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+    ways = math.prod(mesh.shape[name] for name in names)
+    entries.append(axes if ways > 1 and size % ways == 0 else None)
+  while entries and entries[-1] is None:
+    entries.pop()
+  return jax.sharding.PartitionSpec(*entries)
+
+
 def state_shardings(shapes: TrainState, tx: optax.GradientTransformation,
                     mesh: jax.sharding.Mesh, rules=mesh_lib.LOGICAL_AXIS_RULES) -> TrainState:
   """NamedSharding tree matching ``shapes`` (see module docstring)."""
-  with spmd.logical_axis_rules(rules):
-    param_specs = nnx.get_partition_spec(shapes.params)
-    model_state_specs = nnx.get_partition_spec(shapes.model_state)
-  to_sharding = lambda spec: jax.sharding.NamedSharding(mesh, spec)
-  param_shardings = jax.tree.map(to_sharding, param_specs)
+
+  def shardings_of(variables):
+    with spmd.logical_axis_rules(rules):
+      specs = nnx.get_partition_spec(variables)
+    return jax.tree.map(
+        lambda x, spec: jax.sharding.NamedSharding(mesh, _divisible_spec(spec, x.shape, mesh)),
+        variables, specs)
+
+  param_shardings = shardings_of(shapes.params)
   replicated = mesh_lib.replicated(mesh)
   opt_shardings = optax.tree_map_params(
       tx, lambda _, sharding: sharding, shapes.opt_state, param_shardings,
       transform_non_params=lambda _: replicated)
   return TrainState(step=replicated, params=param_shardings,
-                    model_state=jax.tree.map(to_sharding, model_state_specs),
-                    opt_state=opt_shardings, rng=replicated)
+                    model_state=shardings_of(shapes.model_state), opt_state=opt_shardings,
+                    rng=replicated)
 
 
 def abstract_train_state(

@@ -76,13 +76,15 @@ def make_train_step(
   def train_step(state: TrainState, batch: Batch):
     rng, step_rng = jax.random.split(jax.random.wrap_key_data(state.rng))
 
-    def objective(params):
-      model = nnx.merge(graphdef, params, state.model_state)
+    def objective(params, model_state):
+      # copy=True: fresh Variables owned by this (grad) trace, which the forward pass may
+      # update (BatchNorm statistics); the jit-level ones cannot be mutated here.
+      model = nnx.merge(graphdef, params, model_state, copy=True)
       loss, metrics = loss_fn(model, batch, step_rng)
       return loss, (metrics, nnx.state(model, nnx.Not(nnx.Param)))
 
     (loss, (metrics, model_state)), grads = jax.value_and_grad(objective, has_aux=True)(
-        state.params)
+        state.params, state.model_state)
     extra_args = {}
     if extra_args_fn is not None:
       to_model = lambda params: nnx.merge(graphdef, params, state.model_state)

@@ -1,0 +1,333 @@
+"""Tests of the shared training core (logitlab.training), in process on 8 forced CPU devices.
+
+The kill-and-resume and multi-process tests need subprocesses: tests/test_training_resume.py.
+"""
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+import tensorflow_datasets as tfds
+from flax import nnx
+from jax.sharding import PartitionSpec as P
+
+from logitlab import losses, training
+from logitlab.radius_guard import radius_guard
+from logitlab.training import data as data_lib
+
+NUM_FEATURES, NUM_CLASSES = 12, 5
+
+
+def _annotated(axes):
+  return nnx.with_partitioning(nnx.initializers.lecun_normal(), axes, eager_sharding=False)
+
+
+class TinyNet(nnx.Module):
+  """Dense -> BatchNorm -> ReLU -> Dense, kernels annotated with logical axes."""
+
+  def __init__(self, rngs: nnx.Rngs, hidden: int = 16):
+    # No bias before BatchNorm: the loss does not depend on it, so its gradient is rounding
+    # noise that Adam would amplify into device-count-dependent steps.
+    self.hidden = nnx.Linear(NUM_FEATURES, hidden, kernel_init=_annotated(("embed", "mlp")),
+                             use_bias=False, rngs=rngs)
+    self.norm = nnx.BatchNorm(hidden, momentum=0.9, rngs=rngs)
+    self.head = nnx.Linear(hidden, NUM_CLASSES, kernel_init=_annotated(("mlp", "embed")),
+                           rngs=rngs)
+
+  def __call__(self, x, *, train: bool = True):
+    return self.head(jax.nn.relu(self.norm(self.hidden(x), use_running_average=not train)))
+
+
+class Softmax(nnx.Module):
+  """Multinomial logistic regression (for the float64 reference test)."""
+
+  def __init__(self, rngs: nnx.Rngs):
+    self.out = nnx.Linear(NUM_FEATURES, NUM_CLASSES, kernel_init=_annotated(("embed", "vocab")),
+                          rngs=rngs)
+
+  def __call__(self, x, *, train: bool = True):
+    del train
+    return self.out(x)
+
+
+def _dataset(n=96, seed=0):
+  rng = np.random.default_rng(seed)
+  x = rng.normal(size=(n, NUM_FEATURES)).astype(np.float32)
+  y = (x[:, :NUM_CLASSES] * 2 + 0.5 * rng.normal(size=(n, NUM_CLASSES))).argmax(-1)
+  return x, y.astype(np.int32)
+
+
+def _loss_fn(model, batch, rng):
+  del rng
+  logits = model(batch["image"], train=True)
+  return losses.cross_entropy(logits, batch["label"]), {}
+
+
+def _train(tmp_path, name, mesh, *, model_fn=TinyNet, tx=None, steps=5, extra_args_fn=None,
+           batch=32):
+  x, y = _dataset()
+  result = training.train(
+      model_fn=model_fn, tx=tx or optax.adam(3e-2), loss_fn=_loss_fn,
+      train_data=training.ResumableBatches(training.ArraySource(image=x, label=y),
+                                           global_batch_size=batch, seed=1, num_threads=1),
+      mesh=mesh, workdir=str(tmp_path / name), num_steps=steps, log_every=1,
+      checkpoint_every=1000, extra_args_fn=extra_args_fn, progress=False)
+  records = training.read_jsonl(str(tmp_path / name / "metrics.jsonl"))
+  return result, records
+
+
+# --- mesh -----------------------------------------------------------------------------------
+
+def test_make_mesh_axes_sizes_and_auto_types():
+  mesh = training.make_mesh({"data": 2, "fsdp": -1, "tensor": 2})
+  assert mesh.axis_names == ("data", "fsdp", "tensor")
+  assert dict(mesh.shape) == {"data": 2, "fsdp": 2, "tensor": 2}
+  assert all(t == jax.sharding.AxisType.Auto for t in mesh.axis_types)
+  assert dict(training.make_mesh().shape)["data"] == jax.device_count()
+
+
+@pytest.mark.parametrize("shape, match", [
+    ({"data": 3}, "needs 3 devices"), ({"data": -1, "fsdp": -1}, "at most one"),
+    ({"model": 8}, "unknown mesh axes"), ({"data": -1, "fsdp": 3}, "not divisible")])
+def test_make_mesh_rejects_bad_shapes(shape, match):
+  with pytest.raises(ValueError, match=match):
+    training.make_mesh(shape)
+
+
+def test_put_batch_shards_leading_axis():
+  mesh = training.make_mesh({"data": 2, "fsdp": 4})
+  x = np.arange(16 * 3, dtype=np.float32).reshape(16, 3)
+  placed = training.put_batch({"x": x}, mesh)["x"]
+  assert placed.sharding.spec == P(("data", "fsdp"))
+  assert len(placed.addressable_shards) == 8 and placed.addressable_shards[0].data.shape == (2, 3)
+  np.testing.assert_array_equal(np.asarray(placed), x)
+
+
+# --- sharded state and step -----------------------------------------------------------------
+
+def test_sharded_init_follows_logical_rules_and_optimizer_state_inherits():
+  mesh = training.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+  _, state, _ = training.create_train_state(TinyNet, optax.adam(1e-3), mesh)
+  assert state.params["hidden"]["kernel"].get_value().sharding.spec == P("fsdp", "tensor")
+  # (16, 5): 5 classes do not split over fsdp=2, so that dimension is replicated.
+  assert state.params["head"]["kernel"].get_value().sharding.spec == P("tensor")
+  assert state.params["head"]["bias"].get_value().sharding.spec == P()
+  adam_state = state.opt_state[0]
+  assert adam_state.mu["hidden"]["kernel"].get_value().sharding.spec == P("fsdp", "tensor")
+  assert adam_state.count.sharding.spec == P()
+  # Each device holds a quarter of the (12, 16) kernel: FSDP x tensor.
+  shard = state.params["hidden"]["kernel"].get_value().addressable_shards[0].data
+  assert shard.shape == (6, 8)
+
+
+@pytest.fixture(scope="module")
+def single_device_run(tmp_path_factory):
+  one = training.make_mesh({"data": 1}, devices=jax.devices()[:1])
+  return _train(tmp_path_factory.mktemp("one"), "one", one)
+
+
+@pytest.mark.parametrize("shape", [{"data": 8}, {"fsdp": 8}, {"data": 2, "fsdp": 2, "tensor": 2}])
+def test_same_losses_on_one_and_eight_devices(tmp_path, shape, single_device_run):
+  result_1, records_1 = single_device_run
+  result_8, records_8 = _train(tmp_path, "eight", training.make_mesh(shape))
+  losses_1 = [r["loss"] for r in records_1]
+  losses_8 = [r["loss"] for r in records_8]
+  assert len(losses_1) == 5 and losses_1[-1] < losses_1[0]
+  np.testing.assert_allclose(losses_8, losses_1, rtol=2e-5, atol=2e-6)
+  leaves_1 = jax.tree.leaves(jax.device_get(result_1.state))
+  leaves_8 = jax.tree.leaves(jax.device_get(result_8.state))
+  for a, b in zip(leaves_1, leaves_8):
+    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
+
+
+def test_train_step_matches_float64_reference_with_data_order(tmp_path):
+  """Softmax regression + SGD: W <- W - lr * X^T (softmax(XW + b) - onehot(y)) / B."""
+  lr, steps, batch = 0.5, 3, 16
+  mesh = training.make_mesh({"data": 2, "fsdp": 4})
+  result, records = _train(tmp_path, "sgd", mesh, model_fn=Softmax, tx=optax.sgd(lr),
+                           steps=steps, batch=batch)
+  init = nnx.state(Softmax(nnx.Rngs(0)), nnx.Param)
+  w = np.asarray(init["out"]["kernel"].get_value(), np.float64)
+  b = np.asarray(init["out"]["bias"].get_value(), np.float64)
+  x, y = _dataset()
+  order = training.ResumableBatches(training.ArraySource(image=x, label=y),
+                                    global_batch_size=batch, seed=1, num_threads=1)
+  expected_losses = []
+  for _ in range(steps):
+    bx = next(order)
+    xb, yb = bx["image"].astype(np.float64), bx["label"]
+    z = xb @ w + b
+    z = z - z.max(-1, keepdims=True)
+    p = np.exp(z) / np.exp(z).sum(-1, keepdims=True)
+    expected_losses.append(-np.mean(np.log(p[np.arange(batch), yb])))
+    residual = (p - np.eye(NUM_CLASSES)[yb]) / batch
+    w, b = w - lr * xb.T @ residual, b - lr * residual.sum(0)
+  np.testing.assert_allclose([r["loss"] for r in records], expected_losses, rtol=1e-5)
+  params = jax.device_get(result.state.params)
+  np.testing.assert_allclose(params["out"]["kernel"].get_value(), w, rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(params["out"]["bias"].get_value(), b, rtol=1e-4, atol=1e-6)
+  assert int(result.state.step) == steps
+
+
+def test_radius_guard_extra_args_sharded_match_single_device(tmp_path):
+  tx = radius_guard(optax.sgd(5.0), max_ratio=1.0)
+
+  def extra_args_fn(ctx):
+    return {"logits_fn": lambda p: ctx.to_model(p)(ctx.batch["image"], train=False)}
+
+  one = training.make_mesh({"data": 1}, devices=jax.devices()[:1])
+  _, records_1 = _train(tmp_path, "g1", one, tx=tx, extra_args_fn=extra_args_fn, steps=3)
+  _, records_8 = _train(tmp_path, "g8", training.make_mesh({"data": 2, "fsdp": 4}), tx=tx,
+                        extra_args_fn=extra_args_fn, steps=3)
+  # The guard's r and capped count reach the logs; lr 5 is far past the radius: every step capped.
+  assert [r["opt/num_capped"] for r in records_8] == [1.0, 2.0, 3.0]
+  assert all(r["opt/ratio"] > 1.0 for r in records_8)
+  for key in ("loss", "opt/ratio"):
+    np.testing.assert_allclose([r[key] for r in records_8], [r[key] for r in records_1],
+                               rtol=1e-4)
+
+
+def test_optimizer_scalars_names_and_skips_counts():
+  params = {"w": jnp.ones((3,))}
+  tx = optax.chain(optax.clip_by_global_norm(1.0),
+                   optax.inject_hyperparams(optax.sgd)(learning_rate=0.1, momentum=0.9))
+  scalars = training.optimizer_scalars(tx.init(params))
+  assert set(scalars) == {"opt/1/hyperparams/learning_rate", "opt/1/hyperparams/momentum"}
+  np.testing.assert_allclose(scalars["opt/1/hyperparams/learning_rate"], 0.1)
+
+
+# --- checkpointing --------------------------------------------------------------------------
+
+def test_checkpointer_roundtrip_exact_and_keeps_n(tmp_path):
+  mesh = training.make_mesh({"data": 2, "fsdp": 4})
+  tx = optax.adam(1e-2)
+  graphdef, state, shardings = training.create_train_state(TinyNet, tx, mesh, seed=3)
+  state = state.replace(step=state.step + 7, rng=state.rng + 1)
+  checkpointer = training.Checkpointer(str(tmp_path / "ckpt"), save_interval_steps=2,
+                                       max_to_keep=2)
+  for step in (2, 3, 4, 6):
+    checkpointer.save(step, state, {"position": step})
+  checkpointer.wait()
+  assert sorted(checkpointer.manager.all_steps()) == [4, 6]  # 3 is off-interval, 2 evicted
+  _, abstract, _ = training.abstract_train_state(TinyNet, tx, mesh, seed=3)
+  restored, data_state = checkpointer.restore(abstract)
+  checkpointer.close()
+  assert data_state == {"position": 6}
+  for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(restored)):
+    assert a.sharding == b.sharding
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert jax.tree.structure(restored) == jax.tree.structure(state)
+  del graphdef, shardings
+
+
+# --- data -----------------------------------------------------------------------------------
+
+def _ids_source(n):
+  return training.ArraySource(id=np.arange(n), x=np.arange(n, dtype=np.float32) * 10)
+
+
+def test_resumable_batches_epochs_are_permutations_and_resume_exactly():
+  batches = training.ResumableBatches(_ids_source(12), global_batch_size=4, seed=5,
+                                      num_threads=1)
+  seen = [next(batches)["id"] for _ in range(6)]
+  epoch_1, epoch_2 = np.concatenate(seen[:3]), np.concatenate(seen[3:])
+  assert sorted(epoch_1) == sorted(epoch_2) == list(range(12))
+  assert not np.array_equal(epoch_1, epoch_2)  # a fresh permutation per epoch
+  assert batches.get_state() == {"position": 6}
+  resumed = training.ResumableBatches(_ids_source(12), global_batch_size=4, seed=5,
+                                      num_threads=1)
+  resumed.set_state({"position": 4})
+  np.testing.assert_array_equal(next(resumed)["id"], seen[4])
+  np.testing.assert_array_equal(next(resumed)["id"], seen[5])
+
+
+def test_resumable_batches_host_sharding_partitions_each_global_batch():
+  def host(p, count):
+    return training.ResumableBatches(_ids_source(40), global_batch_size=8, seed=2,
+                                     num_threads=1, process_index=p, process_count=count)
+  single = host(0, 1)
+  hosts = [host(p, 2) for p in range(2)]
+  for _ in range(7):  # crosses an epoch boundary
+    global_ids = next(single)["id"]
+    local = [next(h)["id"] for h in hosts]
+    assert all(len(ids) == 4 for ids in local)
+    assert not set(local[0]) & set(local[1])
+    assert sorted(np.concatenate(local)) == sorted(global_ids)
+  with pytest.raises(ValueError, match="global_batch_size"):
+    host(0, 3)
+
+
+def test_eval_batches_pads_with_mask_and_splits_hosts():
+  passes = [list(training.eval_batches(_ids_source(10), global_batch_size=4, num_threads=1,
+                                       process_index=p, process_count=2)) for p in range(2)]
+  # 10 examples -> 3 global batches of 4 (2 padding), each host reads 2 rows of each.
+  assert [len(p) for p in passes] == [3, 3] and passes[0][0]["id"].shape == (2,)
+  ids = np.concatenate([b["id"][b["mask"]] for p in passes for b in p])
+  assert sorted(ids) == list(range(10))
+  assert sum(int((~b["mask"]).sum()) for p in passes for b in p) == 2
+
+
+def test_image_augmentations_against_numpy():
+  rng = np.random.default_rng(0)
+  image = rng.integers(0, 256, size=(32, 32, 3), dtype=np.uint8)
+  out = data_lib.pad_crop_flip(image, np.random.default_rng(3))
+  padded = np.pad(image, ((4, 4), (4, 4), (0, 0)))
+  candidates = [padded[t:t + 32, l:l + 32][:, ::f] for t in range(9) for l in range(9)
+                for f in (1, -1)]
+  assert any(np.array_equal(out, c) for c in candidates)
+  mean, std = data_lib.NORMALIZATION["cifar10"]
+  np.testing.assert_allclose(data_lib.normalize(image, mean, std),
+                             (image / 255.0 - np.array(mean)) / np.array(std), atol=1e-5)
+  tall = rng.integers(0, 256, size=(300, 200, 3), dtype=np.uint8)
+  assert data_lib.random_resized_crop(tall, np.random.default_rng(1)).shape == (224, 224, 3)
+  center = data_lib.resize_center_crop(tall)
+  assert center.shape == (224, 224, 3)
+  uniform = np.full((300, 200, 3), 77, np.uint8)  # resizing a constant image keeps it
+  assert np.all(data_lib.resize_center_crop(uniform) == 77)
+
+
+def test_tfds_pipelines_with_mock_data():
+  with tfds.testing.mock_data(num_examples=24):
+    train = training.tfds_image_data("cifar100", "train", global_batch_size=8, train=True,
+                                     seed=0, num_threads=1)
+    first = [next(train) for _ in range(4)]
+    assert first[0]["image"].shape == (8, 32, 32, 3) and first[0]["image"].dtype == np.float32
+    assert set(first[0]) == {"image", "label"}
+    again = training.tfds_image_data("cifar100", "train", global_batch_size=8, train=True,
+                                     seed=0, num_threads=1)
+    again.set_state({"position": 3})
+    np.testing.assert_array_equal(next(again)["image"], first[3]["image"])
+    imagenet = training.tfds_image_data("imagenet2012", "train", global_batch_size=2,
+                                        train=True, num_threads=1)
+    assert next(imagenet)["image"].shape == (2, 224, 224, 3)
+    evaluation = list(training.tfds_image_data("imagenet2012", "validation",
+                                               global_batch_size=16, train=False,
+                                               num_threads=1))
+    assert sum(int(b["mask"].sum()) for b in evaluation) == 24
+    assert evaluation[0]["image"].shape == (16, 224, 224, 3)
+
+
+def test_array_source_rejects_mismatched_lengths():
+  with pytest.raises(ValueError, match="leading axis"):
+    training.ArraySource(x=np.zeros(3), y=np.zeros(4))
+
+
+# --- metrics --------------------------------------------------------------------------------
+
+def test_metrics_writer_jsonl_tensorboard_and_resume_truncation(tmp_path):
+  writer = training.MetricsWriter(str(tmp_path), total_steps=4, progress=False)
+  for step in range(1, 5):
+    writer.write(step, {"loss": jnp.float32(1.0 / step)})
+  writer.close()
+  assert [r["step"] for r in training.read_jsonl(writer.path)] == [1, 2, 3, 4]
+  assert os.listdir(tmp_path / "tb")
+  resumed = training.MetricsWriter(str(tmp_path), total_steps=4, start_step=2, progress=False)
+  resumed.write(3, {"loss": 0.5})
+  resumed.close()
+  records = training.read_jsonl(resumed.path)
+  assert [r["step"] for r in records] == [1, 2, 3] and records[-1]["loss"] == 0.5
+  with open(resumed.path) as f:
+    assert all(isinstance(json.loads(line)["time"], float) for line in f)
