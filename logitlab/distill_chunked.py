@@ -30,11 +30,13 @@ log-probs are gathered at the ids. Only "forward_kl" is defined for a top-k teac
 
 from __future__ import annotations
 
-from typing import Callable, Literal
+import functools
+from typing import Any, Callable, Literal
 
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from logitlab import numerics
 
@@ -79,6 +81,70 @@ def map_token_chunks(fn: Callable[..., Array], arrays: tuple[Array, ...],
   return jnp.moveaxis(out, 0, 1).reshape(b, num_chunks * chunk)[:, :t]
 
 
+def _zero_cotangent(x: Array):
+  if jnp.issubdtype(x.dtype, jnp.inexact):
+    return jnp.zeros_like(x)
+  return np.zeros(x.shape, jax.dtypes.float0)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 5))
+def sum_token_chunks_fused(fn: Callable[..., Array], params, hidden: Array,
+                           rest: tuple[Array, ...], weights: Array, chunk_size: int) -> Array:
+  """``sum_{b,t} weights[b, t] * fn(params, hidden, *rest)[b, t]``, chunked over T, with the
+  gradient computed *during the forward scan* (fused, as in Liger's fused linear
+  cross-entropy).
+
+  Each chunk's vjp w.r.t. ``params`` and its hidden states is taken right after its forward,
+  so no chunk is recomputed: the FLOPs equal the naive loss's forward + backward, and live
+  memory is one chunk's logits plus the ``params`` gradient accumulator. Without
+  differentiation only the plain chunked forward runs. ``params`` (e.g. the output
+  projection) and ``hidden`` get gradients; ``rest`` and ``weights`` are constants.
+  """
+  per_token = map_token_chunks(lambda h, *r: fn(params, h, *r), (hidden,) + tuple(rest),
+                               chunk_size)
+  return jnp.sum(per_token * weights)
+
+
+def _fused_fwd(fn, params, hidden, rest, weights, chunk_size):
+  def chunk_value_and_grads(p, h, r, w):
+    value, vjp = jax.vjp(lambda p_, h_: jnp.sum(fn(p_, h_, *r) * w), p, h)
+    return value, vjp(jnp.ones_like(value))
+
+  def body(grad_params, xs):
+    h, r, w = xs
+    value, (g_p, g_h) = chunk_value_and_grads(params, h, r, w)
+    return jax.tree.map(jnp.add, grad_params, g_p), (value, g_h)
+
+  b, t = hidden.shape[:2]
+  chunk = min(chunk_size, t)
+  num_chunks = -(-t // chunk)
+  pad = num_chunks * chunk - t
+
+  def to_chunks(a):
+    a = jnp.pad(a, [(0, 0), (0, pad)] + [(0, 0)] * (a.ndim - 2))
+    return jnp.moveaxis(a.reshape((b, num_chunks, chunk) + a.shape[2:]), 1, 0)
+
+  zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.result_type(x, jnp.float32)), params)
+  grad_params, (values, grad_hidden) = jax.lax.scan(
+      body, zeros, (to_chunks(hidden), tuple(to_chunks(r) for r in rest),
+                    to_chunks(weights.astype(jnp.float32))))
+  grad_hidden = jnp.moveaxis(grad_hidden, 0, 1).reshape((b, num_chunks * chunk) +
+                                                        hidden.shape[2:])[:, :t]
+  grad_params = jax.tree.map(lambda g, x: g.astype(x.dtype), grad_params, params)
+  return jnp.sum(values), (grad_params, grad_hidden.astype(hidden.dtype), rest, weights)
+
+
+def _fused_bwd(fn, chunk_size, residuals, g):
+  del fn, chunk_size
+  grad_params, grad_hidden, rest, weights = residuals
+  scale = lambda x: (g * x).astype(x.dtype)
+  return (jax.tree.map(scale, grad_params), scale(grad_hidden),
+          jax.tree.map(_zero_cotangent, rest), jnp.zeros_like(weights))
+
+
+sum_token_chunks_fused.defvjp(_fused_fwd, _fused_bwd)
+
+
 def divergence_from_logits(teacher_logits: Array, student_logits: Array, *,
                            divergence: Divergence = "forward_kl", beta: float = 0.5,
                            temperature: float = 1.0) -> Array:
@@ -119,13 +185,6 @@ def topk_forward_kl(teacher_topk_logits: Array, teacher_topk_ids: Array,
   return jnp.sum(numerics.xlogy_probs(p_t, log_t) - numerics.xlogy_probs(p_t, log_s), -1)
 
 
-def _normalize(per_token: Array, mask: Array, num_valid_tokens) -> Array:
-  if num_valid_tokens is None:
-    return numerics.masked_mean(per_token, mask)
-  return jnp.sum(jnp.where(mask, per_token, 0.0)) / jnp.maximum(
-      jnp.asarray(num_valid_tokens, jnp.float32), 1.0)
-
-
 def _check_hidden(name: str, hidden: Array) -> None:
   numerics.check_logits(name, hidden, min_rank=3)
   if hidden.ndim != 3:
@@ -134,7 +193,7 @@ def _check_hidden(name: str, hidden: Array) -> None:
 
 def chunked_distill_loss(
     student_hidden: chex.Array,
-    student_logits_fn: LogitsFn,
+    student_logits_fn: Callable[..., Array],
     mask: chex.Array,
     *,
     teacher_hidden: chex.Array | None = None,
@@ -146,6 +205,7 @@ def chunked_distill_loss(
     temperature: float = 1.0,
     chunk_size: int = 256,
     num_valid_tokens: chex.Numeric | None = None,
+    student_params: Any = None,
 ) -> Array:
   """Masked distillation loss computed chunk by chunk from hidden states.
 
@@ -162,6 +222,11 @@ def chunked_distill_loss(
     chunk_size: tokens per chunk.
     num_valid_tokens: normalizer (defaults to ``mask.sum()``); pass the count of the full
       accumulated batch when summing micro-batch losses.
+    student_params: optional pytree (e.g. the output projection); then
+      ``student_logits_fn(student_params, h)`` is used and the backward is fused into the
+      forward scan (``sum_token_chunks_fused``: no recomputation, same FLOPs as the naive
+      loss). Without it, closed-over parameters get gradients through ``jax.checkpoint``
+      (one extra chunk forward in the backward pass).
 
   Returns:
     float32 scalar ``T**2 * sum_valid D / N``.
@@ -174,6 +239,10 @@ def chunked_distill_loss(
     raise ValueError(f"`temperature` must be > 0, got {temperature}.")
   full_teacher = teacher_hidden is not None or teacher_logits_fn is not None
   topk_teacher = teacher_topk_logits is not None or teacher_topk_ids is not None
+  if student_params is None:
+    student_logits = lambda _, h: student_logits_fn(h)
+  else:
+    student_logits = student_logits_fn
   if full_teacher == topk_teacher:
     raise ValueError("Pass either (`teacher_hidden`, `teacher_logits_fn`) or "
                      "(`teacher_topk_logits`, `teacher_topk_ids`).")
@@ -186,12 +255,12 @@ def chunked_distill_loss(
       raise ValueError(f"`teacher_hidden` must be [B, T, D'] with [B, T] = {(b, t)}, got "
                        f"{teacher_hidden.shape}.")
 
-    def per_chunk(s_h, t_h):
+    def per_chunk(params, s_h, t_h):
       t_logits = jax.lax.stop_gradient(teacher_logits_fn(t_h))
-      return divergence_from_logits(t_logits, student_logits_fn(s_h), divergence=divergence,
-                                    beta=beta, temperature=temperature)
+      return divergence_from_logits(t_logits, student_logits(params, s_h),
+                                    divergence=divergence, beta=beta, temperature=temperature)
 
-    arrays = (student_hidden, jax.lax.stop_gradient(teacher_hidden))
+    rest = (jax.lax.stop_gradient(teacher_hidden),)
   else:
     if teacher_topk_logits is None or teacher_topk_ids is None:
       raise ValueError("`teacher_topk_logits` and `teacher_topk_ids` [B, T, k] go together.")
@@ -204,10 +273,19 @@ def chunked_distill_loss(
       raise ValueError(f"`teacher_topk_logits` must be [B, T, k] with [B, T] = {(b, t)}, got "
                        f"{teacher_topk_logits.shape}.")
 
-    def per_chunk(s_h, t_logits, t_ids):
-      return topk_forward_kl(t_logits, t_ids, student_logits_fn(s_h), temperature=temperature)
+    def per_chunk(params, s_h, t_logits, t_ids):
+      return topk_forward_kl(t_logits, t_ids, student_logits(params, s_h),
+                             temperature=temperature)
 
-    arrays = (student_hidden, jax.lax.stop_gradient(teacher_topk_logits), teacher_topk_ids)
+    rest = (jax.lax.stop_gradient(teacher_topk_logits), teacher_topk_ids)
 
-  per_token = map_token_chunks(per_chunk, arrays, chunk_size)
-  return temperature**2 * _normalize(per_token, mask, num_valid_tokens)
+  # Global valid-token normalization: every valid token of the (accumulated) batch weighs
+  # T^2 / N, so micro-batch losses add up to the full-batch loss.
+  count = jnp.sum(mask) if num_valid_tokens is None else num_valid_tokens
+  weights = mask * (temperature**2 / jnp.maximum(jnp.asarray(count, jnp.float32), 1.0))
+  if student_params is not None:
+    return sum_token_chunks_fused(per_chunk, student_params, student_hidden, rest, weights,
+                                  chunk_size)
+  per_token = map_token_chunks(lambda s_h, *r: per_chunk(None, s_h, *r),
+                               (student_hidden,) + rest, chunk_size)
+  return jnp.sum(jnp.where(mask, per_token * weights, 0.0))

@@ -37,18 +37,21 @@ def data(rng):
   return hs, ht, ws, wt, mask
 
 
-@pytest.mark.parametrize("divergence,beta,temp", [("forward_kl", 0.5, 1.0),
-                                                  ("reverse_kl", 0.5, 2.0),
-                                                  ("jsd", 0.3, 1.0)])
-def test_chunked_equals_reference_and_naive_gradient(data, divergence, beta, temp):
+@pytest.mark.parametrize("divergence,beta,temp,fused", [("forward_kl", 0.5, 1.0, True),
+                                                        ("reverse_kl", 0.5, 2.0, False),
+                                                        ("jsd", 0.3, 1.0, True)])
+def test_chunked_equals_reference_and_naive_gradient(data, divergence, beta, temp, fused):
   hs, ht, ws, wt, mask = data
   f32 = lambda x: jnp.asarray(x, jnp.float32)
 
   @jax.jit
   def chunked(ws, hs):
-    return distill_chunked.chunked_distill_loss(
-        hs, lambda h: h @ ws, mask, teacher_hidden=f32(ht), teacher_logits_fn=lambda h: h @ f32(wt),
-        divergence=divergence, beta=beta, temperature=temp, chunk_size=4)
+    common = dict(teacher_hidden=f32(ht), teacher_logits_fn=lambda h: h @ f32(wt),
+                  divergence=divergence, beta=beta, temperature=temp, chunk_size=4)
+    if fused:  # gradient computed inside the forward scan (custom VJP)
+      return distill_chunked.chunked_distill_loss(hs, lambda w, h: h @ w, mask,
+                                                  student_params=ws, **common)
+    return distill_chunked.chunked_distill_loss(hs, lambda h: h @ ws, mask, **common)
 
   @jax.jit
   def naive(ws, hs):

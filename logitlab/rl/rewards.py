@@ -1,0 +1,43 @@
+"""Reward functions with the interface ``fn(prompts, completions, **kwargs) -> float32 [B]``.
+
+``prompts`` and ``completions`` are lists of strings (one per rollout, group-major); extra
+per-rollout data (reference answers, ...) arrive as keyword lists of the same length.
+Unknown keywords are ignored, so several rewards can share one call site (``combine``).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+
+from logitlab.tasks import arithmetic
+
+RewardFn = Callable[..., np.ndarray]
+
+
+def correctness(prompts: Sequence[str], completions: Sequence[str], *,
+                answers: Sequence[int], extract=arithmetic.extract_answer,
+                **unused) -> np.ndarray:
+  """1.0 where ``extract(completion)`` equals the reference answer, else 0.0."""
+  del prompts, unused
+  return np.array([float(extract(c) == a) for c, a in zip(completions, answers)], np.float32)
+
+
+def think_format(prompts: Sequence[str], completions: Sequence[str], *,
+                 end_think: str = arithmetic.END_THINK, **unused) -> np.ndarray:
+  """1.0 where the completion closes its think block and then states ``answer:``."""
+  del prompts, unused
+  return np.array([float(end_think in c and "answer:" in c.split(end_think, 1)[1])
+                   for c in completions], np.float32)
+
+
+def combine(reward_fns: Sequence[RewardFn], weights: Sequence[float]) -> RewardFn:
+  """Weighted sum of reward functions (same interface)."""
+  if len(reward_fns) != len(weights):
+    raise ValueError(f"Got {len(reward_fns)} reward functions and {len(weights)} weights.")
+
+  def reward(prompts, completions, **kwargs):
+    return sum(w * fn(prompts, completions, **kwargs) for fn, w in zip(reward_fns, weights))
+
+  return reward
