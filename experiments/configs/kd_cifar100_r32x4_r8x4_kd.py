@@ -1,0 +1,10 @@
+"""R32x4 -> R8x4, KD (paper: 73.33% CIFAR-100 top-1).
+
+Run:  python -m experiments.kd --config=experiments/configs/kd_cifar100_teacher.py:resnet32x4 --config.data_dir=/data/tfds
+      python -m experiments.kd --config=experiments/configs/kd_cifar100_r32x4_r8x4_kd.py --config.data_dir=/data/tfds
+"""
+from experiments.configs import kd_tfds_base
+
+
+def get_config():
+  return kd_tfds_base.cifar100("resnet32x4", "resnet8x4", "kd", paper_top1=73.33)

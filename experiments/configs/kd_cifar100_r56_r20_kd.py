@@ -1,0 +1,10 @@
+"""R56 -> R20, KD (paper: 70.66% CIFAR-100 top-1).
+
+Run:  python -m experiments.kd --config=experiments/configs/kd_cifar100_teacher.py:resnet56 --config.data_dir=/data/tfds
+      python -m experiments.kd --config=experiments/configs/kd_cifar100_r56_r20_kd.py --config.data_dir=/data/tfds
+"""
+from experiments.configs import kd_tfds_base
+
+
+def get_config():
+  return kd_tfds_base.cifar100("resnet56", "resnet20", "kd", paper_top1=70.66)

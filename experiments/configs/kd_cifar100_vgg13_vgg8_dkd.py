@@ -1,0 +1,10 @@
+"""VGG13 -> VGG8, DKD (paper: 74.68% CIFAR-100 top-1).
+
+Run:  python -m experiments.kd --config=experiments/configs/kd_cifar100_teacher.py:vgg13 --config.data_dir=/data/tfds
+      python -m experiments.kd --config=experiments/configs/kd_cifar100_vgg13_vgg8_dkd.py --config.data_dir=/data/tfds
+"""
+from experiments.configs import kd_tfds_base
+
+
+def get_config():
+  return kd_tfds_base.cifar100("vgg13", "vgg8", "dkd", paper_top1=74.68, dkd_beta=6.0)

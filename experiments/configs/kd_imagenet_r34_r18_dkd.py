@@ -1,0 +1,10 @@
+"""ImageNet R34 -> R18, DKD (paper: 71.70% ImageNet top-1).
+
+Run:  python -m experiments.kd --config=experiments/configs/kd_imagenet_teacher.py --config.data_dir=/data/tfds
+      python -m experiments.kd --config=experiments/configs/kd_imagenet_r34_r18_dkd.py --config.data_dir=/data/tfds
+"""
+from experiments.configs import kd_tfds_base
+
+
+def get_config():
+  return kd_tfds_base.imagenet("resnet34", "resnet18", "dkd", paper_top1=71.7)
