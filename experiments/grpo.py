@@ -30,11 +30,6 @@ from logitlab.rl import rewards as rl_rewards
 from logitlab.rl import trainer
 from logitlab.tasks import arithmetic
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", os.path.join(os.path.dirname(__file__), "configs", "grpo.py"),
-    "Experiment config file.")
-
-
 def load_sft(init_dir: str):
   """``(model, tokenizer)`` of the SFT checkpoint; the task tokenizer if none is saved."""
   if not (Path(init_dir) / "config.json").exists():
@@ -166,4 +161,8 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  # Defined here, not at import, so experiments can import each other's helpers.
+  _CONFIG = config_flags.DEFINE_config_file(
+      "config", os.path.join(os.path.dirname(__file__), "configs", "grpo.py"),
+      "Experiment config file.")
   app.run(main)

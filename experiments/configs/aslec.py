@@ -1,0 +1,30 @@
+"""ASLEC on the tiny reasoner: select 5 of 20 sampled responses per question by random /
+average log-prob / ASLEC-DROP / ASLEC-CASL, fine-tune on each selection, compare.
+
+Run:  python -m experiments.aslec                     (this config)
+      python -m experiments.aslec --config.num_questions=4 --config.sft_steps=2   (smoke)
+"""
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.init_dir = "experiments/assets/tiny_reasoner"  # target model (scores) and SFT start
+  c.out_dir = "experiments/results/aslec"
+  c.num_ops = (2, 3)
+  c.num_questions = 48
+  c.responses_per_question = 20
+  c.select_k = 5
+  c.sample_temperature = 1.2  # diverse pool (the paper pools several generators)
+  c.num_head_tokens = 1  # ASLEC-DROP skips the first token of each step
+  c.max_new_tokens = 48
+  c.methods = ("random", "avg_logp", "drop", "casl")
+  # Fine-tuning on each selection, then held-out evaluation.
+  c.sft_steps = 40
+  c.sft_batch_size = 32
+  c.learning_rate = 3e-4
+  c.num_eval_problems = 64
+  c.eval_k = 4
+  c.chunk_size = 32
+  return c

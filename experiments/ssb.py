@@ -1,0 +1,147 @@
+"""Semantic Soft Bootstrapping vs GRPO on the tiny reasoner.
+
+1. ``rollouts`` completions per train question at T = 0.8; ``ssb.curate`` keeps questions
+   with a correct and an incorrect rollout.
+2. Teacher context ``template`` (correct + incorrect + question); the model generates
+   ``teacher_samples`` robust solutions at T = 0.4 and correct ones are kept.
+3. Teacher targets: top-k logits of the model in the hinted context at the reply tokens.
+4. Student (same model + LoRA) sees the bare question + reply; ``train_steps`` of
+   ``T^2 KL`` at T = 2 on reply tokens, LoRA parameters only; adapters are checkpointed
+   (``logitlab.training.Checkpointer``).
+5. Held-out Pass@1 / Pass@k vs the SFT model (and the GRPO result of experiments.grpo if
+   present). Writes ``results.json`` to ``config.out_dir``.
+
+Run:  python -m experiments.ssb [--config.train_steps=60 ...]   (configs/ssb.py)
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app
+from flax import nnx
+from ml_collections import config_flags
+from tqdm import tqdm
+
+from experiments import grpo as grpo_experiment
+from logitlab import ssb
+from logitlab import training
+from logitlab.rl import rewards as rl_rewards
+from logitlab.rl import trainer
+from logitlab.tasks import arithmetic
+
+
+def sample(model, tokenizer, prompt_rows, key, *, num, temperature, max_new_tokens):
+  """``num`` completions (token lists and texts) per prompt given as token-id lists."""
+  lengths = np.array([len(r) for r in prompt_rows], np.int32)
+  prompts = np.zeros((len(prompt_rows), lengths.max()), np.int32)
+  for i, r in enumerate(prompt_rows):
+    prompts[i, :len(r)] = r
+  cfg = trainer.RLConfig(group_size=num, max_new_tokens=max_new_tokens, temperature=temperature)
+  _, tokens, out_lengths = trainer.rollout(model, prompts, lengths, key, cfg,
+                                           end_think_id=arithmetic.END_THINK_ID,
+                                           stop_tokens=(arithmetic.EOS_ID,),
+                                           pad_id=arithmetic.PAD_ID)
+  rows = [t[:n].tolist() for t, n in zip(tokens, out_lengths)]
+  return rows, arithmetic.decode_completions(tokenizer, tokens, out_lengths)
+
+
+def run(config) -> dict:
+  out_dir = Path(config.out_dir)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  model, tokenizer = grpo_experiment.load_sft(config.init_dir)
+  problems = arithmetic.generate_problems(config.num_questions, seed=config.seed + 5,
+                                          num_ops=tuple(config.num_ops))
+  think = lambda p: tokenizer.encode(p.prompt).ids + [arithmetic.THINK_ID]
+  key = jax.random.key(config.seed)
+  # 1. Rollouts + curation.
+  _, texts = sample(model, tokenizer, [think(p) for p in problems], key, num=config.rollouts,
+                    temperature=config.rollout_temperature, max_new_tokens=config.max_new_tokens)
+  texts = np.array(texts, object).reshape(len(problems), config.rollouts)
+  answers = [[arithmetic.extract_answer(t) for t in row] for row in texts]
+  correct = np.array([[a == p.answer for a in row] for row, p in zip(answers, problems)])
+  triples = ssb.curate(correct, answers, np.random.default_rng(config.seed))
+  # 2. Hinted teacher generation + correctness filter.
+  contexts = [tokenizer.encode(ssb.teacher_prompt(problems[q].prompt,
+                                                  arithmetic.THINK + texts[q, c],
+                                                  arithmetic.THINK + texts[q, i],
+                                                  config.template)).ids + [arithmetic.THINK_ID]
+              for q, c, i in triples]
+  stats = {"questions": len(problems), "curated": len(triples),
+           "rollout_correct_rate": float(correct.mean())}
+  if not triples:
+    raise RuntimeError(f"No question has both a correct and an incorrect rollout: {stats}.")
+  replies, reply_texts = sample(model, tokenizer, contexts, jax.random.fold_in(key, 1),
+                                num=config.teacher_samples,
+                                temperature=config.teacher_temperature,
+                                max_new_tokens=config.max_new_tokens)
+  owners = [t for t in triples for _ in range(config.teacher_samples)]
+  keep = [j for j, (text, (q, _, _)) in enumerate(zip(reply_texts, owners))
+          if rl_rewards.correctness(None, [text], answers=[problems[q].answer])[0] > 0]
+  stats["teacher_solutions_kept"] = len(keep)
+  stats["teacher_solutions_generated"] = len(replies)
+  if not keep:
+    raise RuntimeError(f"No teacher solution passed the correctness filter: {stats}.")
+  teacher_prefix = [contexts[j // config.teacher_samples] for j in keep]
+  student_prefix = [think(problems[owners[j][0]]) for j in keep]
+  reply_rows = [replies[j] for j in keep]
+  reply_start = max(len(p) for p in teacher_prefix)
+  width = reply_start + max(len(r) for r in reply_rows)
+  teacher_batch = ssb.align_replies(teacher_prefix, reply_rows, reply_start, width)
+  data = ssb.align_replies(student_prefix, reply_rows, reply_start, width)
+  # 3. Teacher targets (top-k logits on the reply tokens, hinted context).
+  t_logits, t_ids = nnx.jit(ssb.model_teacher_targets, static_argnames="top_k")(
+      model, {k: jnp.asarray(v) for k, v in teacher_batch.items()}, top_k=config.teacher_top_k)
+  data.update(teacher_logits=np.asarray(t_logits), teacher_ids=np.asarray(t_ids))
+  # 4. LoRA-only student training.
+  sft_eval_problems = arithmetic.generate_problems(
+      config.num_eval_problems, seed=config.seed + 100, num_ops=tuple(config.num_ops),
+      split="test")
+  eval_key = jax.random.key(config.seed + 7)
+  evaluate = lambda m: grpo_experiment.evaluate(m, tokenizer, sft_eval_problems, eval_key,
+                                                k=config.eval_k,
+                                                max_new_tokens=config.max_new_tokens)
+  results = {"config": config.to_dict(), "data": stats, "sft": evaluate(model)}
+  ssb.add_lora(model, config.lora_rank, rngs=nnx.Rngs(config.seed))
+  optimizer = ssb.lora_optimizer(model, config.learning_rate)
+  rng = np.random.default_rng(config.seed)
+  losses = []
+  for _ in (bar := tqdm(range(config.train_steps), desc="ssb")):
+    rows = rng.integers(0, len(keep), config.batch_size)
+    loss = ssb.lora_train_step(model, optimizer, {k: jnp.asarray(v[rows]) for k, v in data.items()},
+                               temperature=config.distill_temperature,
+                               chunk_size=config.chunk_size)
+    losses.append(float(loss))
+    bar.set_postfix(loss=f"{losses[-1]:.4f}")
+  checkpointer = training.Checkpointer(str(out_dir / "lora"), save_interval_steps=1,
+                                       async_save=False)
+  checkpointer.save(config.train_steps, nnx.state(model, nnx.LoRAParam),
+                    {"position": config.train_steps}, force=True)
+  checkpointer.close()
+  results["ssb"] = evaluate(model)
+  results["ssb_loss"] = {"first": losses[0], "last": losses[-1]}
+  grpo_path = Path(config.grpo_results)
+  if grpo_path.exists():
+    results["grpo"] = json.loads(grpo_path.read_text()).get("grpo", {}).get("discrete_eval")
+  (out_dir / "results.json").write_text(json.dumps(results, indent=2))
+  print(json.dumps({k: v for k, v in results.items() if k != "config"}, indent=2))
+  return results
+
+
+def main(argv):
+  del argv
+  run(_CONFIG.value)
+
+
+if __name__ == "__main__":
+  # Defined here, not at import, so experiments can import each other's helpers.
+  _CONFIG = config_flags.DEFINE_config_file(
+      "config", os.path.join(os.path.dirname(__file__), "configs", "ssb.py"),
+      "Experiment config file.")
+  app.run(main)
