@@ -300,6 +300,32 @@ def test_update_is_jitted_once_across_data_and_iterations(rng):
   assert update._cache_size() == 1
 
 
+def test_optax_transform_matches_solver_under_jit(rng):
+  """Same iterates as the solver; unknown extras ignored; one compilation; dtype kept."""
+  features, labels = _logistic_data(rng, n=32, d=3)
+  problem = so.problems.logistic_regression(jnp.asarray(features, jnp.float32),
+                                            jnp.asarray(labels))
+  value_fn = lambda w: problem.value_fn(w, *problem.data)
+  tx = so.scale_by_gradient_normalized_newton(linear_solver="cholesky", gamma_init=0.5)
+
+  @jax.jit
+  def step(w, opt_state):
+    updates, opt_state = tx.update(jax.grad(value_fn)(w), opt_state, w, value_fn=value_fn,
+                                   unused_extra=1.0)
+    return optax.apply_updates(w, updates), opt_state
+
+  solver = so.gradient_normalized_newton(problem.value_fn, problem.curvatures["hessian"],
+                                         gamma_init=0.5)
+  states = _run(solver, jnp.zeros(3), problem.data, 4)
+  w, opt_state = jnp.zeros(3), tx.init(jnp.zeros(3))
+  for state in states[1:]:
+    w, opt_state = step(w, opt_state)
+    np.testing.assert_allclose(w, state.params, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(opt_state.gamma, state.gamma, rtol=1e-6)
+  assert w.dtype == jnp.float32
+  assert step._cache_size() == 1
+
+
 # ---------------------------------------------------------------- numerics and validation
 
 

@@ -3,7 +3,9 @@
 ``gradient_normalized_newton`` is the gradient-regularized Newton method with an
 approximate Hessian and the authors' adaptive step-radius search; ``curvature`` builds
 exact-Hessian, Gauss-Newton, Fisher and weighted Gauss-Newton operators (matrix-free,
-jvp/vjp based); ``problems`` holds the paper's test problems.
+jvp/vjp based); ``problems`` holds the paper's test problems;
+``scale_by_gradient_normalized_newton`` wraps one solver iteration as an optax
+transformation (extra arg ``value_fn``).
 
 Example::
 
@@ -21,5 +23,8 @@ from logitlab.second_order import problems
 from logitlab.second_order.solver import GNSSolver
 from logitlab.second_order.solver import GNSState
 from logitlab.second_order.solver import gradient_normalized_newton
+from logitlab.second_order.transform import ScaleByGNSState
+from logitlab.second_order.transform import scale_by_gradient_normalized_newton
 
-__all__ = ["curvature", "problems", "GNSSolver", "GNSState", "gradient_normalized_newton"]
+__all__ = ["curvature", "problems", "GNSSolver", "GNSState", "gradient_normalized_newton",
+           "ScaleByGNSState", "scale_by_gradient_normalized_newton"]
