@@ -371,5 +371,7 @@ def test_errors_name_the_argument(batch):
     losses.kd(y, zt)
   with pytest.raises(ValueError, match="student_rank_scores"):
     losses.uskd_zipf_labels(zs, zt, y, student_rank_scores="logits")
+  with pytest.raises(ValueError, match="temperature"):
+    losses.dkd(zs, zt, y, temperature=0.0)
   with pytest.raises(ValueError, match="ddof"):
     losses.standardize(zs[:, :1])

@@ -43,6 +43,12 @@ def check_labels(name: str, labels: chex.Array, logits_name: str,
                      f"{tuple(labels.shape)}.")
 
 
+def check_positive(name: str, value: chex.Numeric) -> None:
+  """Raises unless a Python-number ``value`` is > 0 (arrays, possibly traced, pass)."""
+  if isinstance(value, (int, float)) and not value > 0:
+    raise ValueError(f"`{name}` must be > 0, got {value}.")
+
+
 def target_mask(labels: chex.Array, num_classes: int) -> jax.Array:
   """Boolean one-hot ``[..., C]`` marking the target class of each example."""
   return jnp.arange(num_classes) == jnp.asarray(labels)[..., None]

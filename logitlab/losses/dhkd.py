@@ -51,6 +51,7 @@ def binary_kl_norm(
     where, weights, reduction: as in :func:`logitlab.losses.kd`.
   """
   _common.check_logit_pair("aux_logits", aux_logits, "teacher_logits", teacher_logits)
+  _common.check_positive("temperature", temperature)
   gap = (numerics.upcast(aux_logits)
          - numerics.upcast(jax.lax.stop_gradient(teacher_logits))) / temperature
   per_example = temperature**2 * jnp.sum(_log_cosh(0.5 * gap), axis=-1)

@@ -32,9 +32,10 @@ def _binary_log_probs(logits: chex.Array, labels: chex.Array, temperature) -> ja
   return jnp.stack([log_target, log_non_target], axis=-1)
 
 
-def _check(student_logits, teacher_logits, labels):
+def _check(student_logits, teacher_logits, labels, temperature):
   _common.check_logit_pair("student_logits", student_logits, "teacher_logits", teacher_logits)
   _common.check_labels("labels", labels, "student_logits", student_logits)
+  _common.check_positive("temperature", temperature)
 
 
 def tckd(
@@ -51,7 +52,7 @@ def tckd(
 
   Arguments as in :func:`dkd`; ``labels`` are ``[...]`` integer target classes.
   """
-  _check(student_logits, teacher_logits, labels)
+  _check(student_logits, teacher_logits, labels, temperature)
   teacher_logits = jax.lax.stop_gradient(teacher_logits)
   # The inputs are log-probabilities, so log_softmax inside the KL helper is the identity.
   per_example = temperature**2 * numerics.kl_divergence_from_logits(
@@ -75,7 +76,7 @@ def nckd(
   ``\hat p = softmax(z / T)`` over the ``C - 1`` non-target classes (target excluded
   exactly, see :func:`logitlab.losses._common.drop_target`). Arguments as in :func:`dkd`.
   """
-  _check(student_logits, teacher_logits, labels)
+  _check(student_logits, teacher_logits, labels, temperature)
   teacher_logits = jax.lax.stop_gradient(teacher_logits)
   per_example = temperature**2 * numerics.kl_divergence_from_logits(
       _common.drop_target(teacher_logits, labels), _common.drop_target(student_logits, labels),

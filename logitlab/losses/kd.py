@@ -41,6 +41,7 @@ def kd(
     float32 scalar, or ``[...]`` for ``reduction="none"``.
   """
   _common.check_logit_pair("student_logits", student_logits, "teacher_logits", teacher_logits)
+  _common.check_positive("temperature", temperature)
   teacher_logits = jax.lax.stop_gradient(teacher_logits)
   per_example = temperature**2 * numerics.kl_divergence_from_logits(
       teacher_logits, student_logits, temperature)

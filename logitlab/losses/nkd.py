@@ -58,6 +58,7 @@ def nkd_non_target(
   """
   _common.check_logit_pair("student_logits", student_logits, "teacher_logits", teacher_logits)
   _common.check_labels("labels", labels, "student_logits", student_logits)
+  _common.check_positive("temperature", temperature)
   teacher_non_target = jnp.exp(numerics.log_softmax(
       _common.drop_target(teacher_logits, labels), temperature))
   per_example = temperature**2 * soft_cross_entropy(
