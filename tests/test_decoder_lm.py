@@ -16,13 +16,22 @@ def tiny_config(**overrides) -> LMConfig:
   return LMConfig(**fields)
 
 
-def randomize(model: DecoderLM, seed: int = 0) -> DecoderLM:
-  """Replaces every parameter (norm weights and biases included) with random values."""
+def random_model(config: LMConfig, seed: int = 0, scale: float = 0.3) -> DecoderLM:
+  """A model with every parameter (norm weights and biases too) drawn from N(0, scale^2).
+
+  Built from ``nnx.eval_shape`` and filled from NumPy: eager NNX initialization costs
+  seconds per op shape on a busy CPU.
+  """
   rng = np.random.default_rng(seed)
-  state = nnx.state(model, nnx.Param)
-  state = jax.tree.map(lambda p: jnp.asarray(rng.normal(0.0, 0.3, p.shape), p.dtype), state)
-  nnx.update(model, state)
-  return model
+  graphdef, state = nnx.split(nnx.eval_shape(lambda: DecoderLM(config, rngs=nnx.Rngs(0))))
+  state = jax.tree.map(lambda s: jnp.asarray(rng.normal(0.0, scale, s.shape), s.dtype), state)
+  return nnx.merge(graphdef, state)
+
+
+@nnx.jit
+def forward(model, tokens=None, inputs_embeds=None, attention_mask=None, cache=None):
+  """Jitted ``model(...)``: one compile per shape instead of one per op (eager)."""
+  return model(tokens, inputs_embeds=inputs_embeds, attention_mask=attention_mask, cache=cache)
 
 
 def np_params(model: DecoderLM) -> dict:
@@ -80,25 +89,25 @@ def reference_logits(model: DecoderLM, tokens: np.ndarray) -> np.ndarray:
     dict(model_type="qwen2", qkv_bias=True, tie_word_embeddings=True, num_kv_heads=1),
 ])
 def test_forward_matches_float64_reference(overrides):
-  model = randomize(DecoderLM(tiny_config(**overrides), rngs=nnx.Rngs(0)))
-  tokens = np.random.default_rng(1).integers(0, 40, (2, 9))
-  out = model(jnp.asarray(tokens))
-  assert out.logits.dtype == jnp.float32 and out.logits.shape == (2, 9, 40)
+  model = random_model(tiny_config(**overrides))
+  tokens = np.random.default_rng(1).integers(0, 40, (2, 10))
+  out = forward(model, jnp.asarray(tokens))
+  assert out.logits.dtype == jnp.float32 and out.logits.shape == (2, 10, 40)
   np.testing.assert_allclose(out.logits, reference_logits(model, tokens), rtol=2e-4, atol=2e-4)
 
 
 @pytest.fixture(scope="module")
 def model():
-  return randomize(DecoderLM(tiny_config(), rngs=nnx.Rngs(0)), seed=3)
+  return random_model(tiny_config(), seed=3)
 
 
 def test_cache_decode_equals_full_forward(model):
   tokens = jnp.asarray(np.random.default_rng(2).integers(0, 40, (2, 10)))
-  full = model(tokens).logits
+  full = forward(model, tokens).logits
   cache = decoder_lm.init_cache(model.config, 2, 12)
   pieces = []
   for start, stop in [(0, 4), (4, 5), (5, 6), (6, 10)]:  # prefill, single steps, a chunk
-    out = model(tokens[:, start:stop], cache=cache)
+    out = forward(model, tokens[:, start:stop], cache=cache)
     cache = out.cache
     pieces.append(out.logits)
   np.testing.assert_allclose(jnp.concatenate(pieces, 1), full, atol=1e-5)
@@ -108,62 +117,65 @@ def test_cache_decode_equals_full_forward(model):
 
 def test_left_padding_is_invisible(model):
   """A left-padded row (prefill and cached decode) gives the logits of the unpadded row."""
-  seq = jnp.asarray(np.random.default_rng(4).integers(0, 40, (1, 6)))
-  ref = model(seq).logits[0]
-  padded = jnp.concatenate([jnp.full((1, 3), 7), seq[:, :4]], axis=1)  # 3 pads + 4 tokens
-  mask = jnp.arange(7)[None] >= 3
-  cache = decoder_lm.init_cache(model.config, 1, 9)
-  out = model(padded, attention_mask=mask, cache=cache)
-  np.testing.assert_allclose(out.logits[0, 3:], ref[:4], atol=1e-5)
-  out2 = model(seq[:, 4:], cache=out.cache)
-  np.testing.assert_allclose(out2.logits[0], ref[4:], atol=1e-5)
+  seq = jnp.asarray(np.random.default_rng(4).integers(0, 40, (2, 10)))
+  ref = forward(model, seq).logits
+  # Row 0 has 3 junk pad tokens before its first 4 tokens; row 1 is unpadded.
+  padded = seq.at[0, :7].set(jnp.concatenate([jnp.full((3,), 7), seq[0, :4]]))[:, :7]
+  mask = jnp.stack([jnp.arange(7) >= 3, jnp.ones(7, bool)])
+  cache = decoder_lm.init_cache(model.config, 2, 12)
+  out = forward(model, padded, attention_mask=mask, cache=cache)
+  np.testing.assert_allclose(out.logits[0, 3:], ref[0, :4], atol=1e-5)
+  np.testing.assert_allclose(out.logits[1], ref[1, :7], atol=1e-5)
+  next_tokens = jnp.stack([seq[0, 4:7], seq[1, 7:10]])
+  out2 = forward(model, next_tokens, attention_mask=jnp.ones((2, 3), bool), cache=out.cache)
+  np.testing.assert_allclose(out2.logits[0], ref[0, 4:7], atol=1e-5)
+  np.testing.assert_allclose(out2.logits[1], ref[1, 7:10], atol=1e-5)
+  np.testing.assert_array_equal(out2.cache.next_position, [7, 10])
   # Without a cache the same mask gives the same logits on the real tokens.
-  np.testing.assert_allclose(model(padded, attention_mask=mask).logits[0, 3:], ref[:4],
-                             atol=1e-5)
+  np.testing.assert_allclose(forward(model, padded, attention_mask=mask).logits[0, 3:],
+                             ref[0, :4], atol=1e-5)
 
 
 def test_embeddings_hidden_states_and_unembed(model):
   tokens = jnp.asarray([[1, 5, 9, 2]])
-  out = model(tokens, return_hidden_states=True)
-  by_embeds = model(inputs_embeds=model.embed(tokens))
-  np.testing.assert_allclose(by_embeds.logits, out.logits, atol=1e-6)
+  out = nnx.jit(lambda m, t: m(t, return_hidden_states=True))(model, tokens)
+  by_embeds = forward(model, inputs_embeds=model.embed(tokens))
+  np.testing.assert_allclose(by_embeds.logits, out.logits, atol=1e-5)
   assert len(out.hidden_states) == model.config.num_layers + 1
   np.testing.assert_allclose(out.hidden_states[0], model.embedding_matrix()[tokens[0]][None])
-  np.testing.assert_allclose(model.unembed(out.hidden_states[-1]), out.logits, atol=1e-5)
-  # A mixed (soft) input embedding is accepted and differs from both pure tokens.
-  soft = 0.6 * model.embedding_matrix()[5] + 0.4 * model.embedding_matrix()[9]
-  mixed = model(inputs_embeds=soft[None, None]).logits[0, 0]
-  for token in (5, 9):
-    assert not np.allclose(mixed, model(jnp.asarray([[token]])).logits[0, 0], atol=1e-3)
+  np.testing.assert_allclose(model.unembed(out.hidden_states[-1]), out.logits, atol=1e-4)
+  # A mixed (soft) input embedding differs from both of its pure tokens.
+  e = model.embedding_matrix()
+  embeds = jnp.stack([0.6 * e[5] + 0.4 * e[9], e[5], e[9]])[:, None]
+  mixed, pure5, pure9 = forward(model, inputs_embeds=embeds).logits[:, 0]
+  assert not np.allclose(mixed, pure5, atol=1e-3) and not np.allclose(mixed, pure9, atol=1e-3)
 
 
 def test_bf16_params_give_float32_logits_close_to_float32(model):
-  bf16 = DecoderLM(tiny_config(param_dtype=jnp.bfloat16), rngs=nnx.Rngs(0))
-  nnx.update(bf16, jax.tree.map(lambda x: x.astype(jnp.bfloat16), nnx.state(model, nnx.Param)))
-  tokens = jnp.asarray([[3, 1, 4, 1, 5, 9]])
+  graphdef, state = nnx.split(model)
+  bf16 = nnx.merge(graphdef, jax.tree.map(lambda x: x.astype(jnp.bfloat16), state))
+  tokens = jnp.asarray(np.random.default_rng(2).integers(0, 40, (2, 10)))
   assert bf16.layers[0].mlp.up_proj.kernel[...].dtype == jnp.bfloat16
-  logits = bf16(tokens).logits
+  logits = forward(bf16, tokens).logits
   assert logits.dtype == jnp.float32
-  ref = model(tokens).logits
+  ref = forward(model, tokens).logits
   np.testing.assert_allclose(logits, ref, atol=0.1 * float(jnp.std(ref)) + 0.05)
-
-
-def test_huge_embeddings_stay_finite(model):
-  embeds = 1e4 * jax.random.normal(jax.random.key(0), (1, 5, model.config.hidden_size))
-  assert np.isfinite(np.asarray(model(inputs_embeds=embeds).logits)).all()
+  # Huge inputs stay finite (RMSNorm rescales; attention softmax is float32).
+  embeds = 1e4 * jax.random.normal(jax.random.key(0), (2, 10, model.config.hidden_size))
+  assert np.isfinite(np.asarray(forward(bf16, inputs_embeds=embeds).logits)).all()
 
 
 def test_shard_model_on_fsdp_tensor_mesh():
-  model = randomize(DecoderLM(tiny_config(vocab_size=64), rngs=nnx.Rngs(0)))
-  tokens = jnp.asarray(np.random.default_rng(5).integers(0, 64, (2, 5)))
-  ref = model(tokens).logits
+  model = random_model(tiny_config(vocab_size=64))
+  tokens = jnp.asarray(np.random.default_rng(5).integers(0, 64, (2, 10)))
+  ref = forward(model, tokens).logits
   mesh = jax.make_mesh((2, 4), ("fsdp", "tensor"),
                        axis_types=(jax.sharding.AxisType.Auto,) * 2)
   decoder_lm.shard_model(model, mesh)
   q_kernel = model.layers[0].self_attn.q_proj.kernel[...]
   assert q_kernel.sharding.spec == jax.P("fsdp", "tensor")
   assert model.embed_tokens.embedding[...].sharding.spec == jax.P("tensor", "fsdp")
-  np.testing.assert_allclose(model(tokens).logits, ref, atol=1e-5)
+  np.testing.assert_allclose(forward(model, tokens).logits, ref, atol=1e-5)
 
 
 def test_config_hf_dict_round_trip_and_validation():
@@ -175,7 +187,7 @@ def test_config_hf_dict_round_trip_and_validation():
     LMConfig.from_hf_dict({**cfg.to_hf_dict(), "rope_scaling": {"rope_type": "llama3"}})
   with pytest.raises(ValueError, match="num_kv_heads"):
     tiny_config(num_kv_heads=3)
-  model = DecoderLM(tiny_config(), rngs=nnx.Rngs(0))
+  model = random_model(tiny_config())
   with pytest.raises(ValueError, match="exactly one"):
     model()
   with pytest.raises(ValueError, match="attention_mask"):

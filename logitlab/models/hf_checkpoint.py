@@ -118,8 +118,8 @@ def load_hf_checkpoint(path: str | Path, *, dtype: Any = jnp.float32
     value = tensor.T if transpose else tensor
     want = expected[target].shape
     if value.shape != want:
-      raise ValueError(f"Tensor {name!r} has shape {tensor.shape}; expected "
-                       f"{want[::-1] if transpose else want} for {config}.")
+      raise ValueError(f"Tensor {name!r} has shape {tensor.shape}; config.json implies "
+                       f"{want[::-1] if transpose else want}.")
     loaded[target] = jnp.asarray(value, dtype)
   missing = sorted(_path_to_hf_name(p) for p in expected if p not in loaded)
   if missing:
