@@ -30,12 +30,16 @@ lexicographically sorted int32 table [C_n, n-1] with their continuations padded 
 longest row ([C_n, R_n] ids and counts); a lookup is a binary search plus a scatter into a
 dense [V] row. The model is a pytree of arrays and can be closed over or passed into jit.
 
+Decoding: ``NGramStylePolicy`` / ``ngram_style_policy`` is a ``logitlab.sampling.generate``
+policy that samples from the steered logits (lambda is traced state: one compile per sweep).
+
 Metrics: style perplexity (under the n-gram model), base perplexity (under the LM), JS
 divergence between the original and the steered next-token distributions, token overlap.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Iterable, NamedTuple, Sequence
 
@@ -44,7 +48,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from logitlab import numerics
+from logitlab import numerics, sampling
 
 Array = jax.Array
 
@@ -202,18 +206,24 @@ def order_log_probs(model: NGramModel, context: chex.Array) -> tuple[Array, Arra
           matched.reshape(*batch_shape, matched.shape[-1]))
 
 
-def style_log_prior(model: NGramModel, context: chex.Array,
-                    order_weights: Sequence[float] = (0.2, 0.3, 0.5), *,
-                    normalize_weights: bool = True) -> Array:
-  """``sum_{n matching} w_n log P_n(x | context)`` [..., V] (weights renormalized if asked)."""
-  if len(order_weights) != model.max_order:
-    raise ValueError(f"`order_weights` must have {model.max_order} entries (one per order), "
+def _combine_orders(log_probs: Array, matched: Array, order_weights: Sequence[float],
+                    normalize_weights: bool) -> Array:
+  """``sum_n w_n [matched_n] log_probs_n`` [..., V] from [..., N, V] and [..., N]."""
+  if len(order_weights) != matched.shape[-1]:
+    raise ValueError(f"`order_weights` must have {matched.shape[-1]} entries (one per order), "
                      f"got {len(order_weights)}.")
-  log_probs, matched = order_log_probs(model, context)
   weights = jnp.where(matched, jnp.asarray(order_weights, jnp.float32), 0.0)
   if normalize_weights:
     weights = weights / jnp.maximum(jnp.sum(weights, axis=-1, keepdims=True), 1e-30)
   return jnp.einsum("...n,...nv->...v", weights, log_probs)
+
+
+def style_log_prior(model: NGramModel, context: chex.Array,
+                    order_weights: Sequence[float] = (0.2, 0.3, 0.5), *,
+                    normalize_weights: bool = True) -> Array:
+  """``sum_{n matching} w_n log P_n(x | context)`` [..., V] (weights renormalized if asked)."""
+  log_probs, matched = order_log_probs(model, context)
+  return _combine_orders(log_probs, matched, order_weights, normalize_weights)
 
 
 def inject_style(logits: chex.Array, model: NGramModel, context: chex.Array, *,
@@ -247,18 +257,24 @@ def shifted_contexts(model: NGramModel, tokens: chex.Array) -> Array:
   return jnp.stack([padded[:, i:i + tokens.shape[1]] for i in range(width)], axis=-1)
 
 
+def perplexity(token_log_probs: chex.Array, where: chex.Array | None = None) -> Array:
+  """``exp(-mean log p)`` over the masked token log-probabilities."""
+  return jnp.exp(-numerics.masked_mean(token_log_probs, where))
+
+
 def style_perplexity(model: NGramModel, tokens: chex.Array,
                      where: chex.Array | None = None) -> Array:
   """``exp(-mean_t log P_N(x_t | x_{t-N+1:t}))`` under the full interpolated model.
 
   Args:
-    tokens: [B, T] token ids (position t is scored given the tokens before it in the row).
+    tokens: [B, T] token ids; position t is scored given the tokens before it in the row.
+      Ids < 0 (e.g. left padding) are "no token" in contexts and must be masked out.
     where: optional [B, T] mask of the positions to score.
   """
   numerics.check_mask("where", where, tokens.shape)
   log_probs, _ = order_log_probs(model, shifted_contexts(model, tokens))
-  token_log_probs = jnp.take_along_axis(log_probs[..., -1, :], tokens[..., None], axis=-1)
-  return jnp.exp(-numerics.masked_mean(token_log_probs[..., 0], where))
+  targets = jnp.maximum(tokens, 0)[..., None]
+  return perplexity(jnp.take_along_axis(log_probs[..., -1, :], targets, axis=-1)[..., 0], where)
 
 
 def base_perplexity(lm_logits: chex.Array, targets: chex.Array,
@@ -273,17 +289,16 @@ def base_perplexity(lm_logits: chex.Array, targets: chex.Array,
   numerics.check_logits("lm_logits", lm_logits, min_rank=2)
   numerics.check_mask("where", where, targets.shape)
   log_probs = numerics.log_softmax(lm_logits)
-  token_log_probs = jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
-  return jnp.exp(-numerics.masked_mean(token_log_probs, where))
+  return perplexity(jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0], where)
 
 
 def steering_js(logits: chex.Array, steered_logits: chex.Array,
-                where: chex.Array | None = None) -> Array:
-  """Mean JS(softmax(original), softmax(steered)) over the masked positions (nats)."""
+                where: chex.Array | None = None, *, reduce: bool = True) -> Array:
+  """JS(softmax(original), softmax(steered)) in nats: masked mean, or per row [...]."""
   numerics.check_same_shape(("logits", "steered_logits"), logits, steered_logits)
   js = numerics.js_divergence(jnp.exp(numerics.log_softmax(logits)),
                               jnp.exp(numerics.log_softmax(steered_logits)))
-  return numerics.masked_mean(js, where)
+  return numerics.masked_mean(js, where) if reduce else js
 
 
 def token_overlap(tokens: chex.Array, reference_tokens: chex.Array,
@@ -297,3 +312,59 @@ def style_vocab_overlap(model: NGramModel, tokens: chex.Array,
                         where: chex.Array | None = None) -> Array:
   """Fraction of masked tokens ([B, T]) that occur in the style corpus."""
   return numerics.masked_mean(model.unigram_counts[tokens] > 0, where)
+
+
+class NGramStyleState(NamedTuple):
+  """State of an ``NGramStylePolicy``: the style model, lambda and each row's last N-1 tokens.
+
+  lambda lives here (a traced scalar), not in the policy, so a sweep compiles once.
+  """
+
+  model: NGramModel
+  strength: Array
+  context: Array
+
+
+@dataclasses.dataclass(frozen=True)
+class NGramStylePolicy:
+  """Decoding policy for ``logitlab.sampling.generate`` that samples from steered logits.
+
+  Each step: ``steered = inject_style(logits, model, context, strength=state.strength)``, then
+  ``sampler`` (a ``sampling.SamplingPolicy``, greedy by default) picks the token from
+  ``steered``; the context shifts by one token. Extras per step: ``js`` [B]
+  (JS(softmax(logits), softmax(steered))), ``lm_log_prob`` [B] (the token's log-prob under
+  the unsteered LM: base perplexity) and ``style_log_prob`` [B] (under the full n-gram
+  model: style perplexity).
+  """
+
+  order_weights: tuple[float, ...] = (0.2, 0.3, 0.5)
+  normalize_weights: bool = True
+  sampler: sampling.SamplingPolicy = sampling.GREEDY
+
+  def __call__(self, logits: Array, state: NGramStyleState, key: chex.PRNGKey):
+    log_probs, matched = order_log_probs(state.model, state.context)
+    prior = _combine_orders(log_probs, matched, self.order_weights, self.normalize_weights)
+    steered = numerics.upcast(logits) + state.strength * prior
+    tokens = self.sampler(steered, None, key)[0]
+    pick = lambda x: jnp.take_along_axis(x, tokens[:, None], axis=-1)[:, 0]
+    extras = dict(js=steering_js(logits, steered, None, reduce=False),
+                  lm_log_prob=pick(numerics.log_softmax(logits)),
+                  style_log_prob=pick(log_probs[:, -1]))
+    context = jnp.concatenate([state.context[:, 1:], tokens[:, None]], axis=1)
+    return tokens, None, state._replace(context=context), extras
+
+
+def ngram_style_policy(model: NGramModel, prompt_tokens: chex.Array,
+                       prompt_lengths: chex.Array, *, strength: float,
+                       **kwargs) -> tuple[NGramStylePolicy, NGramStyleState]:
+  """An ``NGramStylePolicy`` and its state for right-padded prompts [B, P] with lengths [B].
+
+  ``kwargs``: ``order_weights``, ``normalize_weights``, ``sampler``.
+  """
+  width = model.max_order - 1
+  prompt_tokens = jnp.asarray(prompt_tokens, jnp.int32)
+  offsets = jnp.asarray(prompt_lengths)[:, None] - width + jnp.arange(width)[None]
+  context = jnp.where(offsets >= 0, jnp.take_along_axis(prompt_tokens, jnp.maximum(offsets, 0),
+                                                        axis=1), -1)
+  return NGramStylePolicy(**kwargs), NGramStyleState(
+      model=model, strength=jnp.float32(strength), context=context)

@@ -256,7 +256,9 @@ class SoftThinkingPolicy:
   that token is ``end_think_id``, or Cold Stop fires (the token is then replaced by
   ``end_think_id``), the row feeds the discrete end-of-think embedding and leaves the think
   block. Outside it the row decodes discretely with ``after_think`` (a
-  ``sampling.SamplingPolicy``; greedy by default) and feeds ordinary token embeddings.
+  ``sampling.SamplingPolicy``; greedy by default) and feeds ordinary token embeddings; a
+  discrete row that emits ``start_think_id`` (when given) enters the think block, so a
+  model that writes its own ``<think>`` gets soft thinking from the next step on.
 
   ``__call__(logits [B, V], state, key) -> (token_ids [B] int32, inputs_embeds [B, D]
   float32, state, extras)``; extras: ``weights [B, m]`` and ``ids [B, m]`` (the soft token,
@@ -265,6 +267,7 @@ class SoftThinkingPolicy:
   """
 
   end_think_id: int
+  start_think_id: int | None = None
   mode: SoftMode = "vanilla"
   temperature: float = 0.6
   top_k: int = 30
@@ -312,7 +315,10 @@ class SoftThinkingPolicy:
     inputs_embeds = soft_embedding(jnp.where(soft[:, None], weights, one_hot),
                                    jnp.where(soft[:, None], ids, token_ids[:, None]),
                                    state.embedding_matrix)
-    state = state._replace(thinking=soft, low_entropy_steps=low_entropy_steps)
+    thinking = soft
+    if self.start_think_id is not None:
+      thinking |= ~state.thinking & (token_ids == self.start_think_id)
+    state = state._replace(thinking=thinking, low_entropy_steps=low_entropy_steps)
     extras = dict(weights=weights, ids=ids, entropy=entropy, soft=soft)
     return token_ids.astype(jnp.int32), inputs_embeds, state, extras
 
@@ -327,9 +333,10 @@ def soft_thinking_policy(embedding_matrix: chex.Array, batch_size: int, *, end_t
     batch_size: B.
     end_think_id: id of the end-of-think token.
     mode: "vanilla" | "dirichlet" | "gumbel".
-    thinking: whether rows start inside the think block (prompt ends with ``<think>``).
-    **kwargs: the other ``SoftThinkingPolicy`` fields (temperature, top_k, top_p, min_p,
-      max_topk, dirichlet_alpha, gumbel_tau, cold_stop, after_think).
+    thinking: whether rows start inside the think block (True: the prompt ends with
+      ``<think>``; False: pass ``start_think_id`` so the model's own ``<think>`` opens it).
+    **kwargs: the other ``SoftThinkingPolicy`` fields (start_think_id, temperature, top_k,
+      top_p, min_p, max_topk, dirichlet_alpha, gumbel_tau, cold_stop, after_think).
 
   Returns:
     (policy, state): pass as ``generate(..., policy=policy, policy_state=state)``.
@@ -379,9 +386,12 @@ def _candidate_log_probs(model: decoder_lm.DecoderLM, inputs_embeds: chex.Array,
 
 def _pairwise_js(log_probs: Array) -> dict[str, Array]:
   soft, top1, top2 = jnp.exp(log_probs)
+  prediction = jnp.argmax(log_probs, axis=-1)
   return dict(js_soft_top1=numerics.js_divergence(soft, top1),
               js_soft_top2=numerics.js_divergence(soft, top2),
-              js_top1_top2=numerics.js_divergence(top1, top2))
+              js_top1_top2=numerics.js_divergence(top1, top2),
+              agree_top1=prediction[0] == prediction[1],
+              agree_top2=prediction[0] == prediction[2])
 
 
 def js_top1_probe(model: decoder_lm.DecoderLM, inputs_embeds: chex.Array, position: chex.Array,
@@ -406,7 +416,9 @@ def js_top1_probe(model: decoder_lm.DecoderLM, inputs_embeds: chex.Array, positi
 
   Returns:
     dict of [B] float32 JS divergences (nats): ``js_soft_top1``, ``js_soft_top2``,
-    ``js_top1_top2``; all 0 when the compared inputs are identical.
+    ``js_top1_top2`` (all 0 when the compared inputs are identical), and [B] bool
+    ``agree_top1`` / ``agree_top2``: the argmax next token given the soft input equals the
+    one given only the top-1 / top-2 token.
   """
   return _pairwise_js(_candidate_log_probs(
       model, inputs_embeds, position, weights, ids, attention_mask=attention_mask,
@@ -430,7 +442,8 @@ def logit_lens(model: decoder_lm.DecoderLM, inputs_embeds: chex.Array, position:
     ids: [B, 2] int (a, b) token ids.
 
   Returns:
-    dict of [L+1, B] float32: ``js_soft_top1``, ``js_soft_top2``, ``js_top1_top2``.
+    dict of [L+1, B]: float32 ``js_soft_top1``, ``js_soft_top2``, ``js_top1_top2`` and bool
+    ``agree_top1``, ``agree_top2`` (as in ``js_top1_probe``, per layer).
   """
   if not 0.0 <= top1_weight <= 1.0:
     raise ValueError(f"`top1_weight` must be in [0, 1], got {top1_weight}.")

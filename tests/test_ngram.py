@@ -149,3 +149,26 @@ def test_errors_name_the_argument(corpus):
     ngram.style_log_prior(model, jnp.zeros((2, 2), jnp.int32), (0.5, 0.5))
   with pytest.raises(ValueError, match="sequences"):
     ngram.build_ngram([[0, VOCAB]], VOCAB)
+
+
+def test_style_policy_identity_at_lambda_zero_follows_prior_when_strong(corpus, rng):
+  model = ngram.build_ngram(corpus, VOCAB, max_order=3, discount=DISCOUNT)
+  prompts = jnp.array([[4, 1, 2, 0], [5, 0, 0, 0]])  # right-padded, lengths 3 and 1
+  logits = jnp.asarray(rng.normal(size=(2, VOCAB)), jnp.float32)
+  policy, state = ngram.ngram_style_policy(model, prompts, jnp.array([3, 1]), strength=0.0)
+  np.testing.assert_array_equal(state.context, [[1, 2], [-1, 5]])
+  step = jax.jit(policy)
+  tokens, embeds, new_state, extras = step(logits, state, jax.random.key(0))
+  assert embeds is None
+  np.testing.assert_array_equal(tokens, jnp.argmax(logits, -1))
+  np.testing.assert_allclose(extras["js"], 0.0, atol=1e-6)
+  np.testing.assert_array_equal(new_state.context[:, 0], [2, 5])
+  np.testing.assert_array_equal(new_state.context[:, 1], tokens)
+  log_p = logits - jax.nn.logsumexp(logits, -1, keepdims=True)
+  np.testing.assert_allclose(extras["lm_log_prob"], log_p[jnp.arange(2), tokens], rtol=1e-5)
+
+  strong = state._replace(strength=jnp.float32(1e3))
+  tokens, _, _, extras = step(logits, strong, jax.random.key(0))
+  prior = ngram.style_log_prior(model, state.context)
+  np.testing.assert_array_equal(tokens, jnp.argmax(prior, -1))
+  assert np.all(extras["js"] > 0.01)
