@@ -26,8 +26,10 @@ def get_config():
   c.cascade_instances = 200
   c.cascade_small = "6,3,3"  # n, m, K for the brute-force comparison
   c.cascade_large = "200,10,5"  # n, m, K for the relaxation-bound certificate
-  c.cascade_ic_instances = 30  # auctions where the approximation is suboptimal, for the
-  # misreport check of VCG-based cascade payments (small size)
+  # Misreport check of VCG-based cascade payments (at cascade_small): up to this many auctions
+  # where the approximation misses the optimum, searched among cascade_ic_max_draws draws.
+  c.cascade_ic_instances = 30
+  c.cascade_ic_max_draws = 2000
   c.cascade_max_exit = 0.5  # continuation c = (1 - p) (1 - e), e ~ U(0, max_exit)
   c.out_dir = "experiments/out/auctions"
   return c
