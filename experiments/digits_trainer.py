@@ -33,7 +33,7 @@ class FunctionalModel:
       module.eval()
     logits = module(x)
     _, _, new_rest = nnx.split(module, nnx.Param, ...)
-    return logits, new_rest
+    return logits, nnx.as_pure(new_rest)
 
 
 def functional_model(arch: str, num_classes: int = 10) -> FunctionalModel:
@@ -42,7 +42,8 @@ def functional_model(arch: str, num_classes: int = 10) -> FunctionalModel:
   def init(seed: int):
     _, params, rest = nnx.split(small.build(arch, num_classes, rngs=nnx.Rngs(seed)),
                                 nnx.Param, ...)
-    return params, rest
+    # Pure arrays: Variables created outside a jit/grad trace cannot be mutated inside it.
+    return nnx.as_pure(params), nnx.as_pure(rest)
 
   return FunctionalModel(graphdef, init)
 
@@ -121,3 +122,14 @@ def train_run(model: FunctionalModel, tx, params, rest, data, *, steps: int,
 def evaluate(model: FunctionalModel, params, rest, x, y):
   logits, _ = model.forward(params, rest, x, train=False)
   return cross_entropy(logits, y), accuracy(logits, y)
+
+
+def csv_list(text, cast=str) -> list:
+  """'1,10,100' -> [cast('1'), ...]: config fields that list values are comma strings."""
+  return [cast(v) for v in str(text).split(",") if v]
+
+
+def text_table(header, rows) -> str:
+  widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+  line = lambda r: "  ".join(str(x).ljust(w) for x, w in zip(r, widths))
+  return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])

@@ -32,14 +32,10 @@ _CONFIG = config_flags.DEFINE_config_file(
     "Experiment config file.")
 
 
-def _csv(s, cast=str):
-  return [cast(v) for v in str(s).split(",") if v]
-
-
 def run_grid(config, data, arch: str, method: str):
   """All (spike factor x seed) runs of one architecture and method in one jit."""
   x_train, y_train, x_test, y_test = data
-  factors = np.asarray(_csv(config.spike_factors, float), np.float32)
+  factors = np.asarray(dt.csv_list(config.spike_factors, float), np.float32)
   seeds = np.arange(config.seeds)
   model = dt.functional_model(arch)
   params, rest = dt.stack_inits(model, seeds)
@@ -74,20 +70,14 @@ def summarize(config, results):
   return rows
 
 
-def format_table(header, rows):
-  widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
-  line = lambda r: "  ".join(str(x).ljust(w) for x, w in zip(r, widths))
-  return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows])
-
-
 def plot(config, results, path):
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  archs = _csv(config.architectures)
+  archs = dt.csv_list(config.architectures)
   fig, axes = plt.subplots(2, len(archs), figsize=(3.6 * len(archs), 6), squeeze=False)
   for j, arch in enumerate(archs):
-    for method in _csv(config.methods):
+    for method in dt.csv_list(config.methods):
       r = results[(arch, method)]
       i = int(np.argmax(r["factors"]))  # the largest spike
       steps = np.arange(1, config.steps + 1)
@@ -111,7 +101,7 @@ def main(argv):
   config = _CONFIG.value
   os.makedirs(config.out_dir, exist_ok=True)
   data = tuple(jnp.asarray(a) for a in datasets.digits())
-  combos = [(a, m) for a in _csv(config.architectures) for m in _csv(config.methods)]
+  combos = [(a, m) for a in dt.csv_list(config.architectures) for m in dt.csv_list(config.methods)]
   results = {}
   start = time.time()
   for arch, method in tqdm(combos, desc="arch x method grids", unit="grid"):
@@ -119,8 +109,8 @@ def main(argv):
     results[(arch, method)] = dict(factors=factors.tolist(), losses=losses, ratios=ratios,
                                    test_loss=test_loss, test_acc=test_acc)
   elapsed = time.time() - start
-  header = ["arch", "method", *[f"x{f:g}" for f in _csv(config.spike_factors, float)]]
-  table = format_table(header, summarize(config, results))
+  header = ["arch", "method", *[f"x{f:g}" for f in dt.csv_list(config.spike_factors, float)]]
+  table = dt.text_table(header, summarize(config, results))
   print(f"\nMedian final test accuracy % (divergent runs / seeds), {config.steps} steps, "
         f"lr {config.learning_rate}, spike at step {config.spike_step} for "
         f"{config.spike_length} step(s); {elapsed:.0f}s on {jax.default_backend()}\n")

@@ -106,6 +106,7 @@ class TinyTransformer(nnx.Module):
 _BUILDERS: dict[str, Callable[..., nnx.Module]] = {
     "linear": lambda c, rngs: Linear(64, c, rngs=rngs),
     "mlp": lambda c, rngs: MLP(64, c, hidden=(128,), rngs=rngs),
+    "mlp_deep": lambda c, rngs: MLP(64, c, hidden=(128, 128), rngs=rngs),
     "mlp_ln": lambda c, rngs: MLP(64, c, hidden=(128,), layer_norm=True, rngs=rngs),
     "cnn": lambda c, rngs: CNN(c, rngs=rngs),
     "cnn_bn": lambda c, rngs: CNN(c, batch_norm=True, rngs=rngs),
