@@ -29,7 +29,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.order_weights = (0.2, 0.3, 0.5)
   c.normalize_weights = True
   # lambda sweep; decoding is greedy on the steered logits unless temperature > 0.
-  c.strengths = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)
+  c.strengths = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0)  # paper: [0, 1]
   c.temperature = 0.0
   c.seed = 0
   return c
