@@ -65,11 +65,12 @@ def check_cascade_instance(scores, ctr, continuation, max_ads):
 
 
 def order_index(gains: np.ndarray, continuation: np.ndarray) -> np.ndarray:
-  """r = g / (1 - c), the exchange-argument index (+-inf where c = 1 and g != 0)."""
+  """r = g / (1 - c), the exchange-argument index (+-inf where c = 1; 0 if also g = 0)."""
   stop = 1.0 - continuation
   with np.errstate(divide="ignore", invalid="ignore"):
     index = gains / stop
-  return np.where(stop > 0, index, np.sign(gains) * np.inf)
+  free_index = np.where(gains > 0, np.inf, np.where(gains < 0, -np.inf, 0.0))
+  return np.where(stop > 0, index, free_index)
 
 
 def optimal_order(gains: np.ndarray, continuation: np.ndarray) -> np.ndarray:
@@ -197,7 +198,8 @@ def cascade_allocation(scores, ctr, continuation=None, max_ads: int = 1, *,
 
 @dataclasses.dataclass(frozen=True)
 class _SortedPairs:
-  """All n m pairs in index order: gains, continuations, ads, positions [T]; slot_of [T]."""
+  """Candidate pairs in index order (gains, conts, ads, positions [T]); slot_of [n m] (-1 =
+  pruned) maps a flat pair index i m + j to its slot."""
   gains: np.ndarray
   conts: np.ndarray
   ads: np.ndarray
