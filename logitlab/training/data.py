@@ -33,7 +33,6 @@ from typing import Any
 import grain
 import jax
 import numpy as np
-import tensorflow_datasets as tfds
 from PIL import Image
 
 Example = dict[str, np.ndarray]
@@ -244,6 +243,7 @@ def tfds_image_data(dataset: str, split: str, *, global_batch_size: int, train: 
   transform of ``dataset``. The dataset must already be prepared in ``data_dir`` (see
   docs/scaling.md); nothing is downloaded here.
   """
+  import tensorflow_datasets as tfds  # ~1.5 s import; only TFDS runs pay it
   source = tfds.data_source(dataset, split=split, data_dir=data_dir)
   transform = image_transform(dataset, train=train)
   if train:

@@ -15,13 +15,30 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from collections.abc import Mapping
 
 import jax
 import numpy as np
-import tensorboardX
 import tqdm
+
+
+def _tensorboard_writer(logdir: str, purge_step: int):
+  """A ``tensorboardX.SummaryWriter``, imported on first use.
+
+  tensorboardX imports torch at import time when torch is installed (~9 s, only to accept
+  torch tensors); we log Python floats, so torch is hidden from that one import unless it is
+  already loaded.
+  """
+  if "tensorboardX" not in sys.modules and "torch" not in sys.modules:
+    sys.modules["torch"] = None  # makes `import torch` raise ImportError
+    try:
+      import tensorboardX
+    finally:
+      del sys.modules["torch"]
+  import tensorboardX
+  return tensorboardX.SummaryWriter(logdir, purge_step=purge_step)
 
 
 def optimizer_scalars(opt_state) -> dict[str, jax.Array]:
@@ -72,7 +89,7 @@ class MetricsWriter:
     os.makedirs(workdir, exist_ok=True)
     self._truncate_after(start_step)
     if tensorboard:
-      self._tb = tensorboardX.SummaryWriter(os.path.join(workdir, "tb"), purge_step=start_step)
+      self._tb = _tensorboard_writer(os.path.join(workdir, "tb"), start_step)
     if progress:
       self._bar = tqdm.tqdm(total=total_steps, initial=start_step, dynamic_ncols=True)
 

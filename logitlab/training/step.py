@@ -91,7 +91,7 @@ def make_train_step(
       extra_args = extra_args_fn(StepContext(to_model, batch, step_rng, loss, grads))
     updates, opt_state = tx.update(grads, state.opt_state, state.params, **extra_args)
     params = optax.apply_updates(state.params, updates)
-    metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), **metrics,
+    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **metrics,
                **optimizer_scalars(opt_state)}
     new_state = state.replace(step=state.step + 1, params=params, model_state=model_state,
                               opt_state=opt_state, rng=jax.random.key_data(rng))

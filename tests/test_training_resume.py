@@ -1,0 +1,116 @@
+"""Subprocess tests of the training core: SIGKILL + resume, and 2-process jax.distributed.
+
+Every run is ``python -m experiments.train_classifier`` (embedded digits, sharded over a
+``data=2, fsdp=2`` mesh). The reference is one uninterrupted single-process run on 4 CPU devices.
+"""
+import os
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from logitlab.training import read_jsonl
+
+REPO = Path(__file__).resolve().parent.parent
+STEPS, CHECKPOINT_EVERY, KILL_AT = 12, 4, 10
+ARGS = [f"--config.train.steps={STEPS}", "--config.train.log_every=1",
+        f"--config.train.checkpoint_every={CHECKPOINT_EVERY}", "--config.train.eval_every=-1",
+        "--config.mesh.data=2", "--config.mesh.fsdp=2", "--config.train.global_batch_size=32"]
+
+
+def _launch(workdir, *extra, devices=4, compilation_cache=None):
+  env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+         "JAX_PLATFORMS": "cpu"}
+  if compilation_cache:
+    # Later runs load the executables the first one compiled (same programs, so same bits).
+    env.update(JAX_COMPILATION_CACHE_DIR=str(compilation_cache),
+               JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+  return subprocess.Popen(
+      [sys.executable, "-m", "experiments.train_classifier", *ARGS,
+       f"--config.workdir={workdir}", *extra],
+      cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _finish(process, timeout=300):
+  output, _ = process.communicate(timeout=timeout)
+  return process.returncode, output
+
+
+def _train_records(workdir):
+  return [r for r in read_jsonl(os.path.join(workdir, "metrics.jsonl")) if "loss" in r]
+
+
+def _final_state(workdir):
+  """The step-STEPS checkpoint as NumPy arrays (restored onto one device: a new topology)."""
+  path = os.path.join(workdir, "checkpoints", str(STEPS), "state")
+  checkpointer = ocp.StandardCheckpointer()
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+                        checkpointer.metadata(path).item_metadata)
+  return jax.device_get(checkpointer.restore(path, target))
+
+
+@pytest.fixture(scope="module")
+def reference_and_killed(tmp_path_factory):
+  """Runs the uninterrupted reference, then a run SIGKILLed after step KILL_AT."""
+  root = tmp_path_factory.mktemp("runs")
+  code, output = _finish(_launch(root / "reference", compilation_cache=root / "xla_cache"))
+  assert code == 0, output[-3000:]
+  killed_code, killed_output = _finish(_launch(root / "resumed", f"--stop_after={KILL_AT}",
+                                               compilation_cache=root / "xla_cache"))
+  return root, killed_code, killed_output
+
+
+def test_killed_run_resumes_bit_for_bit(reference_and_killed):
+  root, killed_code, killed_output = reference_and_killed
+  assert killed_code == -9, killed_output[-3000:]  # SIGKILL, no cleanup ran
+  assert not (root / "resumed" / "checkpoints" / str(STEPS)).exists()
+  code, output = _finish(_launch(root / "resumed", compilation_cache=root / "xla_cache"))
+  assert code == 0, output[-3000:]
+  resumed_from = int(re.search(r"resumed from step (\d+)", output).group(1))
+  # A mid-run checkpoint was restored (the one at 8, or 4 if 8 was still being written).
+  assert CHECKPOINT_EVERY <= resumed_from < KILL_AT
+  reference, resumed = _train_records(root / "reference"), _train_records(root / "resumed")
+  assert [r["step"] for r in resumed] == list(range(1, STEPS + 1))
+  # Bit for bit: same data order, RNG and optimizer state after the restart.
+  assert [r["loss"] for r in resumed] == [r["loss"] for r in reference]
+  assert [r["grad_norm"] for r in resumed] == [r["grad_norm"] for r in reference]
+  final_reference, final_resumed = _final_state(root / "reference"), _final_state(root / "resumed")
+  assert jax.tree.structure(final_reference) == jax.tree.structure(final_resumed)
+  for a, b in zip(jax.tree.leaves(final_reference), jax.tree.leaves(final_resumed)):
+    np.testing.assert_array_equal(a, b)
+  assert int(final_resumed["step"]) == STEPS
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+@pytest.mark.slow  # 2 more interpreters (~20 s CPU); passes here, see docs/scaling.md
+def test_two_processes_match_single_process(reference_and_killed, tmp_path):
+  """jax.distributed on localhost: 2 processes x 2 CPU devices = the 4-device reference mesh;
+  each process loads only its half of every global batch."""
+  root = reference_and_killed[0]
+  coordinator = f"--coordinator=localhost:{_free_port()}"
+  processes = [_launch(tmp_path / "multi", coordinator, "--num_processes=2",
+                       f"--process_id={i}", devices=2) for i in range(2)]
+  for process in processes:
+    code, output = _finish(process)
+    assert code == 0, output[-3000:]
+  reference, multi = _train_records(root / "reference"), _train_records(tmp_path / "multi")
+  assert [r["step"] for r in multi] == list(range(1, STEPS + 1))
+  # Same global batches and math; only the cross-process reduction order may differ.
+  np.testing.assert_allclose([r["loss"] for r in multi], [r["loss"] for r in reference],
+                             rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(_final_state(root / "reference")),
+                  jax.tree.leaves(_final_state(tmp_path / "multi"))):
+    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6)
