@@ -9,6 +9,7 @@ folder (config.json, model.safetensors, tokenizer.json) plus ``metrics.json`` an
 
 Run:  python -m experiments.train_tiny_lm                          (configs/tiny_lm.py)
       python -m experiments.train_tiny_lm --config.num_steps=200 --config.out_dir=/tmp/tiny
+      python -m experiments.train_tiny_lm --config.eval_only   (re-evaluate out_dir's model)
 """
 from __future__ import annotations
 
@@ -75,8 +76,12 @@ def evaluate(config, model, tokenizer, key) -> dict[str, float]:
       model, tokenizer, problems, key=sample_key,
       policy=sampling.SamplingPolicy(temperature=config.eval_temperature),
       num_samples=config.eval_k, max_new_tokens=config.max_new_tokens)
+  num_ops = np.array([len(p.steps) for p in problems])
+  by_difficulty = {f"greedy_accuracy_{n}_ops": float(greedy["correct"][num_ops == n].mean())
+                   for n in sorted(set(num_ops))}
   return {
       "greedy_accuracy": float(greedy["correct"].mean()),
+      **by_difficulty,
       "greedy_mean_tokens": float(greedy["lengths"].mean()),
       "sampled_pass@1": arithmetic.pass_at_k(sampled["correct"], 1),
       f"sampled_pass@{config.eval_k}": arithmetic.pass_at_k(sampled["correct"], config.eval_k),
@@ -135,7 +140,13 @@ def train_and_evaluate(config) -> dict:
 
 def main(argv):
   del argv
-  train_and_evaluate(_CONFIG.value)
+  config = _CONFIG.value
+  if config.eval_only:
+    model, tokenizer = hf_checkpoint.load_hf_checkpoint(config.out_dir)
+    metrics = evaluate(config, model, tokenizer, jax.random.key(config.seed))
+    print(json.dumps(metrics, indent=2))
+  else:
+    train_and_evaluate(config)
 
 
 if __name__ == "__main__":

@@ -93,3 +93,17 @@ def test_committed_tiny_reasoner_solves_held_out_problems():
                                       policy=sampling.GREEDY, max_new_tokens=40)
   assert result["correct"].mean() >= 0.5
   assert (result["lengths"] < 40).mean() > 0.9  # it stops with <eos>
+
+
+@pytest.mark.slow
+def test_training_from_scratch_reaches_target_accuracy(tmp_path):
+  """Paper-free reproduction of the committed asset: the default config, end to end."""
+  from experiments import train_tiny_lm
+  from experiments.configs import tiny_lm
+  config = tiny_lm.get_config()
+  config.out_dir = str(tmp_path)
+  config.num_eval_problems = 128
+  metrics = train_tiny_lm.train_and_evaluate(config)
+  assert 0.4 <= metrics["greedy_accuracy"]
+  assert metrics["sampled_pass@8"] >= metrics["sampled_pass@1"]
+  assert (tmp_path / "model.safetensors").exists()

@@ -2,6 +2,7 @@
 
 Run:  python -m experiments.train_tiny_lm                         (this config)
       python -m experiments.train_tiny_lm --config.num_steps=200 --config.out_dir=/tmp/tiny
+      python -m experiments.train_tiny_lm --config.eval_only
 """
 import ml_collections
 
@@ -38,4 +39,5 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval_temperature = 1.0
   c.max_new_tokens = 56
   c.out_dir = "experiments/assets/tiny_reasoner"
+  c.eval_only = False  # True: load out_dir's checkpoint and only evaluate
   return c
