@@ -67,18 +67,24 @@ def map_token_chunks(fn: Callable[..., Array], arrays: tuple[Array, ...],
     if a.shape[:2] != (b, t):
       raise ValueError(f"All chunked arrays must share leading axes [B, T] = {(b, t)}, got "
                        f"{a.shape}.")
+  body = jax.checkpoint(lambda _, xs: (None, fn(*xs).astype(jnp.float32)))
+  _, out = jax.lax.scan(body, None, tuple(_to_chunks(a, chunk_size) for a in arrays))
+  return _from_chunks(out, t)
+
+
+def _to_chunks(a: Array, chunk_size: int) -> Array:
+  """``[B, T, ...] -> [num_chunks, B, C, ...]``, zero-padding T to a multiple of C."""
+  b, t = a.shape[:2]
   chunk = min(chunk_size, t)
   num_chunks = -(-t // chunk)
-  pad = num_chunks * chunk - t
+  a = jnp.pad(a, [(0, 0), (0, num_chunks * chunk - t)] + [(0, 0)] * (a.ndim - 2))
+  return jnp.moveaxis(a.reshape((b, num_chunks, chunk) + a.shape[2:]), 1, 0)
 
-  def to_chunks(a):
-    a = jnp.pad(a, [(0, 0), (0, pad)] + [(0, 0)] * (a.ndim - 2))
-    a = a.reshape((b, num_chunks, chunk) + a.shape[2:])
-    return jnp.moveaxis(a, 1, 0)  # [num_chunks, B, C, ...]
 
-  body = jax.checkpoint(lambda _, xs: (None, fn(*xs).astype(jnp.float32)))
-  _, out = jax.lax.scan(body, None, tuple(to_chunks(a) for a in arrays))
-  return jnp.moveaxis(out, 0, 1).reshape(b, num_chunks * chunk)[:, :t]
+def _from_chunks(a: Array, t: int) -> Array:
+  """Inverse of ``_to_chunks``: ``[num_chunks, B, C, ...] -> [B, T, ...]``."""
+  a = jnp.moveaxis(a, 0, 1)
+  return a.reshape((a.shape[0], -1) + a.shape[3:])[:, :t]
 
 
 def _zero_cotangent(x: Array):
@@ -115,21 +121,12 @@ def _fused_fwd(fn, params, hidden, rest, weights, chunk_size):
     value, (g_p, g_h) = chunk_value_and_grads(params, h, r, w)
     return jax.tree.map(jnp.add, grad_params, g_p), (value, g_h)
 
-  b, t = hidden.shape[:2]
-  chunk = min(chunk_size, t)
-  num_chunks = -(-t // chunk)
-  pad = num_chunks * chunk - t
-
-  def to_chunks(a):
-    a = jnp.pad(a, [(0, 0), (0, pad)] + [(0, 0)] * (a.ndim - 2))
-    return jnp.moveaxis(a.reshape((b, num_chunks, chunk) + a.shape[2:]), 1, 0)
-
+  to_chunks = lambda a: _to_chunks(a, chunk_size)
   zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.result_type(x, jnp.float32)), params)
   grad_params, (values, grad_hidden) = jax.lax.scan(
       body, zeros, (to_chunks(hidden), tuple(to_chunks(r) for r in rest),
                     to_chunks(weights.astype(jnp.float32))))
-  grad_hidden = jnp.moveaxis(grad_hidden, 0, 1).reshape((b, num_chunks * chunk) +
-                                                        hidden.shape[2:])[:, :t]
+  grad_hidden = _from_chunks(grad_hidden, hidden.shape[1])
   grad_params = jax.tree.map(lambda g, x: g.astype(x.dtype), grad_params, params)
   return jnp.sum(values), (grad_params, grad_hidden.astype(hidden.dtype), rest, weights)
 
