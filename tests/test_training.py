@@ -332,3 +332,20 @@ def test_metrics_writer_jsonl_tensorboard_and_resume_truncation(tmp_path):
   assert [r["step"] for r in records] == [1, 2, 3] and records[-1]["loss"] == 0.5
   with open(resumed.path) as f:
     assert all(isinstance(json.loads(line)["time"], float) for line in f)
+
+
+def test_plot_runs_writes_png_and_skips_missing_keys(tmp_path):
+  from experiments import plot_runs
+  writer = training.MetricsWriter(str(tmp_path / "run"), total_steps=3, tensorboard=False,
+                                  progress=False)
+  writer.write(1, {"loss": 2.0})
+  writer.write(2, {"loss": 1.0})
+  writer.write(2, {"eval/accuracy": 0.5})
+  writer.close()
+  records = training.read_jsonl(writer.path)
+  assert plot_runs.series(records, "loss") == ([1, 2], [2.0, 1.0])
+  assert plot_runs.series(records, "eval/accuracy") == ([2], [0.5])
+  out = plot_runs.plot_runs([str(tmp_path / "run")], ["loss", "eval/accuracy"],
+                            str(tmp_path / "p.png"))
+  with open(out, "rb") as f:
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n"

@@ -28,7 +28,8 @@ class Checkpointer:
   """Periodic, asynchronous, keep-N checkpoints of ``(TrainState, data state)``.
 
   Args:
-    directory: checkpoint root (created; made absolute, as Orbax requires).
+    directory: checkpoint root (created); a local path is made absolute (Orbax requires it),
+      a URL such as ``gs://bucket/run/checkpoints`` is used as is.
     save_interval_steps: ``save`` writes only when ``step % save_interval_steps == 0``.
     max_to_keep: number of most recent checkpoints kept.
     async_save: write in a background thread.
@@ -39,7 +40,9 @@ class Checkpointer:
     options = ocp.CheckpointManagerOptions(
         save_interval_steps=save_interval_steps, max_to_keep=max_to_keep,
         enable_async_checkpointing=async_save, create=True)
-    self.manager = ocp.CheckpointManager(os.path.abspath(directory), options=options)
+    if "://" not in directory:
+      directory = os.path.abspath(directory)
+    self.manager = ocp.CheckpointManager(directory, options=options)
 
   def save(self, step: int, state: TrainState, data_state: dict[str, Any], *,
            force: bool = False) -> bool:
