@@ -57,7 +57,8 @@ def _problem(name, config):
       x0 = jnp.zeros((features.shape[1], 10))
       gns = {"gns_gauss_newton": dict(curvature="gauss_newton"),
              "gns_gauss_newton_cg": dict(curvature="gauss_newton", linear_solver="cg"),
-             "gns_normalized_fisher": dict(curvature="normalized_fisher")}
+             "gns_normalized_fisher_cg": dict(curvature="normalized_fisher",
+                                              linear_solver="cg")}
     else:
       if name == "logistic_digits":
         labels = labels == config.digit

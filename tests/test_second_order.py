@@ -14,6 +14,12 @@ def _sigmoid(t):
   return 1.0 / (1.0 + np.exp(-t))
 
 
+def _softmax(z):
+  """float64 softmax over the last axis."""
+  e = np.exp(z - z.max(-1, keepdims=True))
+  return e / e.sum(-1, keepdims=True)
+
+
 def _logistic_data(rng, n=48, d=4):
   features = rng.normal(size=(n, d))
   w_true = rng.normal(size=d)
@@ -70,8 +76,7 @@ def test_softmax_gauss_newton_and_fisher_match_numpy(rng):
                                            jnp.asarray(labels), c)
   w = rng.normal(size=(d, c))
   logits = features @ w
-  probs = np.exp(logits - logits.max(1, keepdims=True))
-  probs /= probs.sum(1, keepdims=True)
+  probs = _softmax(logits)
   one_hot = np.eye(c)[labels]
   # ravel of W [d, C] is row-major: index j * C + k, matching np.kron(a, .).
   gn_np = sum(np.kron(np.outer(a, a), np.diag(p) - np.outer(p, p))
@@ -109,8 +114,7 @@ def test_matrix_free_gauss_newton_on_pytree_params(rng):
   # ravel_pytree orders dict keys: bias [C] first, then kernel [d, C] row-major.
   augmented = np.c_[np.ones(n), features]  # bias acts like a ones feature
   logits = features @ np.asarray(params["kernel"], np.float64) + np.asarray(params["bias"])
-  probs = np.exp(logits - logits.max(1, keepdims=True))
-  probs /= probs.sum(1, keepdims=True)
+  probs = _softmax(logits)
   gn_np = sum(np.kron(np.outer(a, a), np.diag(p) - np.outer(p, p))
               for a, p in zip(augmented, probs)) / n
   expected = gn_np @ np.asarray(ravel_pytree(vec)[0], np.float64)
@@ -123,9 +127,7 @@ def test_weighted_gauss_newton_is_hessian_plus_outer_gradient(rng):
   problem = so.problems.logsumexp(jnp.asarray(matrix, jnp.float32),
                                   jnp.asarray(offsets, jnp.float32), mu)
   x = rng.normal(size=d)
-  z = (matrix @ x - offsets) / mu
-  pi = np.exp(z - z.max())
-  pi /= pi.sum()
+  pi = _softmax((matrix @ x - offsets) / mu)
   grad = matrix.T @ pi
   hess_np = matrix.T @ (np.diag(pi) - np.outer(pi, pi)) @ matrix / mu
   wgn_np = matrix.T @ (matrix * pi[:, None]) / mu
@@ -235,9 +237,7 @@ def test_step_solves_regularized_newton_system(rng):
   x0 = rng.normal(size=d)
 
   def numpy_step(lam):
-    z = matrix @ x0 - offsets
-    pi = np.exp(z - z.max())
-    pi /= pi.sum()
+    pi = _softmax(matrix @ x0 - offsets)
     grad = matrix.T @ pi
     wgn = matrix.T @ (matrix * pi[:, None])
     return -np.linalg.solve(wgn + lam * np.eye(d), grad), np.linalg.norm(grad)

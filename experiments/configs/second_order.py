@@ -20,9 +20,9 @@ def get_config():
   c.seed = 0
   c.x64 = True  # tol = 1e-8 on f - f* needs float64, as in the reference NumPy code
   c.tol = 1e-8
-  c.max_iters_second_order = 200
+  c.max_iters_second_order = 1000
   c.max_iters_first_order = 5000
-  c.time_limit_s = 8.0  # per method and problem
+  c.time_limit_s = 20.0  # per method and problem
   c.gamma_init = 1.0
   c.cg_tol = 1e-10
   c.digit = 8  # logistic_digits: this digit vs the rest
