@@ -178,13 +178,38 @@ def test_shard_model_on_fsdp_tensor_mesh():
   np.testing.assert_allclose(forward(model, tokens).logits, ref, atol=1e-5)
 
 
+def test_llama3_rope_frequencies_match_reference():
+  cfg = tiny_config(head_dim=64, rope_theta=5e5, llama3_rope_scaling=(8.0, 1.0, 4.0, 8192))
+  f = 5e5 ** (-np.arange(32) / 32.0)
+  expected = []
+  for fi in f:  # the three bands of Llama 3.1 scaling, from the definition
+    wavelength = 2 * np.pi / fi
+    if wavelength < 8192 / 4.0:
+      expected.append(fi)
+    elif wavelength > 8192 / 1.0:
+      expected.append(fi / 8.0)
+    else:
+      s = (8192 / wavelength - 1.0) / (4.0 - 1.0)
+      expected.append((1 - s) * fi / 8.0 + s * fi)
+  got = decoder_lm.rope_frequencies(cfg)
+  np.testing.assert_allclose(got, expected, rtol=1e-5)
+  assert (np.asarray(got) < f * 0.99).sum() >= 8  # the scaling changes a band
+
+
 def test_config_hf_dict_round_trip_and_validation():
   cfg = tiny_config(model_type="qwen2", qkv_bias=True, tie_word_embeddings=True, eos_token_id=1)
   assert LMConfig.from_hf_dict(cfg.to_hf_dict()) == cfg
   assert LMConfig(vocab_size=8, hidden_size=32, intermediate_size=8, num_layers=1, num_heads=4,
                   num_kv_heads=4).head_dim == 8
-  with pytest.raises(NotImplementedError, match="rope_scaling"):
-    LMConfig.from_hf_dict({**cfg.to_hf_dict(), "rope_scaling": {"rope_type": "llama3"}})
+  # transformers v5 writes RoPE settings under rope_parameters instead of top-level keys.
+  llama3 = tiny_config(rope_theta=5e5, llama3_rope_scaling=(8.0, 1.0, 4.0, 64))
+  v5 = {k: v for k, v in llama3.to_hf_dict().items() if k not in ("rope_theta", "rope_scaling")}
+  v5["rope_parameters"] = {"rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0,
+                           "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                           "original_max_position_embeddings": 64}
+  assert LMConfig.from_hf_dict(v5) == llama3 == LMConfig.from_hf_dict(llama3.to_hf_dict())
+  with pytest.raises(NotImplementedError, match="yarn"):
+    LMConfig.from_hf_dict({**cfg.to_hf_dict(), "rope_scaling": {"rope_type": "yarn"}})
   with pytest.raises(ValueError, match="num_kv_heads"):
     tiny_config(num_kv_heads=3)
   model = random_model(tiny_config())

@@ -66,7 +66,11 @@ def test_name_mapping_round_trips():
     hf_checkpoint.hf_name_to_path("model.layers.0.self_attn.q_norm.weight")
 
 
-@pytest.mark.parametrize("fields", [LLAMA, QWEN2], ids=["llama", "qwen2"])
+# Llama 3.1 RoPE scaling; on these 8 positions it moves the logits by ~0.1 vs plain RoPE.
+LLAMA3 = {**LLAMA, "llama3_rope_scaling": (8.0, 1.0, 4.0, 64)}
+
+
+@pytest.mark.parametrize("fields", [LLAMA, QWEN2, LLAMA3], ids=["llama", "qwen2", "llama3"])
 def test_logits_match_transformers(tmp_path, fields):
   torch = pytest.importorskip("torch")
   transformers = pytest.importorskip("transformers")

@@ -62,6 +62,8 @@ class LMConfig:
 
   ``head_dim`` defaults to ``hidden_size // num_heads``. ``qkv_bias`` is Qwen2's q/k/v
   projection bias. ``param_dtype`` is the parameter/activation dtype (logits stay float32).
+  ``llama3_rope_scaling`` = (factor, low_freq_factor, high_freq_factor,
+  original_max_position_embeddings) enables Llama 3.1+ frequency scaling (None: plain RoPE).
   """
   vocab_size: int
   hidden_size: int
@@ -75,6 +77,7 @@ class LMConfig:
   tie_word_embeddings: bool = False
   qkv_bias: bool = False
   max_position_embeddings: int = 2048
+  llama3_rope_scaling: tuple[float, float, float, int] | None = None
   model_type: str = "llama"
   param_dtype: Any = jnp.float32
   bos_token_id: int | None = None
@@ -97,16 +100,26 @@ class LMConfig:
   def from_hf_dict(cls, hf: dict[str, Any], *, param_dtype: Any = jnp.float32) -> "LMConfig":
     """Builds a config from a Hugging Face ``config.json`` dict (Llama or Qwen2).
 
-    Raises NotImplementedError for features this implementation does not model
-    (rope scaling, sliding-window attention, Llama attention/MLP biases), rather than
-    loading a checkpoint that would silently produce different logits.
+    Reads both the transformers v4 layout (top-level ``rope_theta`` / ``rope_scaling``) and
+    the v5 one (``rope_parameters``). Raises NotImplementedError for features this
+    implementation does not model (rope scaling other than 'llama3', sliding-window
+    attention, Llama attention/MLP biases), rather than loading a checkpoint that would
+    silently produce different logits.
     """
     model_type = hf.get("model_type", "llama")
     if model_type not in _SUPPORTED_MODEL_TYPES:
       raise NotImplementedError(f"model_type {model_type!r} is not supported; expected one of "
                                 f"{_SUPPORTED_MODEL_TYPES}.")
-    if hf.get("rope_scaling"):
-      raise NotImplementedError(f"rope_scaling={hf['rope_scaling']} is not supported.")
+    rope = {**(hf.get("rope_scaling") or {}), **(hf.get("rope_parameters") or {})}
+    rope_theta = float(hf.get("rope_theta") or rope.get("rope_theta", 10000.0))
+    rope_type = rope.get("rope_type", rope.get("type", "default"))
+    if rope_type == "llama3":
+      llama3 = (float(rope["factor"]), float(rope["low_freq_factor"]),
+                float(rope["high_freq_factor"]), int(rope["original_max_position_embeddings"]))
+    elif rope_type == "default":
+      llama3 = None
+    else:
+      raise NotImplementedError(f"RoPE type {rope_type!r} ({rope}) is not supported.")
     if model_type == "llama" and (hf.get("attention_bias") or hf.get("mlp_bias")):
       raise NotImplementedError("Llama attention_bias/mlp_bias checkpoints are not supported.")
     if model_type == "qwen2" and hf.get("use_sliding_window"):
@@ -124,7 +137,8 @@ class LMConfig:
         num_heads=hf["num_attention_heads"],
         num_kv_heads=hf.get("num_key_value_heads") or hf["num_attention_heads"],
         head_dim=hf.get("head_dim"),
-        rope_theta=float(hf.get("rope_theta", 10000.0)),
+        rope_theta=rope_theta,
+        llama3_rope_scaling=llama3,
         rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
         tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
         qkv_bias=model_type == "qwen2",
@@ -154,6 +168,10 @@ class LMConfig:
         "num_key_value_heads": self.num_kv_heads,
         "head_dim": self.head_dim,
         "rope_theta": self.rope_theta,
+        "rope_scaling": None if self.llama3_rope_scaling is None else dict(
+            zip(("factor", "low_freq_factor", "high_freq_factor",
+                 "original_max_position_embeddings"), self.llama3_rope_scaling),
+            rope_type="llama3"),
         "rms_norm_eps": self.rms_norm_eps,
         "tie_word_embeddings": self.tie_word_embeddings,
         "max_position_embeddings": self.max_position_embeddings,
@@ -224,13 +242,32 @@ def positions_from_mask(mask: Array, start: Array | int = 0) -> Array:
   return start + jnp.maximum(jnp.cumsum(mask.astype(jnp.int32), axis=-1) - 1, 0)
 
 
-def rope(x: Array, positions: Array, theta: float) -> Array:
+def rope_frequencies(config: LMConfig) -> Array:
+  """float32 ``[head_dim / 2]`` RoPE frequencies ``theta^(-2i/hd)``, Llama-3-scaled if set.
+
+  Llama 3.1 scaling (wavelength ``w = 2 pi / f``, original context ``L``): frequencies with
+  ``w > L / low_freq_factor`` are divided by ``factor``, those with
+  ``w < L / high_freq_factor`` are kept, and in between they are interpolated with
+  ``s = (L / w - low) / (high - low)``: ``f' = (1 - s) f / factor + s f``.
+  """
+  half = config.head_dim // 2
+  inv_freq = config.rope_theta ** (-jnp.arange(half, dtype=jnp.float32) / half)
+  if config.llama3_rope_scaling is None:
+    return inv_freq
+  factor, low, high, original = config.llama3_rope_scaling
+  wavelength = 2 * jnp.pi / inv_freq
+  smooth = (original / wavelength - low) / (high - low)
+  interpolated = (1 - smooth) * inv_freq / factor + smooth * inv_freq
+  scaled = jnp.where(wavelength > original / low, inv_freq / factor, inv_freq)
+  is_medium = (wavelength >= original / high) & (wavelength <= original / low)
+  return jnp.where(is_medium, interpolated, scaled)
+
+
+def rope(x: Array, positions: Array, inv_freq: Array) -> Array:
   """Rotary embedding of ``x: [B, T, N, hd]`` at integer ``positions: [B, T]`` (float32 math).
 
-  Pairs are (i, i + hd/2) with angle ``pos * theta^(-2i/hd)`` (HF rotate_half layout).
+  Pairs are (i, i + hd/2) rotated by ``pos * inv_freq[i]`` (HF rotate_half layout).
   """
-  half = x.shape[-1] // 2
-  inv_freq = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)
   angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, T, half]
   cos, sin = jnp.cos(angles)[:, :, None, :], jnp.sin(angles)[:, :, None, :]
   x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
@@ -296,7 +333,8 @@ class Attention(nnx.Module):
     q = self.q_proj(x).reshape(b, t, cfg.num_heads, cfg.head_dim)
     k = self.k_proj(x).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
     v = self.v_proj(x).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
-    q, k = rope(q, positions, cfg.rope_theta), rope(k, positions, cfg.rope_theta)
+    inv_freq = rope_frequencies(cfg)
+    q, k = rope(q, positions, inv_freq), rope(k, positions, inv_freq)
     if kv is not None:
       k_cache, v_cache = kv
       k = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), (0, write_index, 0, 0))
