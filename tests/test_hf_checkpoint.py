@@ -83,3 +83,25 @@ def test_logits_match_transformers(tmp_path, fields):
     ref_logits = reference(torch.as_tensor(TOKENS)).logits.numpy()
   np.testing.assert_allclose(forward(model, jnp.asarray(TOKENS)).logits, ref_logits, atol=2e-5,
                              rtol=1e-4)
+
+
+def test_loads_checkpoint_written_by_transformers(tmp_path):
+  """A folder from ``save_pretrained`` (transformers' own config/safetensors layout)."""
+  torch = pytest.importorskip("torch")
+  transformers = pytest.importorskip("transformers")
+  torch.manual_seed(0)
+  hf_config = transformers.Qwen2Config(
+      vocab_size=40, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+      num_attention_heads=4, num_key_value_heads=2, rope_theta=1e6, tie_word_embeddings=True,
+      max_position_embeddings=64)
+  reference = transformers.Qwen2ForCausalLM(hf_config).eval()
+  with torch.no_grad():  # HF zero-inits biases and ones-inits norms: randomize them
+    for param in reference.parameters():
+      param.normal_(0.0, 0.3)
+  reference.save_pretrained(tmp_path)
+  model, _ = hf_checkpoint.load_hf_checkpoint(tmp_path)
+  assert model.config.rope_theta == 1e6 and model.config.tie_word_embeddings
+  with torch.no_grad():
+    ref_logits = reference(torch.as_tensor(TOKENS)).logits.numpy()
+  np.testing.assert_allclose(forward(model, jnp.asarray(TOKENS)).logits, ref_logits, atol=2e-5,
+                             rtol=1e-4)
