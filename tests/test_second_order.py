@@ -377,3 +377,44 @@ def test_argument_errors_name_the_argument():
     so.gradient_normalized_newton(lambda x: x, lambda x: x, metric=jnp.ones((2, 3)))
   with pytest.raises(TypeError, match="features"):
     so.problems.softmax_regression(jnp.ones((4, 2), jnp.int32), jnp.zeros(4, jnp.int32), 2)
+
+
+# ---------------------------------------------------------------- paper-scale runs (slow)
+
+
+def _scan(solver, params, data, num_steps):
+  def step(state, _):
+    state = solver.update(state, *data)
+    return state, state.value
+
+  return jax.jit(lambda s: jax.lax.scan(step, s, length=num_steps))(solver.init(params, *data))
+
+
+@pytest.mark.slow
+def test_normalized_fisher_reaches_zero_loss_on_separable_breast_cancer():
+  """The paper's f* ~ 0 regime: loss -> 0 (linear tail) with the Fisher approximation."""
+  from sklearn.datasets import load_breast_cancer
+  features, labels = load_breast_cancer(return_X_y=True)
+  features = (features - features.mean(0)) / features.std(0)
+  features = np.c_[features, np.ones(len(features))].astype(np.float32)
+  problem = so.problems.logistic_regression(jnp.asarray(features), jnp.asarray(labels))
+  solver = so.gradient_normalized_newton(problem.value_fn, problem.curvatures["normalized_fisher"])
+  _, values = _scan(solver, jnp.zeros(features.shape[1]), problem.data, 300)
+  values = np.asarray(values)
+  assert np.all(np.diff(values) <= 0)
+  assert values[-1] < 1e-12
+
+
+@pytest.mark.slow
+def test_weighted_gauss_newton_cg_on_paper_size_logsumexp(rng):
+  """A 1000 x 1000, mu = 1 (the paper's size), matrix-free: f - f* < 1e-4 in 60 steps."""
+  n = 1000
+  matrix, offsets = rng.uniform(-1, 1, size=(n, n)), rng.uniform(-1, 1, size=n)
+  matrix = matrix - _softmax(-offsets) @ matrix  # grad f(0) = 0, so x* = 0
+  problem = so.problems.logsumexp(jnp.asarray(matrix, jnp.float32),
+                                  jnp.asarray(offsets, jnp.float32))
+  f_star = float(problem.value_fn(jnp.zeros(n), *problem.data))
+  solver = so.gradient_normalized_newton(
+      problem.value_fn, problem.curvatures["weighted_gauss_newton"], linear_solver="cg")
+  _, values = _scan(solver, jnp.asarray(rng.uniform(-1, 1, size=n), jnp.float32), problem.data, 60)
+  assert float(values[-1]) - f_star < 1e-4

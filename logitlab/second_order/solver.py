@@ -79,8 +79,7 @@ def _metric_ops(metric: chex.Array | None):
   if metric is None:
     return (lambda v: v), (lambda g: jnp.vdot(g, g))
   metric = numerics.upcast(metric)
-  chex.assert_rank(metric, 2)
-  if metric.shape[0] != metric.shape[1]:
+  if metric.ndim != 2 or metric.shape[0] != metric.shape[1]:
     raise ValueError(f"`metric` must be a square SPD matrix [d, d], got shape {metric.shape}.")
   chol = jax.scipy.linalg.cho_factor(metric, lower=True)
   return (lambda v: metric.astype(v.dtype) @ v), (
