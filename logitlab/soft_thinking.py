@@ -305,6 +305,8 @@ class SoftThinkingPolicy:
     if self.cold_stop is not None:
       low_entropy_steps, stop = self.cold_stop.update(low_entropy_steps, entropy)
       end_think |= stop
+      # Only steps inside the think block count towards Cold Stop.
+      low_entropy_steps = jnp.where(state.thinking & ~end_think, low_entropy_steps, 0)
     soft = state.thinking & ~end_think
 
     discrete = self.after_think(logits, None, discrete_key)[0]
