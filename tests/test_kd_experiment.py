@@ -90,7 +90,7 @@ def _shrunk_embedded_config(workdir):
   c.dataset = "digits"
   c.teacher.name, c.teacher.kwargs = "mlp", {"hidden": (64,)}
   c.student.kwargs = {"hidden": (16,)}
-  c.methods = ("ce", "kd")
+  c.methods = ("kd",)  # one method keeps the compile count (the cost here) at 2 runs
   c.seeds = 2
   c.train.update({"steps": 300, "chunk_steps": 300, "progress": False})
   c.loss.dkd_warmup_epochs = 1.0
@@ -102,9 +102,8 @@ def test_embedded_experiment_end_to_end(tmp_path):
   results = kd.run(_shrunk_embedded_config(tmp_path))
   # Chance is 10% (balanced digits); a broken loss, label or data path stays near it.
   assert results["teacher"] > 0.85
-  for method in ("ce", "kd"):
-    accuracy = results["methods"][method]["accuracy"]
-    assert len(accuracy) == 2 and min(accuracy) > 0.6, (method, accuracy)
+  accuracy = results["methods"]["kd"]["accuracy"]
+  assert len(accuracy) == 2 and min(accuracy) > 0.6, accuracy
   # Seeds are independent runs, not copies.
   assert results["methods"]["kd"]["accuracy"][0] != results["methods"]["kd"]["accuracy"][1]
   saved = json.loads((tmp_path / "results.json").read_text())
