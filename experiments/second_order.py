@@ -21,13 +21,27 @@ Run:  python -m experiments.second_order
 """
 from __future__ import annotations
 
-import functools
 import json
 import os
 import time
 
+import jax
+import jax.numpy as jnp
+import matplotlib
+import numpy as np
+import optax
 from absl import app
+from jax.flatten_util import ravel_pytree
 from ml_collections import config_flags
+from sklearn import datasets
+from tqdm import tqdm
+
+from logitlab import second_order
+from logitlab.second_order import curvature
+from logitlab.second_order import problems
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after selecting the backend)
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", os.path.join(os.path.dirname(__file__), "configs", "second_order.py"),
@@ -36,12 +50,6 @@ _CONFIG = config_flags.DEFINE_config_file(
 
 def _problem(name, config):
   """Returns (Problem, x0, f_star or None, {method: solver kwargs}) for ``name``."""
-  import jax.numpy as jnp
-  import numpy as np
-  from sklearn import datasets
-
-  from logitlab.second_order import problems
-
   rng = np.random.default_rng(config.seed)
   if name in ("logistic_breast_cancer", "logistic_digits", "softmax_digits"):
     if name == "logistic_breast_cancer":
@@ -102,8 +110,6 @@ def _problem(name, config):
 
 
 def _gns_method(problem, curvature, config, **kwargs):
-  from logitlab import second_order
-
   solver = second_order.gradient_normalized_newton(
       problem.value_fn, problem.curvatures[curvature], gamma_init=config.gamma_init,
       cg_tol=config.cg_tol, **kwargs)
@@ -112,12 +118,6 @@ def _gns_method(problem, curvature, config, **kwargs):
 
 def _newton_method(problem):
   """Damped Newton: d = -(H + shift I)^{-1} g, shift making H PD; Armijo backtracking."""
-  import jax
-  import jax.numpy as jnp
-  from jax.flatten_util import ravel_pytree
-
-  from logitlab.second_order import curvature
-
   value_and_grad = jax.value_and_grad(problem.value_fn)
   hessian = curvature.hessian(problem.value_fn)
 
@@ -152,9 +152,6 @@ def _newton_method(problem):
 
 def _gradient_method(problem):
   """Gradient descent x - g / L with the reference code's adaptive L (halve / double)."""
-  import jax
-  import jax.numpy as jnp
-
   value_and_grad = jax.value_and_grad(problem.value_fn)
 
   def init(x, *data):
@@ -178,15 +175,12 @@ def _gradient_method(problem):
 
 def _optax_method(problem, optimizer, linesearch=False):
   """optax optimizer; ``linesearch`` passes value/grad/value_fn extras (optax.lbfgs)."""
-  import jax
-  import optax
-
   def init(x, *data):
     return x, optimizer.init(x), problem.value_fn(x, *data)
 
   def update(state, *data):
     x, opt_state, _ = state
-    value_fn = functools.partial(_call_with_data, problem.value_fn, data)
+    value_fn = lambda w: problem.value_fn(w, *data)
     if linesearch:
       value, grad = optax.value_and_grad_from_state(value_fn)(x, state=opt_state)
       updates, opt_state = optimizer.update(grad, opt_state, x, value=value, grad=grad,
@@ -200,14 +194,8 @@ def _optax_method(problem, optimizer, linesearch=False):
   return init, update, lambda state: state[2]
 
 
-def _call_with_data(value_fn, data, x):
-  return value_fn(x, *data)
-
-
 def run_method(init, update, value_of, x0, data, f_star, tol, max_iters, time_limit_s):
   """Iterates until f - f* <= tol, max_iters or time_limit_s; compile time excluded."""
-  import jax
-
   update = jax.jit(update)
   state = init(x0, *data)
   # Compile for the init state and for updated states (optax states can change weak types).
@@ -226,16 +214,9 @@ def run_method(init, update, value_of, x0, data, f_star, tol, max_iters, time_li
 
 
 def main(_):
-  import jax
   config = _CONFIG.value
   if config.x64:
     jax.config.update("jax_enable_x64", True)
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  import numpy as np
-  import optax
-  from tqdm import tqdm
 
   os.makedirs(config.out_dir, exist_ok=True)
   results = {"config": config.to_dict(), "backend": jax.default_backend(), "problems": {}}

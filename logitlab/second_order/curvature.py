@@ -50,7 +50,7 @@ def hessian(value_fn: Callable[..., chex.Array]) -> CurvatureFn:
 
 def gauss_newton(model_fn: Callable[..., chex.Array],
                  loss_fn: Callable[..., chex.Array]) -> CurvatureFn:
-  """Gauss-Newton ``J^T (d^2 loss/dz^2) J`` for ``f(params) = loss_fn(model_fn(params, *data), *data)``.
+  """Gauss-Newton ``J^T (d^2 loss/dz^2) J`` for ``f = loss_fn(model_fn(params, *data), *data)``.
 
   ``J`` is the Jacobian of ``z = model_fn(params, *data)`` (any shape); the products use
   one ``jvp`` (``J v``), one Hessian-vector product of ``loss_fn`` in ``z`` space and one
@@ -67,10 +67,11 @@ def gauss_newton(model_fn: Callable[..., chex.Array],
 
 
 def weighted_gauss_newton(model_fn: Callable[..., chex.Array], mu: float) -> CurvatureFn:
-  """``(1/mu) J^T diag(softmax(z / mu)) J`` for ``f = mu * logsumexp(z / mu)``, ``z = model_fn(params, *data)``.
+  """``(1/mu) J^T diag(softmax(z / mu)) J`` for ``f = mu * logsumexp(z / mu)``.
 
-  ``z`` must be a vector ``[m]``. This is the paper's weighted Gauss-Newton for the
-  logsumexp problem; it equals the true Hessian plus ``grad f grad f^T / mu``.
+  ``z = model_fn(params, *data)`` must be a vector ``[m]``. This is the paper's weighted
+  Gauss-Newton for the logsumexp problem; it equals the true Hessian plus
+  ``grad f grad f^T / mu``.
   """
 
   def curvature_fn(params, *data):
