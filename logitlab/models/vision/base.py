@@ -108,7 +108,7 @@ class MLPHead(nnx.Module):
 
   def __init__(self, in_features: int, num_classes: int, *, rngs: nnx.Rngs):
     self.hidden = dense(in_features, in_features, axes=("embed", "mlp"), rngs=rngs)
-    self.out = dense(in_features, num_classes, axes=("mlp", "vocab"), rngs=rngs)
+    self.out = dense(in_features, num_classes, axes=(None, "vocab"), rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     return self.out(jax.nn.relu(self.hidden(x)))
