@@ -68,9 +68,9 @@ def run(config) -> dict:
   correct = np.array([[a == p.answer for a in row] for row, p in zip(answers, problems)])
   triples = ssb.curate(correct, answers, np.random.default_rng(config.seed))
   # 2. Hinted teacher generation + correctness filter.
-  contexts = [tokenizer.encode(ssb.teacher_prompt(problems[q].prompt,
-                                                  arithmetic.THINK + texts[q, c],
-                                                  arithmetic.THINK + texts[q, i],
+  solution = lambda text: arithmetic.THINK + text.replace(arithmetic.EOS, "")
+  contexts = [tokenizer.encode(ssb.teacher_prompt(problems[q].prompt, solution(texts[q, c]),
+                                                  solution(texts[q, i]),
                                                   config.template)).ids + [arithmetic.THINK_ID]
               for q, c, i in triples]
   stats = {"questions": len(problems), "curated": len(triples),

@@ -1,6 +1,7 @@
 """ASLEC scores: CASL removes a planted step-length confound (synthetic pool)."""
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from logitlab import data_selection
 from logitlab.tasks import arithmetic
@@ -69,3 +70,19 @@ def test_step_head_mask_on_task_tokenizer():
   heads = [enc.tokens[i] for i in np.flatnonzero(head)]
   # The special <think> token is never a head; steps start at "5", "7", "2".
   assert heads == ["5", "*", "7", "+", "2", "2"], heads
+
+
+@pytest.mark.slow
+def test_aslec_experiment_runs(tmp_path):
+  """End-to-end demo (shrunk): ASLEC selections on the tiny reasoner's own samples."""
+  import os
+  if not os.path.exists("experiments/assets/tiny_reasoner/config.json"):
+    pytest.skip("tiny reasoner checkpoint not trained yet")
+  from experiments import aslec as experiment
+  from experiments.configs import aslec as aslec_config
+  config = aslec_config.get_config()
+  config.update(init_dir="experiments/assets/tiny_reasoner", out_dir=str(tmp_path),
+                num_questions=4, responses_per_question=4, select_k=2, sft_steps=2,
+                sft_batch_size=4, num_eval_problems=4, eval_k=2)
+  results = experiment.run(config)
+  assert set(results["methods"]) == {"random", "avg_logp", "drop", "casl"}

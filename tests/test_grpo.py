@@ -126,3 +126,24 @@ def test_chunked_token_logprobs_equal_full_and_gradients(rng):
   gf = jax.grad(lambda w, h: jnp.sum(jnp.sin(full(w, h))), argnums=(0, 1))(w, hidden)
   for a, b_ in zip(gc, gf):
     np.testing.assert_allclose(a, b_, rtol=1e-4, atol=1e-4)
+
+
+_TINY_REASONER = "experiments/assets/tiny_reasoner"
+
+
+@pytest.mark.slow
+def test_grpo_vs_soft_grpo_experiment_runs(tmp_path):
+  """End-to-end demo (shrunk): SFT -> GRPO and SofT-GRPO on the tiny reasoner."""
+  import os
+  if not os.path.exists(os.path.join(_TINY_REASONER, "config.json")):
+    pytest.skip("tiny reasoner checkpoint not trained yet")
+  from experiments import grpo as experiment
+  from experiments.configs import grpo as grpo_config
+  config = grpo_config.get_config()
+  config.update(init_dir=_TINY_REASONER, out_dir=str(tmp_path), num_steps=3,
+                num_eval_problems=8, eval_k=2)
+  results = experiment.run(config)
+  for method in ("grpo", "soft_grpo"):
+    assert 0.0 <= results[method]["discrete_eval"]["pass@1"] <= 1.0
+    assert len(results["history"][method]) == 3
+  assert (tmp_path / "reward.png").exists()

@@ -95,3 +95,20 @@ def test_lora_training_updates_only_adapters_and_checkpoints(tmp_path):
   jax.tree.map(np.testing.assert_array_equal, jax.tree.leaves(restored), jax.tree.leaves(lora_after))
   assert sum(x.size for x in jax.tree.leaves(restored)) < sum(
       x.size for x in jax.tree.leaves(base_before))
+
+
+@pytest.mark.slow
+def test_ssb_experiment_runs(tmp_path):
+  """End-to-end demo (shrunk): curation, hinted teacher, LoRA distillation, evaluation."""
+  import os
+  if not os.path.exists("experiments/assets/tiny_reasoner/config.json"):
+    pytest.skip("tiny reasoner checkpoint not trained yet")
+  from experiments import ssb as experiment
+  from experiments.configs import ssb as ssb_config
+  config = ssb_config.get_config()
+  config.update(init_dir="experiments/assets/tiny_reasoner", out_dir=str(tmp_path),
+                num_questions=32, train_steps=2, batch_size=4, num_eval_problems=4, eval_k=2,
+                grpo_results=str(tmp_path / "none.json"))
+  results = experiment.run(config)
+  assert results["data"]["teacher_solutions_kept"] > 0
+  assert (tmp_path / "lora").exists()

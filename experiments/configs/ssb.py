@@ -6,8 +6,11 @@ Run:  python -m experiments.ssb                       (this config)
 import ml_collections
 
 # The character-level task tokenizer cannot spell an English instruction, so the tiny
-# teacher context is: correct worked solution, incorrect one, then the question again.
-TINY_TEMPLATE = "{correct} {incorrect} {question}"
+# teacher context shows the question with the incorrect, then the correct worked solution,
+# then asks the question again (a 3-layer model can copy from context; it cannot follow
+# instructions). A first try with "{correct} {incorrect} {question}" yielded no correct
+# teacher solution (0 of 28).
+TINY_TEMPLATE = "{question}{incorrect} {question}{correct} {question}"
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -20,7 +23,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.num_questions = 128
   c.rollouts = 4
   c.rollout_temperature = 0.8
-  c.teacher_samples = 2
+  c.teacher_samples = 4
   c.teacher_temperature = 0.4
   c.template = TINY_TEMPLATE
   c.teacher_top_k = 16  # stored teacher logits per reply token (None: full vocabulary)
