@@ -23,7 +23,6 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 from absl import app, flags, logging
-from flax import nnx
 from ml_collections import config_flags
 
 from logitlab import datasets, losses, training
@@ -127,7 +126,7 @@ def run(c: ml_collections.ConfigDict, stop_after: int = 0) -> training.TrainResu
   _, abstract, shardings = training.abstract_train_state(model_fn, tx, mesh,
                                                          seed=c.train.seed)
   print(f"mesh {dict(mesh.shape)}, {jax.process_count()} process(es), "
-        f"{sum(x.size for x in jax.tree.leaves(abstract.params)):,} parameters", flush=True)
+        f"{training.num_params(abstract):,} parameters", flush=True)
   return training.train(
       model_fn=model_fn, tx=tx, loss_fn=loss_fn, train_data=train_data, mesh=mesh,
       workdir=c.workdir, num_steps=c.train.steps, seed=c.train.seed,

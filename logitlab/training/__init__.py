@@ -12,13 +12,14 @@ from logitlab.training.mesh import (LOGICAL_AXIS_RULES, MESH_AXES, batch_shardin
                                     put_batch, replicated)
 from logitlab.training.metrics import MetricsWriter, optimizer_scalars, read_jsonl
 from logitlab.training.state import (TrainState, abstract_train_state, create_train_state,
-                                     state_shardings)
+                                     num_params, state_shardings)
 from logitlab.training.step import StepContext, make_eval_step, make_train_step
 
 __all__ = [
     "ArraySource", "Checkpointer", "LOGICAL_AXIS_RULES", "MESH_AXES", "MetricsWriter",
     "ResumableBatches", "StepContext", "TrainResult", "TrainState", "abstract_train_state",
     "batch_sharding", "create_train_state", "eval_batches", "evaluate", "image_transform",
-    "make_eval_step", "make_mesh", "make_train_step", "optimizer_scalars", "put_batch",
+    "make_eval_step", "make_mesh", "make_train_step", "num_params", "optimizer_scalars",
+    "put_batch",
     "read_jsonl", "replicated", "state_shardings", "tfds_image_data", "train",
 ]

@@ -102,5 +102,16 @@ def put_batch(local_batch, mesh: jax.sharding.Mesh):
   ``batch_sharding``. With one process this is a plain sharded ``device_put``.
   """
   sharding = batch_sharding(mesh)
-  return jax.tree.map(
-      lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local_batch)
+  shards = num_batch_shards(mesh)
+
+  def place(path, x):
+    x = np.asarray(x)
+    global_size = x.shape[0] * jax.process_count() if x.ndim else 0
+    if global_size == 0 or global_size % shards:
+      raise ValueError(
+          f"`local_batch{jax.tree_util.keystr(path)}` must have a leading batch axis whose global "
+          f"size ({x.shape[0] if x.ndim else 'scalar'} x {jax.process_count()} processes) is "
+          f"divisible by data x fsdp = {shards}; got shape {x.shape}.")
+    return jax.make_array_from_process_local_data(sharding, x)
+
+  return jax.tree_util.tree_map_with_path(place, local_batch)

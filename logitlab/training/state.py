@@ -147,5 +147,6 @@ def abstract_state(state_or_shapes: TrainState, shardings: TrainState) -> TrainS
 
 
 def num_params(state: TrainState) -> int:
+  """Number of trainable parameters (works on abstract states too)."""
   return sum(x.size for x in jax.tree.leaves(state.params))
 
