@@ -178,6 +178,36 @@ def test_shard_model_on_fsdp_tensor_mesh():
   np.testing.assert_allclose(forward(model, tokens).logits, ref, atol=1e-5)
 
 
+def test_shard_model_on_3_axis_mesh_shared_rules_alternating_kernels_and_gradients():
+  from logitlab.training import mesh as mesh_lib
+  assert decoder_lm.LOGICAL_AXIS_RULES is mesh_lib.LOGICAL_AXIS_RULES  # one source of truth
+  model = random_model(tiny_config(vocab_size=64, tie_word_embeddings=False), scale=0.1)
+  tokens = jnp.asarray(np.random.default_rng(6).integers(0, 64, (4, 8)))
+
+  def loss(model):
+    logits = model(tokens[:, :-1]).logits
+    return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), tokens[:, 1:, None], -1))
+
+  grad_fn = nnx.jit(nnx.grad(loss))
+  reference = nnx.to_pure_dict(grad_fn(model))
+  decoder_lm.shard_model(model, mesh_lib.make_mesh({"data": 2, "fsdp": 2, "tensor": 2}))
+  layer = model.layers[0]
+  column, row = jax.P("fsdp", "tensor"), jax.P("tensor", "fsdp")
+  # Megatron-style: each kernel's output axis is the next one's input axis.
+  for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj,
+               layer.mlp.gate_proj, layer.mlp.up_proj):
+    assert proj.kernel[...].sharding.spec == column
+  assert layer.self_attn.o_proj.kernel[...].sharding.spec == row
+  assert layer.mlp.down_proj.kernel[...].sharding.spec == row
+  assert model.lm_head[...].sharding.spec == column
+  assert model.embed_tokens.embedding[...].sharding.spec == row
+  sharded = nnx.to_pure_dict(grad_fn(model))
+  for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(reference),
+                          jax.tree.leaves(sharded)):
+    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5 * np.abs(a).max() + 1e-8,
+                               err_msg=jax.tree_util.keystr(path))
+
+
 def test_llama3_rope_frequencies_match_reference():
   cfg = tiny_config(head_dim=64, rope_theta=5e5, llama3_rope_scaling=(8.0, 1.0, 4.0, 8192))
   f = 5e5 ** (-np.arange(32) / 32.0)

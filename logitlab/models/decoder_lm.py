@@ -21,8 +21,12 @@ Dtype policy: parameters and activations use ``config.param_dtype`` (float32 or 
 attention scores, softmax and RMSNorm are float32; logits are always float32.
 
 Sharding: every parameter carries logical axis names (``vocab``, ``embed``, ``heads``,
-``kv_heads``, ``mlp``) via ``nnx.with_partitioning``; ``LOGICAL_AXIS_RULES`` maps them to a
-``('fsdp', 'tensor')`` mesh and ``shard_model`` places a model on a mesh.
+``kv_heads``, ``mlp``) via ``nnx.with_partitioning``; ``LOGICAL_AXIS_RULES`` (the one table of
+``logitlab.training.mesh``, re-exported here) maps them to the ``('data', 'fsdp', 'tensor')``
+mesh axes (``embed -> fsdp``, the wide dimensions ``-> tensor``) and ``shard_model`` places a
+model on any mesh with a subset of those axes. Consecutive kernels alternate Megatron-style:
+q/k/v ``(embed, heads|kv_heads)`` then o ``(heads, embed)``; gate/up ``(embed, mlp)`` then down
+``(mlp, embed)``; the embedding is ``(vocab, embed)`` and an untied head ``(embed, vocab)``.
 
 KV cache: ``init_cache`` allocates ``[num_layers, B, max_len, num_kv_heads, head_dim]`` key
 and value buffers plus a per-slot validity mask; every row writes the same slots (the
@@ -41,17 +45,12 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-Array = jax.Array
+# One source of truth for logical -> mesh axes, shared with the training core: 'embed' is
+# sharded over fsdp (parameters only), the wide dimensions over tensor (Megatron-style
+# column/row split).
+from logitlab.training.mesh import LOGICAL_AXIS_RULES
 
-# Logical axis name -> mesh axis. 'embed' is sharded over the fsdp axis (parameters only),
-# the wide dimensions over the tensor axis (Megatron-style column/row split).
-LOGICAL_AXIS_RULES = (
-    ("vocab", "tensor"),
-    ("embed", "fsdp"),
-    ("heads", "tensor"),
-    ("kv_heads", "tensor"),
-    ("mlp", "tensor"),
-)
+Array = jax.Array
 
 _SUPPORTED_MODEL_TYPES = ("llama", "qwen2")
 
@@ -496,20 +495,32 @@ class DecoderLM(nnx.Module):
 
 
 def shard_model(model: DecoderLM, mesh: jax.sharding.Mesh,
-                rules: tuple[tuple[str, str | None], ...] = LOGICAL_AXIS_RULES) -> DecoderLM:
+                rules: tuple[tuple[str, str | tuple[str, ...] | None], ...] = LOGICAL_AXIS_RULES
+                ) -> DecoderLM:
   """Places every parameter on ``mesh`` according to its logical axes and ``rules`` (in place).
 
-  Mesh axes named in ``rules`` but absent from ``mesh`` are treated as replicated, and so is
-  any dimension the mesh axis does not divide (e.g. a 50-token vocabulary on 4 devices).
+  Mesh axes named in ``rules`` but absent from ``mesh`` are treated as replicated (so the
+  default rules work on e.g. an ``('fsdp', 'tensor')`` mesh), and so is any dimension its mesh
+  axes do not divide (e.g. a 50-token vocabulary on 4 devices).
   """
-  rules = tuple((name, axis if axis in mesh.axis_names else None) for name, axis in rules)
+  def present(axis):
+    names = () if axis is None else (axis,) if isinstance(axis, str) else tuple(axis)
+    names = tuple(name for name in names if name in mesh.axis_names)
+    return None if not names else names[0] if len(names) == 1 else names
+
+  rules = tuple((name, present(axis)) for name, axis in rules)
   state = nnx.state(model)
   with nnx.logical_axis_rules(rules):
     specs = nnx.get_partition_spec(state)
 
   def sharding(value, spec):
-    axes = [axis if axis is None or dim % mesh.shape[axis] == 0 else None
-            for dim, axis in zip(value.shape, spec)]
+    axes = []
+    for dim, axis in zip(value.shape, tuple(spec) + (None,) * (value.ndim - len(spec))):
+      names = () if axis is None else (axis,) if isinstance(axis, str) else tuple(axis)
+      ways = 1
+      for name in names:
+        ways *= mesh.shape[name]
+      axes.append(axis if names and dim % ways == 0 else None)
     return jax.sharding.NamedSharding(mesh, jax.P(*axes))
 
   nnx.update(model, jax.device_put(state, jax.tree.map(sharding, state, specs)))

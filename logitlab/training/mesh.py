@@ -10,7 +10,13 @@ One mesh layout serves every trainer in logitlab, from one CPU to a multi-host p
 
 Models annotate parameters with *logical* axis names (``nnx.with_partitioning(init,
 ("embed", "mlp"))``); ``LOGICAL_AXIS_RULES`` maps those names to mesh axes, so a model never
-names a mesh axis and the same model runs on any mesh. Every mesh axis is created with an
+names a mesh axis and the same model runs on any mesh. It is the one table of the library:
+``logitlab.models.decoder_lm`` re-exports it. Consecutive dense kernels alternate Megatron-style
+(``("embed", "mlp")`` then ``("mlp", "embed")``: the output axis of one is the input axis of the
+next); two consecutive ``P("fsdp", "tensor")`` kernels trigger wrong gradients in XLA's SPMD
+partitioner on a 3-axis CPU mesh (jax 0.10.2; docs/scaling.md, "Known issue"). When two names
+of one parameter map to the same mesh axis, the rule listed first wins and the other dimension
+is replicated (e.g. ``("mlp", "vocab") -> P("tensor", None)``). Every mesh axis is created with an
 explicit ``AxisType.Auto`` (``jax.make_mesh`` defaults to Explicit in recent JAX): sharding is
 then propagated by the XLA partitioner from the ``in_shardings``/``out_shardings`` of ``jax.jit``.
 """

@@ -19,9 +19,16 @@ Every model is a `VisionClassifier`:
 uses the running averages, like PyTorch's ``model.eval()``. Inputs are NHWC images, any float
 dtype (bf16 included); parameters and logits are float32.
 
-Sharding: kernels carry logical-axis annotations (``nnx.with_partitioning``): conv kernels
-``(None, None, "conv_in", "conv_out")``, dense kernels ``("embed", "mlp")`` / ``("embed",
-"vocab")`` (classes), the names of ``logitlab.training.mesh.LOGICAL_AXIS_RULES``. They are
+Sharding: kernels carry logical-axis annotations (``nnx.with_partitioning``) with the names of
+``logitlab.training.mesh.LOGICAL_AXIS_RULES``: conv kernels ``(None, None, "conv_in",
+"conv_out")``; consecutive dense kernels alternate Megatron-style, ``("embed", "mlp")``
+(column-parallel) then ``("mlp", "embed")`` (row-parallel), so the output axis of one kernel is
+the input axis of the next (``alternate_axes``). A classifier kernel reads the axis its feature
+carries (``classifier_axes``): ``("embed", "vocab")`` after an ``embed`` feature, ``("mlp",
+None)`` after an ``mlp`` one (``mlp`` and ``vocab`` both map to ``tensor``). Two consecutive
+kernels that both map to ``P("fsdp", "tensor")`` are avoided on purpose: on a ``data x fsdp x
+tensor`` mesh XLA's SPMD partitioner (jax 0.10.2, CPU) returns wrong gradients for that layout
+(docs/scaling.md, "Known issue"; tested by tests/test_vision_sharding.py). The annotations are
 metadata only (``eager_sharding=False``) until ``training.state.create_train_state`` maps them.
 """
 
@@ -66,8 +73,35 @@ def batch_norm(num_features: int, *, rngs: nnx.Rngs) -> nnx.BatchNorm:
   return nnx.BatchNorm(num_features, momentum=_BN_MOMENTUM, epsilon=_BN_EPSILON, rngs=rngs)
 
 
+FeatureAxis = Literal["embed", "mlp"]
+
+
+def alternate_axes(in_axis: FeatureAxis) -> tuple[FeatureAxis, FeatureAxis]:
+  """Logical axes of a hidden dense kernel reading a feature on ``in_axis``.
+
+  ``"embed" -> ("embed", "mlp")`` (column-parallel), ``"mlp" -> ("mlp", "embed")``
+  (row-parallel): the kernel's output axis, ``axes[1]``, is the input axis of the next one.
+  """
+  if in_axis not in ("embed", "mlp"):
+    raise ValueError(f"`in_axis` must be 'embed' or 'mlp', got {in_axis!r}.")
+  return (in_axis, "mlp" if in_axis == "embed" else "embed")
+
+
+def classifier_axes(in_axis: FeatureAxis) -> tuple[str, str | None]:
+  """Logical axes of a classifier kernel ``[features, classes]`` reading a feature on ``in_axis``.
+
+  ``("embed", "vocab")`` after an ``embed`` feature; ``("mlp", None)`` after an ``mlp`` one:
+  ``mlp`` and ``vocab`` both map to the ``tensor`` mesh axis, so the classes are replicated and
+  the head is row-parallel.
+  """
+  if in_axis not in ("embed", "mlp"):
+    raise ValueError(f"`in_axis` must be 'embed' or 'mlp', got {in_axis!r}.")
+  return ("embed", "vocab") if in_axis == "embed" else ("mlp", None)
+
+
 def dense(in_features: int, out_features: int, *, axes=("embed", "vocab"),
           rngs: nnx.Rngs) -> nnx.Linear:
+  """``nnx.Linear`` whose kernel ``[in_features, out_features]`` carries logical ``axes``."""
   return nnx.Linear(in_features, out_features,
                     kernel_init=nnx.with_partitioning(nnx.initializers.lecun_normal(), axes,
                                                       eager_sharding=False),
@@ -104,11 +138,18 @@ def global_avg_pool(x: jax.Array) -> jax.Array:
 
 
 class MLPHead(nnx.Module):
-  """Nonlinear DHKD auxiliary head: Linear(d, d) -> ReLU -> Linear(d, C)."""
+  """Nonlinear DHKD auxiliary head: Linear(d, d) -> ReLU -> Linear(d, C).
 
-  def __init__(self, in_features: int, num_classes: int, *, rngs: nnx.Rngs):
-    self.hidden = dense(in_features, in_features, axes=("embed", "mlp"), rngs=rngs)
-    self.out = dense(in_features, num_classes, axes=(None, "vocab"), rngs=rngs)
+  Kernels alternate from ``in_axis`` (the feature's logical axis): ``("embed", "mlp")`` then
+  ``("mlp", None)`` for an ``embed`` feature, ``("mlp", "embed")`` then ``("embed", "vocab")``
+  for an ``mlp`` one.
+  """
+
+  def __init__(self, in_features: int, num_classes: int, *, in_axis: FeatureAxis = "embed",
+               rngs: nnx.Rngs):
+    hidden_axes = alternate_axes(in_axis)
+    self.hidden = dense(in_features, in_features, axes=hidden_axes, rngs=rngs)
+    self.out = dense(in_features, num_classes, axes=classifier_axes(hidden_axes[1]), rngs=rngs)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     return self.out(jax.nn.relu(self.hidden(x)))
@@ -120,20 +161,31 @@ class VisionClassifier(nnx.Module):
   input_rank: int = 4  # NHWC images; the 1-D toy nets override this.
 
   def _init_heads(self, *, feature_dim: int, middle_dim: int, num_classes: int,
-                  aux_head: AuxHead, middle_head: bool, rngs: nnx.Rngs) -> None:
+                  aux_head: AuxHead, middle_head: bool, rngs: nnx.Rngs,
+                  feature_axis: FeatureAxis = "embed",
+                  middle_axis: FeatureAxis = "embed") -> None:
+    """Creates ``head``, ``aux_head`` and ``middle_head``.
+
+    ``feature_axis`` / ``middle_axis`` name the logical axis the final / middle feature carries
+    (the output axis of the dense kernel that produced it; ``"embed"`` for conv and transformer
+    backbones); each head's first kernel reads that axis (``classifier_axes``,
+    ``alternate_axes``).
+    """
     self.feature_dim = feature_dim
     self.middle_dim = middle_dim
     self.num_classes = num_classes
-    self.head = dense(feature_dim, num_classes, rngs=rngs)
+    self.head = dense(feature_dim, num_classes, axes=classifier_axes(feature_axis), rngs=rngs)
     if aux_head is None:
       self.aux_head = None
     elif aux_head == "linear":
-      self.aux_head = dense(feature_dim, num_classes, rngs=rngs)
+      self.aux_head = dense(feature_dim, num_classes, axes=classifier_axes(feature_axis),
+                            rngs=rngs)
     elif aux_head == "mlp":
-      self.aux_head = MLPHead(feature_dim, num_classes, rngs=rngs)
+      self.aux_head = MLPHead(feature_dim, num_classes, in_axis=feature_axis, rngs=rngs)
     else:
       raise ValueError(f"`aux_head` must be None, 'linear' or 'mlp', got {aux_head!r}.")
-    self.middle_head = dense(middle_dim, num_classes, rngs=rngs) if middle_head else None
+    self.middle_head = (dense(middle_dim, num_classes, axes=classifier_axes(middle_axis),
+                              rngs=rngs) if middle_head else None)
 
   def embed(self, x: jax.Array, *, train: bool) -> tuple[jax.Array, jax.Array]:
     """Returns ``(middle_feature [N, middle_dim], feature [N, feature_dim])``."""

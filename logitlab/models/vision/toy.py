@@ -5,7 +5,9 @@ Inputs are flat vectors ``[N, L]`` (e.g. mnist1d's 40-sample signals or 8x8 digi
 losses in minutes on 2 CPU cores.
 
 * ``MLP``: ``hidden`` ReLU layers; middle feature = activation of layer ``len(hidden) // 2``
-  (1-based), final feature = last hidden activation.
+  (1-based), final feature = last hidden activation. Kernels alternate ``("embed", "mlp")``,
+  ``("mlp", "embed")``, ... and every head reads the axis its feature carries (``base``, module
+  docstring): never two consecutive ``P("fsdp", "tensor")`` kernels.
 * ``Conv1DNet``: conv(k=5, stride 2)-BN-ReLU layers, then GAP; middle feature = GAP of the
   second-to-last conv layer (the CNN rule of `base`).
 """
@@ -18,7 +20,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from logitlab.models.vision.base import AuxHead, VisionClassifier, batch_norm, dense
+from logitlab.models.vision.base import (AuxHead, VisionClassifier, alternate_axes,
+                                         batch_norm, dense)
 
 
 class MLP(VisionClassifier):
@@ -30,11 +33,16 @@ class MLP(VisionClassifier):
     if not hidden:
       raise ValueError("`hidden` must name at least one hidden layer width.")
     widths = (in_features, *hidden)
-    self.layers = nnx.List([dense(w_in, w_out, axes=("embed", "mlp"), rngs=rngs)
-                            for w_in, w_out in zip(widths[:-1], widths[1:])])
+    axes, in_axis = [], "embed"
+    for _ in hidden:  # Megatron-style: one kernel's output axis is the next one's input axis.
+      axes.append(alternate_axes(in_axis))
+      in_axis = axes[-1][1]
+    self.layers = nnx.List([dense(w_in, w_out, axes=a, rngs=rngs)
+                            for w_in, w_out, a in zip(widths[:-1], widths[1:], axes)])
     self.middle_index = max(len(hidden) // 2, 1) - 1
     self._init_heads(feature_dim=hidden[-1], middle_dim=hidden[self.middle_index],
                      num_classes=num_classes, aux_head=aux_head, middle_head=middle_head,
+                     feature_axis=axes[-1][1], middle_axis=axes[self.middle_index][1],
                      rngs=rngs)
 
   def embed(self, x, *, train):
