@@ -13,8 +13,8 @@ Run:  python -m experiments.aslec [--config.num_questions=48 ...]   (configs/asl
 """
 from __future__ import annotations
 
-import json
 import os
+import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -23,12 +23,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from absl import app
 from flax import nnx
-from ml_collections import config_flags
 from tqdm import tqdm
 
-from experiments import grpo as grpo_experiment
+from experiments import llm_demo_common as common
 from logitlab import data_selection
 from logitlab import numerics
 from logitlab.rl import rewards as rl_rewards
@@ -71,12 +69,13 @@ def head_masks(tokenizer, tokens: np.ndarray, completion_mask: np.ndarray,
 
 
 def run(config) -> dict:
+  wall = time.time()
   out_dir = Path(config.out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
-  target, tokenizer = grpo_experiment.load_sft(config.init_dir)
+  target, tokenizer = common.load_sft(config.init_dir)
   problems = arithmetic.generate_problems(config.num_questions, seed=config.seed + 3,
                                           num_ops=tuple(config.num_ops))
-  prompts, lengths = grpo_experiment.think_prompts(tokenizer, problems)
+  prompts, lengths = common.think_prompts(tokenizer, problems)
   rcfg = trainer.RLConfig(group_size=config.responses_per_question,
                           max_new_tokens=config.max_new_tokens,
                           temperature=config.sample_temperature)
@@ -100,17 +99,12 @@ def run(config) -> dict:
                "casl": np.asarray(casl)}
   results = {"config": config.to_dict(), "pool_correct_rate": float(correct.mean()),
              "casl_coefficients": np.asarray(coef).tolist(), "methods": {}}
-  eval_problems = arithmetic.generate_problems(config.num_eval_problems, seed=config.seed + 100,
-                                               num_ops=tuple(config.num_ops), split="test")
-  eval_key = jax.random.key(config.seed + 7)
-  evaluate = lambda m: grpo_experiment.evaluate(m, tokenizer, eval_problems, eval_key,
-                                                k=config.eval_k,
-                                                max_new_tokens=config.max_new_tokens)
+  evaluate = common.held_out_evaluator(config, tokenizer)
   results["target_eval"] = evaluate(target)
   for method in config.methods:
     score = by_method[method]
     chosen = data_selection.select_top_k(score, questions, config.select_k)
-    model, _ = grpo_experiment.load_sft(config.init_dir)
+    model, _ = common.load_sft(config.init_dir)
     optimizer = nnx.Optimizer(model, optax.adam(config.learning_rate), wrt=nnx.Param)
     rng = np.random.default_rng(config.seed)
     for _ in tqdm(range(config.sft_steps), desc=f"sft[{method}]"):
@@ -123,19 +117,9 @@ def run(config) -> dict:
         "score_vs_steps_corr": float(np.corrcoef(score, num_steps)[0, 1]),
         "score_vs_correct_corr": float(np.corrcoef(score, correct)[0, 1]),
         "finetuned_eval": evaluate(model)}
-  (out_dir / "results.json").write_text(json.dumps(results, indent=2))
-  print(json.dumps({k: v for k, v in results.items() if k != "config"}, indent=2))
-  return results
-
-
-def main(argv):
-  del argv
-  run(_CONFIG.value)
+  results["wall_seconds"] = time.time() - wall
+  return common.write_results(out_dir, results)
 
 
 if __name__ == "__main__":
-  # Defined here, not at import, so experiments can import each other's helpers.
-  _CONFIG = config_flags.DEFINE_config_file(
-      "config", os.path.join(os.path.dirname(__file__), "configs", "aslec.py"),
-      "Experiment config file.")
-  app.run(main)
+  common.main(run, "aslec")

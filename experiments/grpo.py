@@ -11,7 +11,6 @@ Run:  python -m experiments.grpo [--config.num_steps=30 ...]   (configs/grpo.py)
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
@@ -20,55 +19,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import jax
 import numpy as np
-from absl import app
-from ml_collections import config_flags
 from tqdm import tqdm
 
+from experiments import llm_demo_common as common
 from logitlab import rl
-from logitlab.models import hf_checkpoint
 from logitlab.rl import rewards as rl_rewards
 from logitlab.rl import trainer
 from logitlab.tasks import arithmetic
-
-def load_sft(init_dir: str):
-  """``(model, tokenizer)`` of the SFT checkpoint; the task tokenizer if none is saved."""
-  if not (Path(init_dir) / "config.json").exists():
-    raise FileNotFoundError(
-        f"No SFT checkpoint in {init_dir!r}: train one with `python -m experiments.train_tiny_lm "
-        f"--config.out_dir={init_dir}` first.")
-  model, tokenizer = hf_checkpoint.load_hf_checkpoint(init_dir)
-  return model, tokenizer or arithmetic.build_tokenizer()
-
-
-def think_prompts(tokenizer, problems, width: int | None = None):
-  """Right-padded prompt ids ending in ``<think>`` (rollouts start inside the think block)."""
-  rows = [tokenizer.encode(p.prompt).ids + [arithmetic.THINK_ID] for p in problems]
-  lengths = np.array([len(r) for r in rows], np.int32)
-  width = int(lengths.max()) if width is None else width
-  tokens = np.full((len(rows), width), arithmetic.PAD_ID, np.int32)
-  for i, r in enumerate(rows):
-    tokens[i, :len(r)] = r
-  return tokens, lengths
-
-
-def decoder(tokenizer):
-  return lambda tokens, lengths: arithmetic.decode_completions(tokenizer, tokens, lengths)
-
-
-def evaluate(model, tokenizer, problems, key, *, k: int, max_new_tokens: int,
-             soft: bool = False, temperature: float = 1.0) -> dict[str, float]:
-  """Pass@1 / Pass@k with ``k`` samples per held-out problem (discrete or soft rollouts)."""
-  config = trainer.RLConfig(group_size=k, max_new_tokens=max_new_tokens, soft=soft,
-                            temperature=temperature)
-  prompts, lengths = think_prompts(tokenizer, problems)
-  _, tokens, out_lengths = trainer.rollout(
-      model, prompts, lengths, key, config, end_think_id=arithmetic.END_THINK_ID,
-      stop_tokens=(arithmetic.EOS_ID,), pad_id=arithmetic.PAD_ID)
-  completions = arithmetic.decode_completions(tokenizer, tokens, out_lengths)
-  answers = [p.answer for p in problems for _ in range(k)]
-  correct = rl_rewards.correctness(None, completions, answers=answers).reshape(-1, k) > 0
-  return {"pass@1": arithmetic.pass_at_k(correct, 1), f"pass@{k}": arithmetic.pass_at_k(correct, k),
-          "mean_length": float(np.mean(out_lengths))}
 
 
 def rl_config(config, soft: bool) -> trainer.RLConfig:
@@ -90,15 +47,16 @@ def train_rl(config, model, ref_model, tokenizer, soft: bool, key) -> list[dict]
   problems = arithmetic.generate_problems(config.num_steps * config.prompts_per_step,
                                           seed=config.seed + 1, num_ops=tuple(config.num_ops))
   reward_fn = rl_rewards.correctness
+  decode = lambda tokens, lengths: arithmetic.decode_completions(tokenizer, tokens, lengths)
   history = []
   width = max(len(tokenizer.encode(p.prompt).ids) for p in problems) + 1
   for step in (bar := tqdm(range(config.num_steps), desc="soft_grpo" if soft else "grpo")):
     batch = problems[step * config.prompts_per_step:(step + 1) * config.prompts_per_step]
-    prompts, lengths = think_prompts(tokenizer, batch, width)
+    prompts, lengths = common.think_prompts(tokenizer, batch, width)
     key, step_key = jax.random.split(key)
     metrics = trainer.train_step(
         model, optimizer, ref_model, prompts, lengths, [p.prompt for p in batch], reward_fn,
-        {"answers": [p.answer for p in batch]}, step_key, cfg, decode=decoder(tokenizer),
+        {"answers": [p.answer for p in batch]}, step_key, cfg, decode=decode,
         end_think_id=arithmetic.END_THINK_ID, stop_tokens=(arithmetic.EOS_ID,),
         pad_id=arithmetic.PAD_ID)
     history.append({"step": step, **metrics})
@@ -113,10 +71,11 @@ def plot_rewards(histories: dict[str, list[dict]], path: Path) -> None:
   fig, ax = plt.subplots(figsize=(5, 3.2))
   for name, hist in histories.items():
     r = np.array([h["reward"] for h in hist])
-    smooth = np.convolve(r, np.ones(5) / 5, mode="valid") if len(r) >= 5 else r
+    window = min(len(r), 10)
+    smooth = np.convolve(r, np.ones(window) / window, mode="valid")
     ax.plot(np.arange(len(smooth)), smooth, label=name)
   ax.set_xlabel("RL step")
-  ax.set_ylabel("train reward (5-step mean)")
+  ax.set_ylabel("train reward (10-step mean)")
   ax.legend()
   fig.tight_layout()
   fig.savefig(path, dpi=120)
@@ -124,45 +83,33 @@ def plot_rewards(histories: dict[str, list[dict]], path: Path) -> None:
 
 
 def run(config) -> dict:
+  wall = time.time()
   out_dir = Path(config.out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
-  base, tokenizer = load_sft(config.init_dir)
-  eval_problems = arithmetic.generate_problems(config.num_eval_problems, seed=config.seed + 100,
-                                               num_ops=tuple(config.num_ops), split="test")
-  eval_key = jax.random.key(config.seed + 7)
-  evaluate_all = lambda m, soft=False: evaluate(m, tokenizer, eval_problems, eval_key,
-                                                k=config.eval_k,
-                                                max_new_tokens=config.max_new_tokens, soft=soft)
-  results = {"config": config.to_dict(), "sft": evaluate_all(base)}
+  base, tokenizer = common.load_sft(config.init_dir)
+  evaluate = common.held_out_evaluator(config, tokenizer)
+  results = {"config": config.to_dict(), "sft": evaluate(base),
+             "sft_soft_eval": evaluate(base, soft=True)}
   histories = {}
   for method in config.methods:
     start = time.time()
-    model, _ = load_sft(config.init_dir)
+    model, _ = common.load_sft(config.init_dir)
     soft = method == "soft_grpo"
     histories[method] = train_rl(config, model, base, tokenizer, soft,
                                  jax.random.key(config.seed))
-    results[method] = {"discrete_eval": evaluate_all(model), "train_seconds": time.time() - start,
+    results[method] = {"train_seconds": time.time() - start,
+                       "first_train_reward": float(np.mean([h["reward"] for h in
+                                                            histories[method][:10]])),
                        "final_train_reward": float(np.mean([h["reward"] for h in
-                                                            histories[method][-5:]]))}
+                                                            histories[method][-10:]])),
+                       "discrete_eval": evaluate(model)}
     if soft:
-      results[method]["soft_eval"] = evaluate_all(model, soft=True)
-  results["sft_soft_eval"] = evaluate_all(base, soft=True)
+      results[method]["soft_eval"] = evaluate(model, soft=True)
   results["history"] = histories
-  (out_dir / "results.json").write_text(json.dumps(results, indent=2))
+  results["wall_seconds"] = time.time() - wall
   plot_rewards(histories, out_dir / "reward.png")
-  print(json.dumps({k: v for k, v in results.items() if k not in ("config", "history")},
-                   indent=2))
-  return results
-
-
-def main(argv):
-  del argv
-  run(_CONFIG.value)
+  return common.write_results(out_dir, results, hide=("config", "history"))
 
 
 if __name__ == "__main__":
-  # Defined here, not at import, so experiments can import each other's helpers.
-  _CONFIG = config_flags.DEFINE_config_file(
-      "config", os.path.join(os.path.dirname(__file__), "configs", "grpo.py"),
-      "Experiment config file.")
-  app.run(main)
+  common.main(run, "grpo")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -24,12 +25,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app
 from flax import nnx
-from ml_collections import config_flags
 from tqdm import tqdm
 
-from experiments import grpo as grpo_experiment
+from experiments import llm_demo_common as common
 from logitlab import ssb
 from logitlab import training
 from logitlab.rl import rewards as rl_rewards
@@ -52,10 +51,40 @@ def sample(model, tokenizer, prompt_rows, key, *, num, temperature, max_new_toke
   return rows, arithmetic.decode_completions(tokenizer, tokens, out_lengths)
 
 
+def grpo_reference(config) -> dict | None:
+  """GRPO's held-out eval from ``experiments.grpo``'s results.json if it used the same
+  evaluation problems (same ``eval_seed``, ``num_eval_problems``, ``eval_k``, ``num_ops``,
+  ``max_new_tokens``, ``init_dir``); else None."""
+  path = Path(config.grpo_results)
+  if not path.exists():
+    return None
+  grpo = json.loads(path.read_text())
+  keys = ("eval_seed", "num_eval_problems", "eval_k", "num_ops", "max_new_tokens", "init_dir")
+  if any(grpo["config"].get(k) != config.to_dict().get(k) for k in keys):
+    return None
+  method = grpo.get("grpo", {})
+  return {**method.get("discrete_eval", {}), "train_seconds": method.get("train_seconds")}
+
+
+def plot_loss(losses: list[float], path: Path) -> None:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots(figsize=(5, 3.2))
+  ax.plot(losses)
+  ax.set_xlabel("LoRA step")
+  ax.set_ylabel("SSB loss (T^2 KL, reply tokens)")
+  ax.set_yscale("log")
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
 def run(config) -> dict:
+  wall = time.time()
   out_dir = Path(config.out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
-  model, tokenizer = grpo_experiment.load_sft(config.init_dir)
+  model, tokenizer = common.load_sft(config.init_dir)
   problems = arithmetic.generate_problems(config.num_questions, seed=config.seed + 5,
                                           num_ops=tuple(config.num_ops))
   think = lambda p: tokenizer.encode(p.prompt).ids + [arithmetic.THINK_ID]
@@ -100,14 +129,9 @@ def run(config) -> dict:
       model, {k: jnp.asarray(v) for k, v in teacher_batch.items()}, top_k=config.teacher_top_k)
   data.update(teacher_logits=np.asarray(t_logits), teacher_ids=np.asarray(t_ids))
   # 4. LoRA-only student training.
-  sft_eval_problems = arithmetic.generate_problems(
-      config.num_eval_problems, seed=config.seed + 100, num_ops=tuple(config.num_ops),
-      split="test")
-  eval_key = jax.random.key(config.seed + 7)
-  evaluate = lambda m: grpo_experiment.evaluate(m, tokenizer, sft_eval_problems, eval_key,
-                                                k=config.eval_k,
-                                                max_new_tokens=config.max_new_tokens)
+  evaluate = common.held_out_evaluator(config, tokenizer)
   results = {"config": config.to_dict(), "data": stats, "sft": evaluate(model)}
+  start = time.time()
   ssb.add_lora(model, config.lora_rank, rngs=nnx.Rngs(config.seed))
   optimizer = ssb.lora_optimizer(model, config.learning_rate)
   rng = np.random.default_rng(config.seed)
@@ -124,24 +148,14 @@ def run(config) -> dict:
   checkpointer.save(config.train_steps, nnx.state(model, nnx.LoRAParam),
                     {"position": config.train_steps}, force=True)
   checkpointer.close()
+  results["train_seconds"] = time.time() - start
   results["ssb"] = evaluate(model)
-  results["ssb_loss"] = {"first": losses[0], "last": losses[-1]}
-  grpo_path = Path(config.grpo_results)
-  if grpo_path.exists():
-    results["grpo"] = json.loads(grpo_path.read_text()).get("grpo", {}).get("discrete_eval")
-  (out_dir / "results.json").write_text(json.dumps(results, indent=2))
-  print(json.dumps({k: v for k, v in results.items() if k != "config"}, indent=2))
-  return results
-
-
-def main(argv):
-  del argv
-  run(_CONFIG.value)
+  results["ssb_loss"] = {"first": losses[0], "last": losses[-1], "history": losses}
+  results["grpo"] = grpo_reference(config)
+  results["wall_seconds"] = time.time() - wall
+  plot_loss(losses, out_dir / "loss.png")
+  return common.write_results(out_dir, results)
 
 
 if __name__ == "__main__":
-  # Defined here, not at import, so experiments can import each other's helpers.
-  _CONFIG = config_flags.DEFINE_config_file(
-      "config", os.path.join(os.path.dirname(__file__), "configs", "ssb.py"),
-      "Experiment config file.")
-  app.run(main)
+  common.main(run, "ssb")

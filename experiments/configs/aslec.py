@@ -11,7 +11,7 @@ def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.init_dir = "experiments/assets/tiny_reasoner"  # target model (scores) and SFT start
-  c.out_dir = "experiments/results/aslec"
+  c.out_dir = "experiments/out/aslec"
   c.num_ops = (2, 3)
   c.num_questions = 48
   c.responses_per_question = 20
@@ -24,7 +24,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.sft_steps = 40
   c.sft_batch_size = 32
   c.learning_rate = 3e-4
-  c.num_eval_problems = 64
+  c.num_eval_problems = 256
+  c.eval_seed = 100  # held-out problems and sampling key (fixed across training seeds)
   c.eval_k = 4
   c.chunk_size = 32
   return c

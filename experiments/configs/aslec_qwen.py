@@ -11,7 +11,7 @@ from experiments.configs import aslec
 def get_config():
   c = aslec.get_config()
   c.init_dir = "/checkpoints/Qwen3-4B-Base"
-  c.out_dir = "experiments/results/aslec_qwen"
+  c.out_dir = "experiments/out/aslec_qwen"
   c.num_questions = 800
   c.max_new_tokens = 16384
   c.sft_steps = 2000

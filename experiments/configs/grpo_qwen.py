@@ -12,7 +12,7 @@ from experiments.configs import grpo
 def get_config():
   c = grpo.get_config()
   c.init_dir = "/checkpoints/DeepSeek-R1-Distill-Qwen-1.5B"
-  c.out_dir = "experiments/results/grpo_qwen"
+  c.out_dir = "experiments/out/grpo_qwen"
   c.num_steps = 500
   c.prompts_per_step = 32
   c.group_size = 8

@@ -17,8 +17,8 @@ def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.init_dir = "experiments/assets/tiny_reasoner"
-  c.out_dir = "experiments/results/ssb"
-  c.grpo_results = "experiments/results/grpo/results.json"  # for the SSB vs GRPO table
+  c.out_dir = "experiments/out/ssb"
+  c.grpo_results = "experiments/out/grpo/results.json"  # for the SSB vs GRPO table
   c.num_ops = (2, 3)
   c.num_questions = 128
   c.rollouts = 4
@@ -33,7 +33,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.train_steps = 60
   c.batch_size = 16
   c.max_new_tokens = 48
-  c.num_eval_problems = 64
+  c.num_eval_problems = 256
+  c.eval_seed = 100  # held-out problems and sampling key (fixed across training seeds)
   c.eval_k = 8
   c.chunk_size = 32
   return c

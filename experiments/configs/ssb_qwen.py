@@ -13,7 +13,7 @@ from logitlab import ssb as ssb_lib
 def get_config():
   c = ssb.get_config()
   c.init_dir = "/checkpoints/Qwen2.5-3B-Instruct"
-  c.out_dir = "experiments/results/ssb_qwen"
+  c.out_dir = "experiments/out/ssb_qwen"
   c.template = ssb_lib.DEFAULT_TEACHER_TEMPLATE
   c.num_questions = 7473
   c.teacher_samples = 1
