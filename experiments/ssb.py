@@ -115,6 +115,14 @@ def run(config) -> dict:
           if rl_rewards.correctness(None, [text], answers=[problems[q].answer])[0] > 0]
   stats["teacher_solutions_kept"] = len(keep)
   stats["teacher_solutions_generated"] = len(replies)
+  # Control: the same questions and sampling without the hint (bare question context).
+  _, bare_texts = sample(model, tokenizer, [think(problems[q]) for q, _, _ in triples],
+                         jax.random.fold_in(key, 1), num=config.teacher_samples,
+                         temperature=config.teacher_temperature,
+                         max_new_tokens=config.max_new_tokens)
+  stats["teacher_correct_rate"] = len(keep) / len(replies)
+  stats["no_hint_correct_rate"] = float(rl_rewards.correctness(
+      None, bare_texts, answers=[problems[q].answer for q, _, _ in owners]).mean())
   if not keep:
     raise RuntimeError(f"No teacher solution passed the correctness filter: {stats}.")
   teacher_prefix = [contexts[j // config.teacher_samples] for j in keep]
@@ -150,11 +158,12 @@ def run(config) -> dict:
   checkpointer.close()
   results["train_seconds"] = time.time() - start
   results["ssb"] = evaluate(model)
-  results["ssb_loss"] = {"first": losses[0], "last": losses[-1], "history": losses}
+  results["ssb_loss"] = {"first": losses[0], "last": losses[-1]}
+  results["loss_history"] = losses
   results["grpo"] = grpo_reference(config)
   results["wall_seconds"] = time.time() - wall
   plot_loss(losses, out_dir / "loss.png")
-  return common.write_results(out_dir, results)
+  return common.write_results(out_dir, results, hide=("config", "loss_history"))
 
 
 if __name__ == "__main__":

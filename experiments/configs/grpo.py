@@ -18,7 +18,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval_seed = 100  # held-out problems and sampling key (fixed across training seeds)
   c.eval_k = 8
   # RL (logitlab.rl.trainer.RLConfig; SofT-GRPO reference values where given).
-  c.num_steps = 80
+  c.num_steps = 120
   c.prompts_per_step = 8
   c.group_size = 8
   c.max_new_tokens = 56  # as in the tiny reasoner's SFT; 3-operator solutions need ~40

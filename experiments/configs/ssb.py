@@ -7,9 +7,12 @@ import ml_collections
 
 # The character-level task tokenizer cannot spell an English instruction, so the tiny
 # teacher context shows the question with the incorrect, then the correct worked solution,
-# then asks the question again (a 3-layer model can copy from context; it cannot follow
-# instructions). A first try with "{correct} {incorrect} {question}" yielded no correct
-# teacher solution (0 of 28).
+# then asks the question again. The tiny reasoner was SFT'd on single 56-token examples
+# only and cannot read such a context: on the curated questions (T = 0.4) it is correct in
+# 66% of samples with the bare question and in 2-4% with any multi-problem context we
+# tried ("{question}{correct} {question}", with or without <eos> separators, with the
+# incorrect solution first). The results record both rates (teacher_correct_rate,
+# no_hint_correct_rate).
 TINY_TEMPLATE = "{question}{incorrect} {question}{correct} {question}"
 
 
@@ -32,7 +35,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.learning_rate = 2e-4
   c.train_steps = 60
   c.batch_size = 16
-  c.max_new_tokens = 48
+  c.max_new_tokens = 56
   c.num_eval_problems = 256
   c.eval_seed = 100  # held-out problems and sampling key (fixed across training seeds)
   c.eval_k = 8
