@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -60,7 +61,8 @@ def grpo_reference(config) -> dict | None:
     return None
   grpo = json.loads(path.read_text())
   keys = ("eval_seed", "num_eval_problems", "eval_k", "num_ops", "max_new_tokens", "init_dir")
-  if any(grpo["config"].get(k) != config.to_dict().get(k) for k in keys):
+  mine = json.loads(json.dumps(config.to_dict()))  # tuples as JSON lists
+  if any(grpo["config"].get(k) != mine.get(k) for k in keys):
     return None
   method = grpo.get("grpo", {})
   return {**method.get("discrete_eval", {}), "train_seconds": method.get("train_seconds")}
@@ -151,6 +153,7 @@ def run(config) -> dict:
                                chunk_size=config.chunk_size)
     losses.append(float(loss))
     bar.set_postfix(loss=f"{losses[-1]:.4f}")
+  shutil.rmtree(out_dir / "lora", ignore_errors=True)  # a rerun replaces the adapters
   checkpointer = training.Checkpointer(str(out_dir / "lora"), save_interval_steps=1,
                                        async_save=False)
   checkpointer.save(config.train_steps, nnx.state(model, nnx.LoRAParam),
