@@ -11,8 +11,8 @@ paper                  functions                                     arXiv
 supervised term        cross_entropy, soft_cross_entropy             -
 KD (Hinton 2015)       kd                                            1503.02531
 DKD (CVPR 2022)        dkd, tckd, nckd, dkd_warmup                   2203.08679
-NKD (ICCV 2023)        nkd, nkd_target, nkd_non_target               2305.13005
-USKD (ICCV 2023)       uskd, uskd_target_soft_labels,                2305.13005
+NKD (ICCV 2023)        nkd, nkd_target, nkd_non_target               2303.13005
+USKD (ICCV 2023)       uskd, uskd_target_soft_labels,                2303.13005
                        uskd_zipf_labels
 Logit standardization  standardize, with_standardized_logits         2403.01427
 DHKD                   dhkd, binary_kl_norm, project_conflicting     2411.08937

@@ -27,7 +27,7 @@ def cross_entropy(
   .. math:: \ell = -\sum_i y_i \log \mathrm{softmax}(z)_i
                  = -(1 - \epsilon) \log p_t - \frac{\epsilon}{C} \sum_i \log p_i .
 
-  (USKD's weak head uses ``eps = 0.1``, i.e. ``0.9 onehot + 0.1 / C``; arXiv 2305.13005.)
+  (USKD's weak head uses ``eps = 0.1``, i.e. ``0.9 onehot + 0.1 / C``; arXiv 2303.13005.)
 
   Args:
     logits: ``[..., C]`` float logits (bf16 accepted; math in float32).

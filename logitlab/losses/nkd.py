@@ -1,4 +1,4 @@
-"""Normalized knowledge distillation (Yang et al., ICCV 2023, arXiv 2305.13005).
+"""Normalized knowledge distillation (Yang et al., ICCV 2023, arXiv 2303.13005).
 
 KD's non-target term matches ``p_i`` to ``q_i`` for ``i != t`` although the two non-target
 masses ``1 - p_t`` and ``1 - q_t`` differ; NKD renormalizes the non-target distributions
@@ -78,7 +78,7 @@ def nkd(
     weights: chex.Array | None = None,
     reduction: str = "mean",
 ) -> jax.Array:
-  r"""NKD distillation term ``L_t + gamma L_non`` (arXiv 2305.13005, eq. 8).
+  r"""NKD distillation term ``L_t + gamma L_non`` (arXiv 2303.13005).
 
   .. math:: L_t = -q_t \log p_t, \qquad
             L_{non} = -T^2 \sum_{i \ne t} \hat q_i^T \log \hat p_i^T

@@ -1,4 +1,4 @@
-"""Universal self-knowledge distillation, USKD (Yang et al., ICCV 2023, arXiv 2305.13005).
+"""Universal self-knowledge distillation, USKD (Yang et al., ICCV 2023, arXiv 2303.13005).
 
 Teacher-free: the soft labels are built from the student itself. The target soft label
 is the student's smoothed target probability; the non-target soft labels follow Zipf's

@@ -9,7 +9,7 @@ Every model is a `VisionClassifier`:
   - ``"feature"``: the pooled final feature fed to the head, ``[N, feature_dim]``;
   - ``"middle_feature"``: the USKD middle feature, ``[N, middle_dim]``: global average pool of the
     second-to-last stage for CNNs, the class token after block ``depth // 2`` for ViTs
-    (USKD, arXiv:2305.13005);
+    (USKD, arXiv:2303.13005);
   - ``"aux_logits"`` (only with ``aux_head="linear" | "mlp"``): the DHKD second head on the same
     final feature (Dual-Head KD, arXiv:2411.08937): the KD loss goes on this head, CE on ``logits``;
   - ``"middle_logits"`` (only with ``middle_head=True``): USKD's auxiliary linear classifier on

@@ -5,7 +5,7 @@ learned position embeddings, final LayerNorm, linear head on the class token. ``
 ``patch_size`` are free (e.g. 32 / 4 for CIFAR-sized inputs). Stochastic depth and the
 distillation token of DeiT's training recipe are not included.
 
-Middle feature (USKD, arXiv:2305.13005): the class token after block ``depth // 2``.
+Middle feature (USKD, arXiv:2303.13005): the class token after block ``depth // 2``.
 """
 
 from __future__ import annotations
