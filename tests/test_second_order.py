@@ -377,6 +377,14 @@ def test_argument_errors_name_the_argument():
     so.gradient_normalized_newton(lambda x: x, lambda x: x, metric=jnp.ones((2, 3)))
   with pytest.raises(TypeError, match="features"):
     so.problems.softmax_regression(jnp.ones((4, 2), jnp.int32), jnp.zeros(4, jnp.int32), 2)
+  with pytest.raises(ValueError, match=r"`offsets` must have shape \[m\] = \(5,\)"):
+    so.problems.nonlinear_equations(jnp.ones((5, 3)), jnp.ones(4))
+  with pytest.raises(ValueError, match=r"`matrix` must have shape \[m, d\]"):
+    so.problems.logsumexp(jnp.ones((5, 3, 2)), jnp.ones(5))
+  square = lambda x: jnp.sum(x**2)
+  solver = so.gradient_normalized_newton(square, curvature.hessian(square), metric=jnp.eye(4))
+  with pytest.raises(ValueError, match=r"`metric` must have shape \[d, d\] with d = 3"):
+    solver.init(jnp.ones(3))
 
 
 # ---------------------------------------------------------------- paper-scale runs (slow)

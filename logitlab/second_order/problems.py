@@ -44,6 +44,16 @@ def _check_design(features: chex.Array, where: chex.Array | None) -> None:
   numerics.check_mask("where", where, features.shape[:1])
 
 
+def _check_system(matrix: chex.Array, offsets: chex.Array) -> None:
+  """``matrix [m, d]`` floating and ``offsets [m]`` (the rows of ``A x - b``)."""
+  numerics.check_logits("matrix", matrix, min_rank=2)
+  if matrix.ndim != 2:
+    raise ValueError(f"`matrix` must have shape [m, d], got {matrix.shape}.")
+  if jnp.shape(offsets) != matrix.shape[:1]:
+    raise ValueError(f"`offsets` must have shape [m] = {matrix.shape[:1]}, got "
+                     f"{jnp.shape(offsets)}.")
+
+
 def _ridge(params) -> jax.Array:
   return 0.5 * sum(jnp.vdot(p, p) for p in jax.tree.leaves(params))
 
@@ -131,9 +141,7 @@ def logsumexp(matrix: chex.Array, offsets: chex.Array, mu: float = 1.0) -> Probl
   Curvatures: ``hessian`` (= Gauss-Newton, the inner map is linear) and
   ``weighted_gauss_newton`` ``(1/mu) A^T diag(softmax) A`` (= Hessian + g g^T / mu).
   """
-  numerics.check_logits("matrix", matrix, min_rank=2)
-  if offsets.shape != matrix.shape[:1]:
-    raise ValueError(f"`offsets` must have shape [m] = {matrix.shape[:1]}, got {offsets.shape}.")
+  _check_system(matrix, offsets)
 
   def scores(x, matrix, offsets):
     return numerics.upcast(matrix) @ x - offsets
@@ -160,7 +168,7 @@ def nonlinear_equations(matrix: chex.Array, offsets: chex.Array, p: float = 4.0)
   ``u`` is linear); ``fisher_term`` ``(p-2)||u||^{p-4}(A^T u)(A^T u)^T`` (rank one; pair it
   with the metric ``B = A^T A``).
   """
-  numerics.check_logits("matrix", matrix, min_rank=2)
+  _check_system(matrix, offsets)
   if p < 2:
     raise ValueError(f"`p` must be >= 2, got {p}.")
 

@@ -154,6 +154,10 @@ def gradient_normalized_newton(
 
   def init(params, *data):
     params = jax.tree.map(numerics.upcast, params)
+    size = ravel_pytree(params)[0].size
+    if metric is not None and metric.shape != (size, size):
+      raise ValueError(f"`metric` must have shape [d, d] with d = {size} (the size of "
+                       f"ravel_pytree(params)), got {metric.shape}.")
     value, grad = value_and_grad(params, *data)
     dtype = jnp.result_type(value)
     return GNSState(
