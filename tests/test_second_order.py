@@ -206,12 +206,15 @@ def test_monotone_decrease_and_step_bound_logistic(rng, linear_solver):
   assert float(states[-1].value) < 0.7 * float(states[0].value)
 
 
-def test_monotone_and_step_bound_with_metric_on_rosenbrock(rng):
+@pytest.mark.parametrize("linear_solver", ["cholesky", "cg"])
+def test_monotone_and_step_bound_with_metric_on_rosenbrock(rng, linear_solver):
+  """||dx||_B <= gamma with B != I; CG solves the B-regularized system too."""
   d = 6
   metric = np.diag(rng.uniform(0.5, 2.0, size=d))
   problem = so.problems.rosenbrock()
   solver = so.gradient_normalized_newton(problem.value_fn, problem.curvatures["gauss_newton"],
-                                         metric=jnp.asarray(metric, jnp.float32))
+                                         metric=jnp.asarray(metric, jnp.float32),
+                                         linear_solver=linear_solver)
   states = _run(solver, jnp.full((d,), -1.2), problem.data, 60)
   assert _check_accepted_steps(states, metric) >= 30
   assert float(states[-1].value) < 1e-3 * float(states[0].value)
