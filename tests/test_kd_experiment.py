@@ -1,5 +1,7 @@
 """KD experiment: the loss dispatcher, the embedded run end to end, the TFDS path on mock data."""
 
+import glob
+import importlib
 import json
 import os
 
@@ -10,7 +12,10 @@ import pytest
 import tensorflow_datasets as tfds
 
 from experiments import kd
-from experiments.configs import kd_embedded, kd_tfds_base
+from experiments.configs import (kd_cifar100_teacher, kd_embedded, kd_imagenet_teacher,
+                                 kd_tfds_base)
+from logitlab import losses, training
+from logitlab.models import vision
 
 
 def _log_softmax64(z):
@@ -80,9 +85,46 @@ def test_dhkd_puts_the_logit_loss_on_the_auxiliary_head_only():
   assert np.all(np.isfinite(g1)) and not np.allclose(g1, 0.0)
 
 
+def test_ce_nkd_and_uskd_methods_use_their_config_weights():
+  rng = np.random.default_rng(4)
+  zs, zt = (jnp.asarray(rng.normal(size=(5, 6)) * 2, jnp.float32) for _ in range(2))
+  y = jnp.asarray(rng.integers(0, 6, size=5))
+  c = kd_embedded.loss_defaults(nkd_temperature=2.0, nkd_gamma=1.5, uskd_alpha=0.3,
+                                uskd_beta=0.2, uskd_mu=0.4)
+  outputs = _outputs(zs)
+  ce = losses.cross_entropy(zs, y)
+  np.testing.assert_allclose(kd.distillation_loss("ce", c, outputs, zt, y, 0.0)[0], ce)
+  np.testing.assert_allclose(kd.distillation_loss("nkd", c, outputs, zt, y, 0.0)[0],
+                             ce + losses.nkd(zs, zt, y, temperature=2.0, gamma=1.5), rtol=1e-6)
+  # USKD is teacher-free and ranks with the weak head on the middle feature.
+  uskd, parts = kd.distillation_loss("uskd", c, outputs, None, y, 0.0)
+  want = losses.uskd(zs, outputs["middle_logits"], y, alpha=0.3, beta=0.2, mu=0.4)[0]
+  np.testing.assert_allclose(uskd, want, rtol=1e-6)
+  assert set(parts) == {"ce", "target", "non_target", "weak"}
+
+
 def test_unknown_method_raises():
   with pytest.raises(ValueError, match="`method` must be one of"):
     kd.student_heads("fitnet")
+
+
+def test_every_paper_row_config_is_consistent_with_its_teacher():
+  teachers = {"cifar100": kd_cifar100_teacher, "imagenet2012": kd_imagenet_teacher}
+  rows = [os.path.basename(p)[:-3] for p in sorted(glob.glob(
+      os.path.join(os.path.dirname(kd_tfds_base.__file__), "kd_*_*.py")))]
+  rows = [r for r in rows if not r.endswith(("_teacher", "kd_tfds_base", "kd_embedded"))]
+  assert len(rows) >= 15, rows  # 14 CIFAR-100 / ImageNet KD rows + USKD ResNet-18
+  for path in rows:
+    c = importlib.import_module(f"experiments.configs.{path}").get_config()
+    assert c.method in kd.METHODS and c.paper_top1 is not None, path
+    assert {c.teacher.name, c.student.name} <= set(vision.REGISTRY), path
+    if c.method in kd.TEACHER_FREE:
+      continue
+    # The student restores the checkpoint the teacher config writes, into an optimizer state
+    # built from the student's optimizer block: both must agree.
+    teacher = teachers[c.dataset].get_config(c.teacher.name)
+    assert c.teacher_workdir == teacher.workdir, path
+    assert c.optimizer == teacher.optimizer and c.num_classes == teacher.num_classes, path
 
 
 def _shrunk_embedded_config(workdir):
@@ -127,6 +169,12 @@ def test_tfds_path_with_mock_cifar100(tmp_path):
     with pytest.raises(FileNotFoundError, match="No teacher checkpoint"):
       kd.run(_shrunk_tfds_config("kd", tmp_path))
     teacher_metrics = kd.run(_shrunk_tfds_config("ce", tmp_path))
+    # The Orbax restore gives the trained teacher, not a fresh init: BatchNorm's running
+    # statistics (init mean 0, var 1) moved during the 2 teacher steps.
+    student_config = _shrunk_tfds_config("dkd", tmp_path)
+    teacher = kd.load_teacher(student_config, training.make_mesh(dict(student_config.mesh)))
+    assert not np.allclose(teacher.stem.bn.mean[...], 0.0)
+    assert not np.allclose(teacher.stem.bn.var[...], 1.0)
     student_metrics = kd.run(_shrunk_tfds_config("dkd", tmp_path))
   for metrics in (teacher_metrics, student_metrics):
     assert 0.0 <= metrics["accuracy"] <= 1.0
