@@ -105,3 +105,104 @@ def test_loads_checkpoint_written_by_transformers(tmp_path):
     ref_logits = reference(torch.as_tensor(TOKENS)).logits.numpy()
   np.testing.assert_allclose(forward(model, jnp.asarray(TOKENS)).logits, ref_logits, atol=2e-5,
                              rtol=1e-4)
+
+
+def _byte_level_bpe() -> "tokenizers.Tokenizer":
+  """A GPT-2/Qwen2-style byte-level BPE tokenizer trained in-process (no download)."""
+  import tokenizers
+  from tokenizers import decoders, models, pre_tokenizers, trainers
+  tokenizer = tokenizers.Tokenizer(models.BPE())
+  tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+  tokenizer.decoder = decoders.ByteLevel()
+  trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"],
+                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+  tokenizer.train_from_iterator(["the cat sat on the mat", "a dog ate the bone"] * 20, trainer)
+  return tokenizer
+
+
+def test_loads_foreign_bf16_sharded_qwen2_folder(tmp_path):
+  """A folder laid out as transformers writes it, built without ``save_hf_checkpoint``.
+
+  HF tensor names and ``[out, in]`` layouts in bf16 over two shards plus an index, a
+  transformers-v4 Qwen2 ``config.json`` (no ``head_dim``, ``eos_token_id`` list, sliding
+  window fields present but off, ``torch_dtype``), a stale ``rotary_emb.inv_freq`` buffer, a
+  tied ``lm_head`` copy and a byte-level BPE ``tokenizer.json``. Every tensor must land on the
+  named parameter (checked by attribute, independently of ``hf_name_to_path``) and the
+  forward must match the float64 reference.
+  """
+  import ml_dtypes
+  from safetensors import numpy as safetensors_numpy
+  from test_decoder_lm import reference_logits
+
+  vocab, d, f, heads, kv_heads, layers = 288, 32, 48, 4, 2, 2
+  hd = d // heads
+  config = {
+      "architectures": ["Qwen2ForCausalLM"], "attention_dropout": 0.0, "bos_token_id": 256,
+      "eos_token_id": [256, 257], "hidden_act": "silu", "hidden_size": d,
+      "initializer_range": 0.02, "intermediate_size": f, "max_position_embeddings": 128,
+      "max_window_layers": layers, "model_type": "qwen2", "num_attention_heads": heads,
+      "num_hidden_layers": layers, "num_key_value_heads": kv_heads, "rms_norm_eps": 1e-6,
+      "rope_scaling": None, "rope_theta": 1e6, "sliding_window": None,
+      "tie_word_embeddings": True, "torch_dtype": "bfloat16", "transformers_version": "4.45.0",
+      "use_cache": True, "use_sliding_window": False, "vocab_size": vocab}
+  shapes = {"model.embed_tokens.weight": (vocab, d), "model.norm.weight": (d,)}
+  for i in range(layers):
+    p = f"model.layers.{i}."
+    shapes.update({
+        p + "input_layernorm.weight": (d,), p + "post_attention_layernorm.weight": (d,),
+        p + "self_attn.q_proj.weight": (heads * hd, d), p + "self_attn.q_proj.bias": (heads * hd,),
+        p + "self_attn.k_proj.weight": (kv_heads * hd, d),
+        p + "self_attn.k_proj.bias": (kv_heads * hd,),
+        p + "self_attn.v_proj.weight": (kv_heads * hd, d),
+        p + "self_attn.v_proj.bias": (kv_heads * hd,),
+        p + "self_attn.o_proj.weight": (d, heads * hd),
+        p + "mlp.gate_proj.weight": (f, d), p + "mlp.up_proj.weight": (f, d),
+        p + "mlp.down_proj.weight": (d, f)})
+  rng = np.random.default_rng(11)
+  tensors = {name: rng.normal(0.0, 0.3, shape).astype(ml_dtypes.bfloat16)
+             for name, shape in shapes.items()}
+  extras = {"lm_head.weight": tensors["model.embed_tokens.weight"],  # tied duplicate
+            "model.layers.0.self_attn.rotary_emb.inv_freq": np.ones(hd // 2, np.float32)}
+  names = sorted({**tensors, **extras})
+  shards = {"model-00001-of-00002.safetensors": names[:len(names) // 2],
+            "model-00002-of-00002.safetensors": names[len(names) // 2:]}
+  for file, members in shards.items():
+    safetensors_numpy.save_file({n: {**tensors, **extras}[n] for n in members},
+                                str(tmp_path / file), metadata={"format": "pt"})
+  (tmp_path / hf_checkpoint.SAFETENSORS_INDEX).write_text(json.dumps(
+      {"metadata": {"total_size": 0},
+       "weight_map": {n: file for file, members in shards.items() for n in members}}))
+  (tmp_path / "config.json").write_text(json.dumps(config))
+  tokenizer = _byte_level_bpe()
+  tokenizer.save(str(tmp_path / "tokenizer.json"))
+
+  model, loaded_tokenizer = hf_checkpoint.load_hf_checkpoint(tmp_path)
+  cfg = model.config
+  assert (cfg.head_dim, cfg.num_kv_heads, cfg.eos_token_id) == (hd, kv_heads, 256)
+  assert cfg.qkv_bias and cfg.tie_word_embeddings and model.lm_head is None
+  f32 = {name: np.asarray(t, np.float32) for name, t in tensors.items()}
+  np.testing.assert_array_equal(model.embed_tokens.embedding[...],
+                                f32["model.embed_tokens.weight"])
+  np.testing.assert_array_equal(model.final_norm.weight[...], f32["model.norm.weight"])
+  for i, layer in enumerate(model.layers):
+    p = f"model.layers.{i}."
+    np.testing.assert_array_equal(layer.input_layernorm.weight[...],
+                                  f32[p + "input_layernorm.weight"])
+    np.testing.assert_array_equal(layer.post_attention_layernorm.weight[...],
+                                  f32[p + "post_attention_layernorm.weight"])
+    for proj in ("q", "k", "v", "o"):  # nn.Linear [out, in] -> NNX kernel [in, out]
+      module = getattr(layer.self_attn, f"{proj}_proj")
+      np.testing.assert_array_equal(module.kernel[...],
+                                    f32[p + f"self_attn.{proj}_proj.weight"].T)
+      if proj != "o":
+        np.testing.assert_array_equal(module.bias[...], f32[p + f"self_attn.{proj}_proj.bias"])
+    for proj in ("gate", "up", "down"):
+      np.testing.assert_array_equal(getattr(layer.mlp, f"{proj}_proj").kernel[...],
+                                    f32[p + f"mlp.{proj}_proj.weight"].T)
+
+  text = "the cat ate the bone"
+  ids = loaded_tokenizer.encode(text).ids
+  assert ids == tokenizer.encode(text).ids and loaded_tokenizer.decode(ids) == text
+  tokens = np.asarray([ids])
+  np.testing.assert_allclose(forward(model, jnp.asarray(tokens)).logits,
+                             reference_logits(model, tokens), rtol=2e-4, atol=2e-4)

@@ -161,6 +161,28 @@ def test_embedding_policy_stop_tokens_and_left_padding(model, greedy_run):
   assert out.extras["top_logit"].shape == (3, NEW)
 
 
+@pytest.mark.parametrize("policy", [sampling.SamplingPolicy(temperature=1.3, min_p=1.0),
+                                    sampling.SamplingPolicy(temperature=0.8, top_k=1)],
+                         ids=["min_p=1", "top_k=1"])
+def test_sampling_policy_token_path_right_padding_and_stop(model, greedy_run, policy):
+  """Token-feeding path: min-p = 1 / top-k = 1 keep only the argmax, so a T > 0 sampler on
+  right-padded prompts must reproduce greedy decoding up to and including the stop token."""
+  stop = int(greedy_run.tokens[0, 1])
+  tokens = np.zeros((3, 5), np.int32)
+  for i, p in enumerate(PROMPTS):
+    tokens[i, :len(p)] = p
+  out = sampling.generate(model, jnp.asarray(tokens), jnp.asarray([5, 2, 3]), max_new_tokens=NEW,
+                          key=jax.random.key(2), policy=policy, stop_tokens=(stop,), pad_id=21)
+  for i in range(3):
+    ref = np.asarray(greedy_run.tokens[i])
+    hits = np.flatnonzero(ref == stop)
+    length = hits[0] + 1 if hits.size else NEW
+    assert int(out.lengths[i]) == length
+    np.testing.assert_array_equal(out.tokens[i, :length], ref[:length])
+    assert (np.asarray(out.tokens[i, length:]) == 21).all()
+  assert int(out.lengths[0]) <= 2  # the stop token fired early
+
+
 def test_generate_argument_errors(model):
   prompt = jnp.ones((2, 3), jnp.int32)
   with pytest.raises(ValueError, match="prompt_lengths"):
