@@ -87,7 +87,9 @@ def loss_fn(model, batch, rng):
   del rng  # deterministic models; dropout would draw from it
   logits = model(batch["image"], train=True)
   accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["label"])
-  return losses.cross_entropy(logits, batch["label"]), {"accuracy": accuracy}
+  # data/labels: which examples, in which order, this step saw (compared across restarts).
+  return losses.cross_entropy(logits, batch["label"]), {
+      "accuracy": accuracy, "data/labels": training.batch_checksum(batch["label"])}
 
 
 def eval_metrics(model, batch):
@@ -129,10 +131,11 @@ def run(c: ml_collections.ConfigDict, stop_after: int = 0) -> training.TrainResu
         f"{training.num_params(abstract):,} parameters", flush=True)
   return training.train(
       model_fn=model_fn, tx=tx, loss_fn=loss_fn, train_data=train_data, mesh=mesh,
-      workdir=c.workdir, num_steps=c.train.steps, seed=c.train.seed,
-      log_every=c.train.log_every, checkpoint_every=c.train.checkpoint_every,
-      keep_checkpoints=c.train.keep_checkpoints, eval_every=c.train.eval_every,
-      eval_fn=eval_fn if c.train.eval_every >= 0 else None, extra_args_fn=guard_extra_args if c.optimizer.radius_guard else None,
+      workdir=c.workdir, checkpoint_dir=c.checkpoint_dir or None, num_steps=c.train.steps,
+      seed=c.train.seed, log_every=c.train.log_every,
+      checkpoint_every=c.train.checkpoint_every, keep_checkpoints=c.train.keep_checkpoints,
+      eval_every=c.train.eval_every, eval_fn=eval_fn if c.train.eval_every >= 0 else None,
+      extra_args_fn=guard_extra_args if c.optimizer.radius_guard else None,
       hooks=[kill_hook] if stop_after else [])
 
 

@@ -67,14 +67,15 @@ def _loss_fn(model, batch, rng):
 
 
 def _train(tmp_path, name, mesh, *, model_fn=TinyNet, tx=None, steps=5, extra_args_fn=None,
-           batch=32):
+           batch=32, **kwargs):
   x, y = _dataset()
   result = training.train(
       model_fn=model_fn, tx=tx or optax.adam(3e-2), loss_fn=_loss_fn,
       train_data=training.ResumableBatches(training.ArraySource(image=x, label=y),
                                            global_batch_size=batch, seed=1, num_threads=1),
       mesh=mesh, workdir=str(tmp_path / name), num_steps=steps, log_every=1,
-      checkpoint_every=1000, extra_args_fn=extra_args_fn, progress=False)
+      checkpoint_every=kwargs.pop("checkpoint_every", 1000), extra_args_fn=extra_args_fn,
+      progress=False, **kwargs)
   records = training.read_jsonl(str(tmp_path / name / "metrics.jsonl"))
   return result, records
 
@@ -226,6 +227,22 @@ def test_checkpointer_roundtrip_exact_and_keeps_n(tmp_path):
   del graphdef, shardings
 
 
+def test_checkpoint_dir_apart_from_workdir_and_resume_from_it(tmp_path, capsys):
+  """Pod layout: checkpoints in a shared ``checkpoint_dir``, logs in a local ``workdir``."""
+  mesh = training.make_mesh({"data": 2, "fsdp": 4})
+  checkpoints = str(tmp_path / "shared" / "ckpt")
+  _train(tmp_path, "logs", mesh, steps=2, checkpoint_every=2, checkpoint_dir=checkpoints)
+  assert sorted(os.listdir(checkpoints)) == ["1", "2"]  # Orbax always saves the first step
+  assert not (tmp_path / "logs" / "checkpoints").exists()
+  result, records = _train(tmp_path, "logs", mesh, steps=3, checkpoint_every=2,
+                           checkpoint_dir=checkpoints)
+  assert "resumed from step 2" in capsys.readouterr().out
+  assert int(result.state.step) == 3 and [r["step"] for r in records] == [1, 2, 3]
+  with pytest.raises(ValueError, match="local or mounted directory.*checkpoint_dir"):
+    training.train(model_fn=TinyNet, tx=optax.sgd(0.1), loss_fn=_loss_fn, train_data=None,
+                   mesh=mesh, workdir="gs://bucket/run", num_steps=1)  # before any I/O
+
+
 # --- data -----------------------------------------------------------------------------------
 
 def _ids_source(n):
@@ -257,8 +274,8 @@ def test_resumable_batches_host_sharding_partitions_each_global_batch():
     global_ids = next(single)["id"]
     local = [next(h)["id"] for h in hosts]
     assert all(len(ids) == 4 for ids in local)
-    assert not set(local[0]) & set(local[1])
-    assert sorted(np.concatenate(local)) == sorted(global_ids)
+    # Host p reads block p of the global batch: together, the single-host batch row for row.
+    np.testing.assert_array_equal(np.concatenate(local), global_ids)
   with pytest.raises(ValueError, match="global_batch_size"):
     host(0, 3)
 
@@ -268,6 +285,8 @@ def test_eval_batches_pads_with_mask_and_splits_hosts():
                                        process_index=p, process_count=2)) for p in range(2)]
   # 10 examples -> 3 global batches of 4 (2 padding), each host reads 2 rows of each.
   assert [len(p) for p in passes] == [3, 3] and passes[0][0]["id"].shape == (2,)
+  rows = [np.concatenate([p[i]["id"] for p in passes]) for i in range(3)]  # global batches
+  np.testing.assert_array_equal(np.concatenate(rows), [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 9])
   ids = np.concatenate([b["id"][b["mask"]] for p in passes for b in p])
   assert sorted(ids) == list(range(10))
   assert sum(int((~b["mask"]).sum()) for p in passes for b in p) == 2
@@ -334,6 +353,16 @@ def test_metrics_writer_jsonl_tensorboard_and_resume_truncation(tmp_path):
   assert [r["step"] for r in records] == [1, 2, 3] and records[-1]["loss"] == 0.5
   with open(resumed.path) as f:
     assert all(isinstance(json.loads(line)["time"], float) for line in f)
+
+
+def test_batch_checksum_is_order_sensitive_and_exact():
+  labels = np.array([3, 0, 7, 7, 1], np.int32)
+  assert float(training.batch_checksum(labels)) == 3 * 1 + 7 * 3 + 7 * 4 + 1 * 5
+  assert float(training.batch_checksum(labels[::-1])) != float(training.batch_checksum(labels))
+  big = np.full(180, 999, np.int64)  # the documented exact range: sum < 2**24
+  assert float(training.batch_checksum(big)) == 999 * 180 * 181 // 2
+  with pytest.raises(ValueError, match="1-D integer"):
+    training.batch_checksum(np.zeros((2, 3), np.int32))
 
 
 def test_plot_runs_writes_png_and_skips_missing_keys(tmp_path):

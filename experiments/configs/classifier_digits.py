@@ -23,5 +23,6 @@ def get_config():
       "name": "adam", "learning_rate": 1e-3, "momentum": 0.9, "weight_decay": 0.0,
       "warmup_steps": 0, "schedule": "constant",  # constant | cosine
       "radius_guard": False, "max_ratio": 1.0})
-  c.workdir = "experiments/out/classifier_digits"
+  c.workdir = "experiments/out/classifier_digits"  # metrics.jsonl, tb/ (local or mounted)
+  c.checkpoint_dir = ""         # "" = <workdir>/checkpoints; gs://... on a multi-host slice
   return c

@@ -10,7 +10,7 @@ from logitlab.training.data import (ArraySource, ResumableBatches, eval_batches,
 from logitlab.training.loop import TrainResult, evaluate, train
 from logitlab.training.mesh import (LOGICAL_AXIS_RULES, MESH_AXES, batch_sharding, make_mesh,
                                     put_batch, replicated)
-from logitlab.training.metrics import MetricsWriter, optimizer_scalars, read_jsonl
+from logitlab.training.metrics import MetricsWriter, batch_checksum, optimizer_scalars, read_jsonl
 from logitlab.training.state import (TrainState, abstract_train_state, create_train_state,
                                      num_params, state_shardings)
 from logitlab.training.step import StepContext, make_eval_step, make_train_step
@@ -18,8 +18,8 @@ from logitlab.training.step import StepContext, make_eval_step, make_train_step
 __all__ = [
     "ArraySource", "Checkpointer", "LOGICAL_AXIS_RULES", "MESH_AXES", "MetricsWriter",
     "ResumableBatches", "StepContext", "TrainResult", "TrainState", "abstract_train_state",
-    "batch_sharding", "create_train_state", "eval_batches", "evaluate", "image_transform",
-    "make_eval_step", "make_mesh", "make_train_step", "num_params", "optimizer_scalars",
-    "put_batch",
-    "read_jsonl", "replicated", "state_shardings", "tfds_image_data", "train",
+    "batch_checksum", "batch_sharding", "create_train_state", "eval_batches", "evaluate",
+    "image_transform", "make_eval_step", "make_mesh", "make_train_step", "num_params",
+    "optimizer_scalars", "put_batch", "read_jsonl", "replicated", "state_shardings",
+    "tfds_image_data", "train",
 ]

@@ -10,10 +10,12 @@ properties a resumable, multi-host run needs for free:
   ``(seed, element index)``, and batched. Batch ``s`` is therefore fixed; the iterator state is
   just ``{"position": s}`` (the number of batches consumed, equal to the train step), saved in
   every checkpoint.
-* **Deterministic per-host sharding.** Process ``p`` of ``P`` takes elements ``p, p + P,
-  p + 2P, ...`` of that stream (``process_index``/``process_count``, by default
-  ``jax.process_index()``/``jax.process_count()``), so global batch ``s`` holds stream elements
-  ``[s*B, (s+1)*B)`` whatever the number of hosts, and hosts never read the same example.
+* **Deterministic per-host sharding.** Global batch ``s`` is stream elements ``[s*B, (s+1)*B)``
+  whatever the number of hosts; process ``p`` of ``P`` (``process_index``/``process_count``,
+  by default ``jax.process_index()``/``jax.process_count()``) reads only its contiguous block
+  ``[s*B + p*B/P, s*B + (p+1)*B/P)`` of it, so hosts never read the same example. Where host
+  ``p``'s devices hold block ``p`` of the batch axis (``jax.make_mesh``'s order; the 2-process
+  test checks it), the global batch array is the single-host one, row for row.
 
 In-memory NumPy datasets (sklearn digits, mnist1d, ...) go through ``ArraySource`` and the same
 ``ResumableBatches``, so every trainer has one iterator/resume contract.
@@ -98,8 +100,9 @@ class ResumableBatches:
     stream = grain.MapDataset.source(source).shuffle(seed=seed).repeat()
     if transform is not None:
       stream = stream.random_map(transform, seed=seed)
-    self._batches = stream.slice(slice(index, None, count)).batch(local_batch,
-                                                                  drop_remainder=True)
+    # Chunks of B/P consecutive elements; global batch s = chunks s*P .. s*P + P - 1.
+    chunks = stream.batch(local_batch, drop_remainder=True)
+    self._batches = chunks.slice(slice(index, None, count))
     self._read_options = grain.ReadOptions(num_threads=num_threads,
                                            prefetch_buffer_size=2 * num_threads)
     self.position = 0
@@ -142,8 +145,8 @@ def eval_batches(source, *, global_batch_size: int,
     example = example if transform is None else transform(example)
     return {**example, "mask": np.asarray(i < num_examples)}
 
-  ds = grain.MapDataset.range(padded).map(load).slice(slice(index, None, count))
-  return ds.batch(local_batch).to_iter_dataset(
+  ds = grain.MapDataset.range(padded).map(load).batch(local_batch)  # host blocks as in training
+  return ds.slice(slice(index, None, count)).to_iter_dataset(
       grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=2 * num_threads))
 
 

@@ -2,10 +2,11 @@
 
 Deliberately small: everything problem-specific comes in as functions (``model_fn``,
 ``loss_fn``, ``extra_args_fn``, ``eval_fn``, ``hooks``), the data as a ``ResumableBatches``
-(or anything with ``__next__``/``get_state``/``set_state``). Resuming is automatic: if
-``<workdir>/checkpoints`` holds a checkpoint, the state and the data position are restored
-from the latest one and training continues; since the batch at a position and the per-step
-RNG are fixed, the continued run computes exactly what the uninterrupted run would have.
+(or anything with ``__next__``/``get_state``/``set_state``). Resuming is automatic: if the
+checkpoint directory (default ``<workdir>/checkpoints``) holds a checkpoint, the state and the
+data position are restored from the latest one and training continues; since the batch at a
+position and the per-step RNG are fixed, the continued run computes exactly what the
+uninterrupted run would have.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from flax import nnx
 
 from logitlab.training import mesh as mesh_lib
 from logitlab.training.checkpoint import Checkpointer
-from logitlab.training.metrics import MetricsWriter
+from logitlab.training.metrics import MetricsWriter, require_local_dir
 from logitlab.training.state import TrainState, abstract_train_state, create_train_state
 from logitlab.training.step import LossFn, StepContext, make_train_step
 
@@ -57,6 +58,7 @@ def train(
     mesh: jax.sharding.Mesh,
     workdir: str,
     num_steps: int,
+    checkpoint_dir: str | None = None,
     seed: int = 0,
     log_every: int = 50,
     checkpoint_every: int = 1000,
@@ -75,7 +77,11 @@ def train(
     loss_fn, extra_args_fn: see ``step.make_train_step``.
     train_data: iterator of host-local batches with ``get_state``/``set_state``.
     mesh: from ``mesh.make_mesh``.
-    workdir: holds ``checkpoints/``, ``metrics.jsonl`` and ``tb/``.
+    workdir: local (or mounted) directory for ``metrics.jsonl`` and ``tb/`` (written by
+      process 0), and ``checkpoints/`` unless ``checkpoint_dir`` is given.
+    checkpoint_dir: Orbax checkpoint directory, e.g. ``gs://bucket/run/checkpoints`` on a
+      multi-host pod slice (every host writes its shards there, so it must be shared);
+      default ``<workdir>/checkpoints``.
     log_every: write train metrics every this many steps (and at the last step).
     checkpoint_every, keep_checkpoints: periodic save interval and keep-N.
     eval_every, eval_fn: ``eval_fn(graphdef, state) -> {name: value}`` logged as ``eval/name``
@@ -86,7 +92,8 @@ def train(
   Returns:
     ``TrainResult(graphdef, state, shardings)`` at ``num_steps``.
   """
-  checkpointer = Checkpointer(os.path.join(workdir, "checkpoints"),
+  require_local_dir(workdir)  # before any checkpoint I/O
+  checkpointer = Checkpointer(checkpoint_dir or os.path.join(workdir, "checkpoints"),
                               save_interval_steps=checkpoint_every,
                               max_to_keep=keep_checkpoints)
   if checkpointer.latest_step() is None:

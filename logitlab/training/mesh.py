@@ -14,11 +14,12 @@ names a mesh axis and the same model runs on any mesh. It is the one table of th
 ``logitlab.models.decoder_lm`` re-exports it. Consecutive dense kernels alternate Megatron-style
 (``("embed", "mlp")`` then ``("mlp", "embed")``: the output axis of one is the input axis of the
 next); two consecutive ``P("fsdp", "tensor")`` kernels trigger wrong gradients in XLA's SPMD
-partitioner on a 3-axis CPU mesh (jax 0.10.2; docs/scaling.md, "Known issue"). When two names
-of one parameter map to the same mesh axis, the rule listed first wins and the other dimension
-is replicated (e.g. ``("mlp", "vocab") -> P("tensor", None)``). Every mesh axis is created with an
-explicit ``AxisType.Auto`` (``jax.make_mesh`` defaults to Explicit in recent JAX): sharding is
-then propagated by the XLA partitioner from the ``in_shardings``/``out_shardings`` of ``jax.jit``.
+partitioner on a 3-axis CPU mesh (jax 0.10.2; docs/scaling.md, "Known issue"). Two names of one
+parameter must not map to the same mesh axis (``("mlp", "vocab")`` gives ``P("tensor",
+"tensor")``, which JAX rejects with a ``DuplicateSpecError``); a classifier after an ``mlp``
+feature is annotated ``("mlp", None)``. Every mesh axis is created with an explicit
+``AxisType.Auto`` (``jax.make_mesh`` defaults to Explicit in recent JAX): sharding is then
+propagated by the XLA partitioner from the ``in_shardings``/``out_shardings`` of ``jax.jit``.
 """
 
 from __future__ import annotations

@@ -68,6 +68,29 @@ def optimizer_scalars(opt_state) -> dict[str, jax.Array]:
   return scalars
 
 
+def require_local_dir(workdir: str) -> None:
+  """Raises unless ``workdir`` is a local (or mounted) path: logs are written with ``open``."""
+  if "://" in workdir:
+    raise ValueError(f"`workdir` must be a local or mounted directory (metrics are written "
+                     f"with plain `open`), got {workdir!r}; put checkpoints on a URL with "
+                     f"`train(checkpoint_dir=...)` instead.")
+
+
+def batch_checksum(labels: jax.Array) -> jax.Array:
+  """``sum_i (i + 1) * labels[i]`` as float32: an order-sensitive fingerprint of a batch.
+
+  Logged as a metric (e.g. ``data/labels`` in ``experiments/train_classifier.py``), it lets
+  ``metrics.jsonl`` alone show that a resumed or multi-host run saw the same examples in the
+  same order at every step. Exact while the sum stays below 2**24 (labels < 1000 and batches
+  up to ~180).
+  """
+  labels = jax.numpy.asarray(labels)
+  if labels.ndim != 1 or not jax.numpy.issubdtype(labels.dtype, np.integer):
+    raise ValueError(f"`labels` must be a 1-D integer array, got {labels.dtype}{labels.shape}.")
+  weights = jax.numpy.arange(1, labels.shape[0] + 1, dtype=jax.numpy.int32)
+  return jax.numpy.sum(labels.astype(jax.numpy.int32) * weights).astype(jax.numpy.float32)
+
+
 class MetricsWriter:
   """Writes scalars to tqdm, ``<workdir>/metrics.jsonl`` and TensorBoard.
 
@@ -81,6 +104,7 @@ class MetricsWriter:
 
   def __init__(self, workdir: str, *, total_steps: int, start_step: int = 0,
                tensorboard: bool = True, progress: bool = True):
+    require_local_dir(workdir)
     self.is_main = jax.process_index() == 0
     self.path = os.path.join(workdir, "metrics.jsonl")
     self._tb = self._bar = None

@@ -8,9 +8,10 @@ model_state)`` rebuilds the module inside a step.
 
 Sharding comes from the model's ``nnx.with_partitioning`` annotations: logical names are
 mapped to mesh axes with ``mesh.LOGICAL_AXIS_RULES`` (``nnx.get_partition_spec`` under
-``logical_axis_rules``); a dimension its mesh axes do not divide is replicated. Optimizer-state leaves that mirror parameters (Adam's mu/nu, ...)
-inherit the parameter's sharding through ``optax.tree_map_params``; other optimizer leaves
-(counts, the radius guard's scalars) are replicated.
+``logical_axis_rules``); a dimension its mesh axes do not divide is replicated.
+Optimizer-state leaves that mirror parameters (Adam's mu/nu, ...) inherit the parameter's
+sharding through ``optax.tree_map_params``; other optimizer leaves (counts, the radius guard's
+scalars) are replicated.
 """
 
 from __future__ import annotations
