@@ -1,12 +1,13 @@
 """ImageNet-1k ResNet-18 classifier (SGD 0.1 x batch/256, 100 epochs, cosine) for a pod slice.
 
-Needs imagenet2012 prepared in ``data_dir`` (manual download; see docs/scaling.md). With a
-global batch of 1024: 100 epochs x 1,281,167 / 1024 = 125,100 steps.
+Needs imagenet2012 prepared in ``data_dir`` (manual download; a local or gcsfuse-mounted path:
+array_record cannot read gs://; see docs/scaling.md). With a global batch of 1024:
+100 epochs x 1,281,167 / 1024 = 125,100 steps.
 
-Run (every host of a TPU slice, same command):
+Run (every host of a TPU slice, same command; checkpoints on storage all hosts share):
       python -m experiments.train_classifier --config=experiments/configs/classifier_imagenet.py \
-          --config.data_dir=gs://BUCKET/tfds --config.workdir=gs://BUCKET/runs/r18 \
-          --config.mesh.data=-1 --config.mesh.fsdp=1
+          --distributed --config.data_dir=$HOME/gcs/tfds --config.workdir=/tmp/r18 \
+          --config.checkpoint_dir=gs://BUCKET/runs/r18/checkpoints --config.mesh.data=-1
 """
 import ml_collections
 
