@@ -196,6 +196,14 @@ def test_standardize_matches_reference(batch):
                              atol=1e-6)
 
 
+def test_standardize_constant_rows_give_zeros_and_finite_gradients(batch):
+  zs = batch[0].copy()
+  zs[1] = 5.0  # a constant row: zero std
+  out, grad = jax.value_and_grad(lambda z: jnp.sum(losses.standardize(z) * batch[1]))(zs)
+  np.testing.assert_array_equal(np.asarray(losses.standardize(zs))[1], 0.0)
+  assert np.all(np.isfinite(grad)) and np.isfinite(out)
+
+
 # ----------------------------------------------------------------------- paper identities
 def test_kd_equals_tckd_plus_weighted_nckd(batch):
   zs, zt, y = batch
