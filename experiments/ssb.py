@@ -7,7 +7,7 @@
 3. Teacher targets: top-k logits of the model in the hinted context at the reply tokens.
 4. Student (same model + LoRA) sees the bare question + reply; ``train_steps`` of
    ``T^2 KL`` at T = 2 on reply tokens, LoRA parameters only; adapters are checkpointed
-   (``logitlab.training.Checkpointer``).
+   (``ssb.save_lora``: the LoRA parameters only).
 5. Held-out Pass@1 / Pass@k vs the SFT model (and the GRPO result of experiments.grpo if
    present). Writes ``results.json`` to ``config.out_dir``.
 
@@ -31,7 +31,6 @@ from tqdm import tqdm
 
 from experiments import llm_demo_common as common
 from logitlab import ssb
-from logitlab import training
 from logitlab.rl import rewards as rl_rewards
 from logitlab.rl import trainer
 from logitlab.tasks import arithmetic
@@ -66,20 +65,6 @@ def grpo_reference(config) -> dict | None:
     return None
   method = grpo.get("grpo", {})
   return {**method.get("discrete_eval", {}), "train_seconds": method.get("train_seconds")}
-
-
-def plot_loss(losses: list[float], path: Path) -> None:
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  fig, ax = plt.subplots(figsize=(5, 3.2))
-  ax.plot(losses)
-  ax.set_xlabel("LoRA step")
-  ax.set_ylabel("SSB loss (T^2 KL, reply tokens)")
-  ax.set_yscale("log")
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
 
 
 def run(config) -> dict:
@@ -135,9 +120,14 @@ def run(config) -> dict:
   teacher_batch = ssb.align_replies(teacher_prefix, reply_rows, reply_start, width)
   data = ssb.align_replies(student_prefix, reply_rows, reply_start, width)
   # 3. Teacher targets (top-k logits on the reply tokens, hinted context).
-  t_logits, t_ids = nnx.jit(ssb.model_teacher_targets, static_argnames="top_k")(
-      model, {k: jnp.asarray(v) for k, v in teacher_batch.items()}, top_k=config.teacher_top_k)
-  data.update(teacher_logits=np.asarray(t_logits), teacher_ids=np.asarray(t_ids))
+  # Chunked over T and batched over rows, so no [rows, T, V] logits exist at once.
+  targets = nnx.jit(ssb.model_teacher_targets, static_argnames=("top_k", "chunk_size"))
+  parts = [targets(model, {k: jnp.asarray(v[i:i + config.batch_size])
+                           for k, v in teacher_batch.items()},
+                   top_k=config.teacher_top_k, chunk_size=config.chunk_size)
+           for i in range(0, len(keep), config.batch_size)]
+  data.update(teacher_logits=np.concatenate([np.asarray(v) for v, _ in parts]),
+              teacher_ids=np.concatenate([np.asarray(i) for _, i in parts]))
   # 4. LoRA-only student training.
   evaluate = common.held_out_evaluator(config, tokenizer)
   results = {"config": config.to_dict(), "data": stats, "sft": evaluate(model)}
@@ -154,18 +144,15 @@ def run(config) -> dict:
     losses.append(float(loss))
     bar.set_postfix(loss=f"{losses[-1]:.4f}")
   shutil.rmtree(out_dir / "lora", ignore_errors=True)  # a rerun replaces the adapters
-  checkpointer = training.Checkpointer(str(out_dir / "lora"), save_interval_steps=1,
-                                       async_save=False)
-  checkpointer.save(config.train_steps, nnx.state(model, nnx.LoRAParam),
-                    {"position": config.train_steps}, force=True)
-  checkpointer.close()
+  ssb.save_lora(str(out_dir / "lora"), model, config.train_steps)
   results["train_seconds"] = time.time() - start
   results["ssb"] = evaluate(model)
   results["ssb_loss"] = {"first": losses[0], "last": losses[-1]}
   results["loss_history"] = losses
   results["grpo"] = grpo_reference(config)
   results["wall_seconds"] = time.time() - wall
-  plot_loss(losses, out_dir / "loss.png")
+  common.plot_curves({"ssb": losses}, out_dir / "loss.png", xlabel="LoRA step",
+                     ylabel="SSB loss (T^2 KL, reply tokens)", log_y=True)
   return common.write_results(out_dir, results, hide=("config", "loss_history"))
 
 

@@ -45,20 +45,22 @@ LogitsFn = Callable[[Array], Array]
 Divergence = Literal["forward_kl", "reverse_kl", "jsd"]
 
 
-def map_token_chunks(fn: Callable[..., Array], arrays: tuple[Array, ...],
-                     chunk_size: int) -> Array:
+def map_token_chunks(fn: Callable[..., Any], arrays: tuple[Array, ...],
+                     chunk_size: int) -> Any:
   """Applies ``fn`` to consecutive sequence chunks under ``scan`` + ``checkpoint``.
 
   Args:
     fn: maps chunk arrays ``[B, C, ...]`` (one per entry of ``arrays``) to per-token
-      values ``[B, C]``. Closed-over arrays (projection weights) get gradients.
+      values ``[B, C, ...]`` (an array or a pytree of arrays). Closed-over arrays
+      (projection weights) get gradients.
     arrays: arrays with leading axes ``[B, T, ...]``; T is padded with zeros to a
       multiple of ``chunk_size`` (padded outputs are dropped).
     chunk_size: tokens per chunk C (clipped to T).
 
   Returns:
-    float32 per-token values ``[B, T]``. Only one chunk's intermediates (e.g. its
-    ``[B, C, V]`` logits) are live in the forward and the backward pass.
+    ``fn``'s outputs for all tokens, ``[B, T, ...]``; floating leaves are float32, integer
+    leaves keep their dtype. Only one chunk's intermediates (e.g. its ``[B, C, V]``
+    logits) are live in the forward and the backward pass.
   """
   if chunk_size < 1:
     raise ValueError(f"`chunk_size` must be >= 1, got {chunk_size}.")
@@ -67,9 +69,10 @@ def map_token_chunks(fn: Callable[..., Array], arrays: tuple[Array, ...],
     if a.shape[:2] != (b, t):
       raise ValueError(f"All chunked arrays must share leading axes [B, T] = {(b, t)}, got "
                        f"{a.shape}.")
-  body = jax.checkpoint(lambda _, xs: (None, fn(*xs).astype(jnp.float32)))
+  as_f32 = lambda x: x.astype(jnp.float32) if jnp.issubdtype(x.dtype, jnp.inexact) else x
+  body = jax.checkpoint(lambda _, xs: (None, jax.tree.map(as_f32, fn(*xs))))
   _, out = jax.lax.scan(body, None, tuple(_to_chunks(a, chunk_size) for a in arrays))
-  return _from_chunks(out, t)
+  return jax.tree.map(lambda o: _from_chunks(o, t), out)
 
 
 def _to_chunks(a: Array, chunk_size: int) -> Array:

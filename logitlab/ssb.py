@@ -39,6 +39,7 @@ from flax import nnx
 
 from logitlab import distill_chunked
 from logitlab import numerics
+from logitlab import training
 from logitlab.rl import logprobs as rl_logprobs
 
 Array = jax.Array
@@ -148,10 +149,18 @@ def model_ssb_loss(model, batch: dict[str, Array], *, temperature: float = 2.0,
                   batch["teacher_ids"], temperature=temperature, chunk_size=chunk_size)
 
 
-def model_teacher_targets(model, batch: dict[str, Array], top_k: int | None) -> tuple[Array, Array]:
-  """Teacher targets ``[B, T, k]`` aligned with token positions (index t scores token t)."""
-  logits = model(batch["tokens"], attention_mask=batch["attention_mask"]).logits
-  return teacher_targets(rl_logprobs.shift_right(logits), top_k)
+def model_teacher_targets(model, batch: dict[str, Array], top_k: int | None, *,
+                          chunk_size: int = 128) -> tuple[Array, Array]:
+  """Teacher targets ``[B, T, k]`` aligned with token positions (index t scores token t).
+
+  The teacher's logits are projected and reduced to their top-k chunk by chunk over T
+  (``distill_chunked.map_token_chunks``), so ``[B, T, V]`` logits never exist at once:
+  only ``[B, chunk_size, V]`` plus the stored ``[B, T, k]`` targets.
+  """
+  hidden = rl_logprobs.shift_right(
+      rl_logprobs.final_hidden(model, batch["tokens"], batch["attention_mask"]))
+  return distill_chunked.map_token_chunks(
+      lambda h: teacher_targets(model.unembed(h), top_k), (hidden,), chunk_size)
 
 
 def add_lora(model: nnx.Module, rank: int, *, rngs: nnx.Rngs) -> nnx.Module:
@@ -184,3 +193,32 @@ def lora_train_step(model, optimizer: nnx.Optimizer, batch: dict[str, Array], *,
       argnums=diff)(model)
   optimizer.update(model, grads)
   return loss
+
+
+def save_lora(directory: str, model: nnx.Module, step: int) -> None:
+  """Checkpoints only the adapters, ``nnx.state(model, nnx.LoRAParam)`` (the ``lora_a`` /
+  ``lora_b`` of every wrapped projection; base weights are never written), as a pure dict
+  with ``logitlab.training.Checkpointer`` at ``directory/<step>``."""
+  adapters = nnx.state(model, nnx.LoRAParam)
+  if not jax.tree.leaves(adapters):
+    raise ValueError("`model` has no nnx.LoRAParam adapters; wrap it with `add_lora` first.")
+  checkpointer = training.Checkpointer(directory, save_interval_steps=1, async_save=False)
+  checkpointer.save(step, nnx.to_pure_dict(adapters), {"position": step}, force=True)
+  checkpointer.close()
+
+
+def restore_lora(directory: str, model: nnx.Module, step: int | None = None) -> int:
+  """Loads adapters saved by ``save_lora`` into ``model`` (already wrapped by ``add_lora``
+  with the same rank) in place; returns the restored step (default: the latest)."""
+  adapters = nnx.state(model, nnx.LoRAParam)
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
+                          nnx.to_pure_dict(adapters))
+  checkpointer = training.Checkpointer(directory, save_interval_steps=1, async_save=False)
+  step = checkpointer.latest_step() if step is None else step
+  restored = None if step is None else checkpointer.restore(abstract, step)
+  checkpointer.close()
+  if restored is None:
+    raise FileNotFoundError(f"No LoRA checkpoint in `directory`={directory!r}.")
+  nnx.replace_by_pure_dict(adapters, restored[0])
+  nnx.update(model, adapters)
+  return int(step)

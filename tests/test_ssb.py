@@ -2,11 +2,11 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 from flax import nnx
 
 from logitlab import ssb
-from logitlab import training
 from logitlab.models import decoder_lm
 
 
@@ -85,16 +85,36 @@ def test_lora_training_updates_only_adapters_and_checkpoints(tmp_path):
   lora_after = nnx.state(student, nnx.LoRAParam)
   assert any(np.abs(np.asarray(a) - b).max() > 0 for a, b in
              zip(jax.tree.leaves(lora_after), jax.tree.leaves(lora_before)))
-  # Only the adapters are checkpointed, and they restore exactly.
-  ckpt = training.Checkpointer(str(tmp_path), save_interval_steps=1, async_save=False)
-  ckpt.save(5, lora_after, {"position": 5})
-  restored, data = ckpt.restore(jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype),
-                                             lora_after))
-  ckpt.close()
-  assert data == {"position": 5}
-  jax.tree.map(np.testing.assert_array_equal, jax.tree.leaves(restored), jax.tree.leaves(lora_after))
-  assert sum(x.size for x in jax.tree.leaves(restored)) < sum(
-      x.size for x in jax.tree.leaves(base_before))
+  # Only the adapters are checkpointed (read back raw, without a target tree), and they
+  # restore exactly into a fresh wrapped model.
+  ssb.save_lora(str(tmp_path), student, 3)
+  stored = ocp.StandardCheckpointer().restore(tmp_path / "3" / "state")
+  stored_paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(stored)]
+  assert stored_paths and all(p.endswith(("['lora_a']", "['lora_b']")) for p in stored_paths)
+  assert len(stored_paths) == len(jax.tree.leaves(lora_after))
+  fresh = ssb.add_lora(decoder_lm.DecoderLM(cfg, rngs=nnx.Rngs(0)), 4, rngs=nnx.Rngs(7))
+  assert ssb.restore_lora(str(tmp_path), fresh) == 3
+  jax.tree.map(np.testing.assert_array_equal, nnx.state(fresh, nnx.LoRAParam), lora_after)
+  tokens = jnp.asarray(student_batch["tokens"])
+  np.testing.assert_array_equal(fresh(tokens).logits, student(tokens).logits)
+  with pytest.raises(ValueError, match="add_lora"):
+    ssb.save_lora(str(tmp_path / "x"), teacher, 0)
+
+
+def test_teacher_targets_chunked_equal_full_logits(rng):
+  cfg = decoder_lm.LMConfig(vocab_size=24, hidden_size=16, intermediate_size=32, num_layers=1,
+                            num_heads=2, num_kv_heads=1)
+  model = decoder_lm.DecoderLM(cfg, rngs=nnx.Rngs(1))
+  batch = {k: jnp.asarray(v) for k, v in
+           ssb.align_replies([[5, 6, 7], [9]], [[3, 4, 5, 6], [6, 7]], 3, 9).items()}
+  logits = model(batch["tokens"], attention_mask=batch["attention_mask"]).logits
+  for top_k in (5, None):
+    values, ids = ssb.model_teacher_targets(model, batch, top_k, chunk_size=2)
+    k = top_k or cfg.vocab_size
+    assert values.shape == (2, 9, k) and ids.dtype == jnp.int32
+    want_values, want_ids = jax.lax.top_k(logits[:, :-1], k)  # index t scores token t
+    np.testing.assert_allclose(values[:, 1:], want_values, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(ids[:, 1:], want_ids)
 
 
 @pytest.mark.slow
