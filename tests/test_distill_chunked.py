@@ -82,6 +82,19 @@ def test_topk_teacher_and_global_normalizer(data):
   ls = np.take_along_axis(_np_log_softmax(hs @ ws), ids, -1)
   ref = (np.exp(lt) * (lt - ls)).sum(-1)[mask].sum() / 100
   np.testing.assert_allclose(loss, ref, rtol=1e-4)
+  # Gradient (fused path) equals the naive top-k loss on full student logits.
+  f32 = lambda x: jnp.asarray(x, jnp.float32)
+  fused = lambda w, h: distill_chunked.chunked_distill_loss(
+      h, lambda w_, h_: h_ @ w_, mask, teacher_topk_logits=f32(vals),
+      teacher_topk_ids=jnp.asarray(ids, jnp.int32), temperature=2.0, chunk_size=3,
+      student_params=w)
+  naive = lambda w, h: 4.0 * jnp.sum(jnp.where(mask, distill_chunked.topk_forward_kl(
+      f32(vals), jnp.asarray(ids, jnp.int32), h @ w, temperature=2.0), 0.0)) / mask.sum()
+  np.testing.assert_allclose(fused(f32(ws), f32(hs)), naive(f32(ws), f32(hs)), rtol=1e-5)
+  for a, b in zip(jax.grad(fused, argnums=(0, 1))(f32(ws), f32(hs)),
+                  jax.grad(naive, argnums=(0, 1))(f32(ws), f32(hs))):
+    assert np.abs(np.asarray(b)).max() > 1e-3
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
   with pytest.raises(ValueError, match="top-k teacher"):
     distill_chunked.chunked_distill_loss(
         jnp.asarray(hs), lambda h: h, mask, teacher_topk_logits=jnp.asarray(vals),

@@ -3,8 +3,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from logitlab import rl
+from logitlab.models import decoder_lm
 
 
 def _np_advantages(rewards, g, scale, eps=1e-6):
@@ -126,6 +128,34 @@ def test_chunked_token_logprobs_equal_full_and_gradients(rng):
   gf = jax.grad(lambda w, h: jnp.sum(jnp.sin(full(w, h))), argnums=(0, 1))(w, hidden)
   for a, b_ in zip(gc, gf):
     np.testing.assert_allclose(a, b_, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_sequence_logprobs_never_materialize_full_logits():
+  """XLA temporaries of the compiled value+grad: the chunked log-probs of a ``DecoderLM``
+  stay below half of one ``[B, T, V]`` float32 logits buffer (the model's own full logits
+  are dead code and dropped), while the naive full-logits version needs several (so the
+  measurement does see such buffers). Compiles only (abstract shapes); ~30 s on CPU."""
+  b, t, v = 2, 128, 16384
+  cfg = decoder_lm.LMConfig(vocab_size=v, hidden_size=16, intermediate_size=32, num_layers=1,
+                            num_heads=2, num_kv_heads=1)
+  graphdef, params = nnx.split(decoder_lm.DecoderLM(cfg, rngs=nnx.Rngs(0)))
+  model = lambda p: nnx.merge(graphdef, p)
+
+  def chunked(p, tok, m):
+    return jnp.sum(rl.sequence_logprobs(model(p), tok, m, chunk_size=8))
+
+  def naive(p, tok, m):
+    logits = model(p)(tok, attention_mask=m).logits
+    return jnp.sum(jnp.take_along_axis(jax.nn.log_softmax(logits), tok[..., None], -1))
+
+  args = (jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params),
+          jax.ShapeDtypeStruct((b, t), jnp.int32), jax.ShapeDtypeStruct((b, t), jnp.bool_))
+  temp = lambda f: jax.jit(jax.value_and_grad(f)).lower(*args).compile(
+      ).memory_analysis().temp_size_in_bytes
+  full_logits = b * t * v * 4
+  assert temp(naive) > 2 * full_logits
+  assert temp(chunked) < full_logits / 2
 
 
 _TINY_REASONER = "experiments/assets/tiny_reasoner"
