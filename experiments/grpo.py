@@ -64,24 +64,6 @@ def train_rl(config, model, ref_model, tokenizer, soft: bool, key) -> list[dict]
   return history
 
 
-def plot_rewards(histories: dict[str, list[dict]], path: Path) -> None:
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  fig, ax = plt.subplots(figsize=(5, 3.2))
-  for name, hist in histories.items():
-    r = np.array([h["reward"] for h in hist])
-    window = min(len(r), 10)
-    smooth = np.convolve(r, np.ones(window) / window, mode="valid")
-    ax.plot(np.arange(len(smooth)), smooth, label=name)
-  ax.set_xlabel("RL step")
-  ax.set_ylabel("train reward (10-step mean)")
-  ax.legend()
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
-
-
 def run(config) -> dict:
   wall = time.time()
   out_dir = Path(config.out_dir)
@@ -107,7 +89,9 @@ def run(config) -> dict:
       results[method]["soft_eval"] = evaluate(model, soft=True)
   results["history"] = histories
   results["wall_seconds"] = time.time() - wall
-  plot_rewards(histories, out_dir / "reward.png")
+  common.plot_curves({name: [h["reward"] for h in hist] for name, hist in histories.items()},
+                     out_dir / "reward.png", xlabel="RL step",
+                     ylabel="train reward (10-step mean)", window=10)
   return common.write_results(out_dir, results, hide=("config", "history"))
 
 

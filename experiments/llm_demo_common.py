@@ -72,6 +72,27 @@ def held_out_evaluator(config, tokenizer, **kwargs) -> Callable[..., dict[str, f
                                       max_new_tokens=config.max_new_tokens, **kwargs, **kw)
 
 
+def plot_curves(curves: dict[str, list[float]], path: Path, *, xlabel: str, ylabel: str,
+                window: int = 1, log_y: bool = False) -> None:
+  """Saves one line per named curve (moving mean over ``window`` points) to ``path``."""
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots(figsize=(5, 3.2))
+  for name, values in curves.items():
+    w = max(1, min(len(values), window))
+    ax.plot(np.convolve(np.asarray(values, float), np.ones(w) / w, mode="valid"), label=name)
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel(ylabel)
+  if log_y:
+    ax.set_yscale("log")
+  if len(curves) > 1:
+    ax.legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
 def write_results(out_dir: Path, results: dict[str, Any], hide=("config",)) -> dict[str, Any]:
   """Writes ``results.json`` and prints it without the ``hide`` keys."""
   (Path(out_dir) / "results.json").write_text(json.dumps(results, indent=2))
