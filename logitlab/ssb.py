@@ -1,6 +1,8 @@
 """Semantic Soft Bootstrapping (SSB): logit-level self-distillation from hinted contexts.
 
-Reference: purbeshmitra/semantic-soft-bootstrapping. Per question:
+Mitra & Ulukus, "Semantic Soft Bootstrapping: Long Context Reasoning in LLMs without
+Reinforcement Learning", arXiv 2512.05105; reference code purbeshmitra/semantic-soft-bootstrapping.
+Per question:
 
 1. ``curate``: of R (= 4) rollouts at T = 0.8 keep questions with >= 1 correct and >= 1
    incorrect final answer; pick the first correct rollout and a rollout with the most
@@ -14,13 +16,14 @@ Reference: purbeshmitra/semantic-soft-bootstrapping. Per question:
      L = T^2 * mean_{reply tokens} KL(softmax(t / T) || softmax(s / T)),   T = 2,
 
    over reply positions only (prompt tokens never enter).
-4. Only LoRA adapters (r = 32, alpha = 32, all projections; lr 2e-4) are trained and saved.
+4. Only LoRA adapters (r = 32, alpha = 32, all projections; lr 2e-4) are trained and saved
+   (``lora_optimizer`` / ``lora_train_step``; ``save_lora`` / ``restore_lora``).
 
 Our choices (documented in docs/post_training.md): teacher targets are stored as the
 top-k teacher logits per reply token (``teacher_targets``; k = V keeps the full
 distribution exactly), because full-vocabulary logits for every reply token are ~600 KB
-per token at V = 151936; the loss runs chunked from hidden states
-(``logitlab.distill_chunked``). Teacher and student sequences are left-padded so reply
+per token at V = 151936; the teacher's top-k is taken and the loss runs chunk by chunk
+over T from hidden states (``logitlab.distill_chunked``), so no ``[B, T, V]`` logits exist. Teacher and student sequences are left-padded so reply
 tokens sit at the same positions in both, and ``nnx.LoRA`` wraps each projection with
 scale 1 (alpha / r = 1 as in the paper's r = alpha = 32).
 """
