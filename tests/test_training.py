@@ -194,6 +194,39 @@ def test_radius_guard_extra_args_sharded_match_single_device(tmp_path):
                                rtol=1e-4)
 
 
+_LOSSES = {  # (student, second logits, labels, mask) -> scalar; every logitlab.losses family
+    "cross_entropy": lambda s, t, y, m: losses.cross_entropy(s, y, where=m),
+    "soft_cross_entropy": lambda s, t, y, m: losses.soft_cross_entropy(
+        s, jax.nn.softmax(t), where=m),
+    "kd": lambda s, t, y, m: losses.kd(s, t, where=m),
+    "dkd": lambda s, t, y, m: losses.dkd(s, t, y, where=m),
+    "nkd": lambda s, t, y, m: losses.nkd(s, t, y, where=m),
+    "uskd": lambda s, t, y, m: losses.uskd(s, t, y, where=m)[0],
+    "dhkd": lambda s, t, y, m: losses.dhkd(s, 0.5 * s + t, t, y, where=m)[0],
+    "standardized_kd": lambda s, t, y, m: losses.with_standardized_logits(losses.kd)(
+        s, t, where=m),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_LOSSES))
+def test_losses_sharded_on_3_axis_mesh_match_one_device(name):
+  """Logits split over the batch (data, fsdp) and the classes (tensor): value and gradient."""
+  rng = np.random.default_rng(0)
+  student, teacher = rng.normal(size=(2, 16, 8)).astype(np.float32) * 2
+  labels = rng.integers(0, 8, 16).astype(np.int32)
+  mask = rng.random(16) < 0.8
+  loss = jax.value_and_grad(_LOSSES[name])
+  value_1, grad_1 = jax.jit(loss)(student, teacher, labels, mask)
+  mesh = training.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+  logits = jax.NamedSharding(mesh, P(("data", "fsdp"), "tensor"))
+  rows = training.batch_sharding(mesh)
+  value_8, grad_8 = jax.jit(loss, in_shardings=(logits, logits, rows, rows))(
+      student, teacher, labels, mask)
+  assert grad_8.sharding.num_devices == 8 and np.abs(grad_1).max() > 0
+  np.testing.assert_allclose(value_8, value_1, rtol=1e-5)
+  np.testing.assert_allclose(grad_8, grad_1, rtol=1e-5, atol=1e-7)
+
+
 def test_optimizer_scalars_names_and_skips_counts():
   params = {"w": jnp.ones((3,))}
   tx = optax.chain(optax.clip_by_global_norm(1.0),
