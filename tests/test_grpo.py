@@ -130,6 +130,21 @@ def test_chunked_token_logprobs_equal_full_and_gradients(rng):
     np.testing.assert_allclose(a, b_, rtol=1e-4, atol=1e-4)
 
 
+def test_reward_functions_interface():
+  from logitlab.rl import rewards
+  completions = ["1+2=3.</think>answer: 3", "1+2=4.</think>answer: 4", "1+2=3. answer: 3"]
+  prompts = ["Q"] * 3
+  kw = dict(answers=[3, 3, 3], unused_metadata=[0, 1, 2])  # unknown keywords are ignored
+  np.testing.assert_array_equal(rewards.correctness(prompts, completions, **kw), [1, 0, 1])
+  np.testing.assert_array_equal(rewards.think_format(prompts, completions, **kw), [1, 1, 0])
+  both = rewards.combine([rewards.correctness, rewards.think_format], [1.0, 0.5])
+  got = both(prompts, completions, **kw)
+  assert got.dtype == np.float32
+  np.testing.assert_allclose(got, [1.5, 0.5, 1.0])
+  with pytest.raises(ValueError, match="weights"):
+    rewards.combine([rewards.correctness], [1.0, 2.0])
+
+
 @pytest.mark.slow
 def test_sequence_logprobs_never_materialize_full_logits():
   """XLA temporaries of the compiled value+grad: the chunked log-probs of a ``DecoderLM``
