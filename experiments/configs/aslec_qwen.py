@@ -4,6 +4,9 @@ Qwen3-4B-Base target, keep 5 of 20 responses per question, SFT, evaluate. GPU/TP
 Run:  python -m experiments.aslec --config=experiments/configs/aslec_qwen.py \
         --config.init_dir=/path/to/Qwen3-4B-Base
 (The arithmetic pool stands in for LIMO-v2 here; replace the pool loader to reproduce.)
+Known gap: the demos take the special token ids (<think>, </think>, <eos>, <pad>) from
+logitlab.tasks.arithmetic (experiments/llm_demo_common.py, experiments/{grpo,ssb,aslec}.py),
+not from the loaded tokenizer; map them to the checkpoint's tokens before running.
 """
 from experiments.configs import aslec
 

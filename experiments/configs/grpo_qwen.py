@@ -5,6 +5,9 @@ Run:  python -m experiments.grpo --config=experiments/configs/grpo_qwen.py \
         --config.init_dir=/path/to/DeepSeek-R1-Distill-Qwen-1.5B
 The arithmetic task stands in for the paper's math training set (DeepScaleR) here; swap
 the prompt source and reward in experiments/grpo.py to reproduce the paper's data.
+Known gap: the demos take the special token ids (<think>, </think>, <eos>, <pad>) from
+logitlab.tasks.arithmetic (experiments/llm_demo_common.py, experiments/{grpo,ssb,aslec}.py),
+not from the loaded tokenizer; map them to the checkpoint's tokens before running.
 """
 from experiments.configs import grpo
 

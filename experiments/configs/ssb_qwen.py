@@ -5,6 +5,9 @@ Run:  python -m experiments.ssb --config=experiments/configs/ssb_qwen.py \
         --config.init_dir=/path/to/Qwen2.5-3B-Instruct
 (The arithmetic questions stand in for GSM8K here; replace the question loader and the
 answer extractor (boxed answers) to reproduce the paper.)
+Known gap: the demos take the special token ids (<think>, </think>, <eos>, <pad>) from
+logitlab.tasks.arithmetic (experiments/llm_demo_common.py, experiments/{grpo,ssb,aslec}.py),
+not from the loaded tokenizer; map them to the checkpoint's tokens before running.
 """
 from experiments.configs import ssb
 from logitlab import ssb as ssb_lib
