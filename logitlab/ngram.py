@@ -362,7 +362,14 @@ def ngram_style_policy(model: NGramModel, prompt_tokens: chex.Array,
   ``kwargs``: ``order_weights``, ``normalize_weights``, ``sampler``.
   """
   width = model.max_order - 1
-  prompt_tokens = jnp.asarray(prompt_tokens, jnp.int32)
+  prompt_tokens = jnp.asarray(prompt_tokens)
+  if prompt_tokens.ndim != 2 or not jnp.issubdtype(prompt_tokens.dtype, jnp.integer):
+    raise ValueError(f"`prompt_tokens` must be an int array [B, P], got {prompt_tokens.dtype} "
+                     f"{tuple(prompt_tokens.shape)}.")
+  if jnp.shape(prompt_lengths) != prompt_tokens.shape[:1]:
+    raise ValueError(f"`prompt_lengths` must be [B] = ({prompt_tokens.shape[0]},), got "
+                     f"{tuple(jnp.shape(prompt_lengths))}.")
+  prompt_tokens = prompt_tokens.astype(jnp.int32)
   offsets = jnp.asarray(prompt_lengths)[:, None] - width + jnp.arange(width)[None]
   context = jnp.where(offsets >= 0, jnp.take_along_axis(prompt_tokens, jnp.maximum(offsets, 0),
                                                         axis=1), -1)

@@ -149,6 +149,10 @@ def test_errors_name_the_argument(corpus):
     ngram.style_log_prior(model, jnp.zeros((2, 2), jnp.int32), (0.5, 0.5))
   with pytest.raises(ValueError, match="sequences"):
     ngram.build_ngram([[0, VOCAB]], VOCAB)
+  with pytest.raises(ValueError, match=r"prompt_lengths.*\(2,\)"):
+    ngram.ngram_style_policy(model, jnp.zeros((2, 4), jnp.int32), jnp.array([3]), strength=0.1)
+  with pytest.raises(ValueError, match="prompt_tokens"):
+    ngram.ngram_style_policy(model, jnp.zeros((4,), jnp.int32), jnp.array([3]), strength=0.1)
 
 
 def test_style_policy_identity_at_lambda_zero_follows_prior_when_strong(corpus, rng):
