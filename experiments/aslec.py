@@ -9,6 +9,9 @@
    selection (completion-token NLL) and evaluate Pass@1 / Pass@k on held-out problems.
 Writes ``results.json`` to ``config.out_dir``.
 
+The task and the special tokens come from ``config.task`` / ``config.data`` /
+``config.tokens`` as in experiments.grpo.
+
 Run:  python -m experiments.aslec [--config.num_questions=48 ...]   (configs/aslec.py)
 """
 from __future__ import annotations
@@ -29,9 +32,7 @@ from tqdm import tqdm
 from experiments import llm_demo_common as common
 from logitlab import data_selection
 from logitlab import numerics
-from logitlab.rl import rewards as rl_rewards
 from logitlab.rl import trainer
-from logitlab.tasks import arithmetic
 
 @nnx.jit(static_argnames="chunk_size")
 def _logprobs(model, tokens, attention_mask, chunk_size):
@@ -52,19 +53,24 @@ def sft_step(model, optimizer, tokens, attention_mask, completion_mask, chunk_si
 
 def head_masks(tokenizer, tokens: np.ndarray, completion_mask: np.ndarray,
                num_head_tokens: int) -> np.ndarray:
-  """Step-head mask ``[N, L]`` over the completion tokens of each rollout."""
+  """Step-head mask ``[N, L]`` over the completion tokens of each rollout.
+
+  The text is the concatenation of the tokens' individual decodings, so every token has
+  exact character offsets without re-tokenizing (a sampled BPE sequence need not be the
+  canonical tokenization of its text). Added tokens (``<think>``, ``<eos>``,
+  ``<|im_end|>`` ...) are never step heads.
+  """
+  added = set(tokenizer.get_added_tokens_decoder())
   heads = np.zeros(tokens.shape, bool)
   for i in range(len(tokens)):
     cols = np.flatnonzero(completion_mask[i])
     ids = tokens[i, cols].tolist()
-    text = tokenizer.decode(ids, skip_special_tokens=False)
-    enc = tokenizer.encode(text)
-    if enc.ids != ids:  # the char-level tokenizer round-trips; guard anyway
-      raise ValueError(f"Tokenization of {text!r} does not round-trip.")
-    special = [t in arithmetic.SPECIAL_TOKENS for t in enc.tokens]
-    heads[i, cols] = data_selection.step_head_mask(text, enc.offsets,
+    pieces = tokenizer.decode_batch([[t] for t in ids], skip_special_tokens=False)
+    ends = np.cumsum([len(p) for p in pieces]).tolist()
+    offsets = list(zip([0] + ends[:-1], ends))
+    heads[i, cols] = data_selection.step_head_mask("".join(pieces), offsets,
                                                    num_head_tokens=num_head_tokens,
-                                                   never_head=special)
+                                                   never_head=[t in added for t in ids])
   return heads
 
 
@@ -73,20 +79,19 @@ def run(config) -> dict:
   out_dir = Path(config.out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
   target, tokenizer = common.load_sft(config.init_dir)
-  problems = arithmetic.generate_problems(config.num_questions, seed=config.seed + 3,
-                                          num_ops=tuple(config.num_ops))
-  prompts, lengths = common.think_prompts(tokenizer, problems)
+  demo = common.setup(config, target, tokenizer)
+  problems = demo.task.sample(config.num_questions, config.seed + 3, "train")
+  prompts, lengths = common.think_prompts(demo, problems)
   rcfg = trainer.RLConfig(group_size=config.responses_per_question,
                           max_new_tokens=config.max_new_tokens,
                           temperature=config.sample_temperature)
   pool, tokens, out_lengths = trainer.rollout(
       target, prompts, lengths, jax.random.key(config.seed), rcfg,
-      end_think_id=arithmetic.END_THINK_ID, stop_tokens=(arithmetic.EOS_ID,),
-      pad_id=arithmetic.PAD_ID)
-  completions = arithmetic.decode_completions(tokenizer, tokens, out_lengths)
+      **demo.tokens.rollout_kwargs())
+  completions = demo.decode(tokens, out_lengths)
   answers = [p.answer for p in problems for _ in range(config.responses_per_question)]
-  correct = rl_rewards.correctness(None, completions, answers=answers)
-  num_steps = np.array([len(arithmetic.split_steps(c)) for c in completions])
+  correct = demo.task.reward(None, completions, answers=answers)
+  num_steps = np.array([len(demo.task.split_steps(c)) for c in completions])
   questions = np.repeat(np.arange(len(problems)), config.responses_per_question)
 
   logp = _logprobs(target, pool.tokens, pool.attention_mask, config.chunk_size)
@@ -99,7 +104,7 @@ def run(config) -> dict:
                "casl": np.asarray(casl)}
   results = {"config": config.to_dict(), "pool_correct_rate": float(correct.mean()),
              "casl_coefficients": np.asarray(coef).tolist(), "methods": {}}
-  evaluate = common.held_out_evaluator(config, tokenizer)
+  evaluate = common.held_out_evaluator(config, demo)
   results["target_eval"] = evaluate(target)
   for method in config.methods:
     score = by_method[method]

@@ -7,6 +7,10 @@ discrete sampling at T = 1 (Pass@1, Pass@k, unbiased estimator); the SofT-GRPO m
 also evaluated with its soft-thinking rollout policy. Writes ``results.json`` and
 ``reward.png`` to ``config.out_dir``.
 
+The task (``config.task``) is the generated arithmetic by default or a local math JSONL
+file (``config.data``, ``\\boxed{}`` reward); special token ids come from the checkpoint's
+tokenizer by the strings in ``config.tokens`` (see experiments/llm_demo_common.py).
+
 Run:  python -m experiments.grpo [--config.num_steps=30 ...]   (configs/grpo.py)
 """
 from __future__ import annotations
@@ -23,9 +27,7 @@ from tqdm import tqdm
 
 from experiments import llm_demo_common as common
 from logitlab import rl
-from logitlab.rl import rewards as rl_rewards
 from logitlab.rl import trainer
-from logitlab.tasks import arithmetic
 
 
 def rl_config(config, soft: bool) -> trainer.RLConfig:
@@ -40,25 +42,22 @@ def rl_config(config, soft: bool) -> trainer.RLConfig:
                              aggregation=config.aggregation))
 
 
-def train_rl(config, model, ref_model, tokenizer, soft: bool, key) -> list[dict]:
+def train_rl(config, model, ref_model, demo: common.Demo, soft: bool, key) -> list[dict]:
   """``num_steps`` GRPO / SofT-GRPO steps on train-split prompts; returns per-step metrics."""
   cfg = rl_config(config, soft)
   optimizer = trainer.make_optimizer(model, cfg)
-  problems = arithmetic.generate_problems(config.num_steps * config.prompts_per_step,
-                                          seed=config.seed + 1, num_ops=tuple(config.num_ops))
-  reward_fn = rl_rewards.correctness
-  decode = lambda tokens, lengths: arithmetic.decode_completions(tokenizer, tokens, lengths)
+  problems = demo.task.sample(config.num_steps * config.prompts_per_step, config.seed + 1,
+                              "train")
   history = []
-  width = max(len(tokenizer.encode(p.prompt).ids) for p in problems) + 1
+  width = max(len(demo.prompt_ids(p.prompt)) for p in problems)
   for step in (bar := tqdm(range(config.num_steps), desc="soft_grpo" if soft else "grpo")):
     batch = problems[step * config.prompts_per_step:(step + 1) * config.prompts_per_step]
-    prompts, lengths = common.think_prompts(tokenizer, batch, width)
+    prompts, lengths = common.think_prompts(demo, batch, width)
     key, step_key = jax.random.split(key)
     metrics = trainer.train_step(
-        model, optimizer, ref_model, prompts, lengths, [p.prompt for p in batch], reward_fn,
-        {"answers": [p.answer for p in batch]}, step_key, cfg, decode=decode,
-        end_think_id=arithmetic.END_THINK_ID, stop_tokens=(arithmetic.EOS_ID,),
-        pad_id=arithmetic.PAD_ID)
+        model, optimizer, ref_model, prompts, lengths, [p.prompt for p in batch],
+        demo.task.reward, {"answers": [p.answer for p in batch]}, step_key, cfg,
+        decode=demo.decode, **demo.tokens.rollout_kwargs())
     history.append({"step": step, **metrics})
     bar.set_postfix(reward=f"{metrics['reward']:.3f}", kl=f"{metrics.get('kl', 0):.4f}")
   return history
@@ -69,16 +68,19 @@ def run(config) -> dict:
   out_dir = Path(config.out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
   base, tokenizer = common.load_sft(config.init_dir)
-  evaluate = common.held_out_evaluator(config, tokenizer)
-  results = {"config": config.to_dict(), "sft": evaluate(base),
-             "sft_soft_eval": evaluate(base, soft=True)}
+  demo = common.setup(config, base, tokenizer)
+  if "soft_grpo" in config.methods:
+    demo.tokens.require_think("SofT-GRPO (config.methods has 'soft_grpo')")
+  evaluate = common.held_out_evaluator(config, demo)
+  results = {"config": config.to_dict(), "sft": evaluate(base)}
+  if demo.tokens.think_close is not None:  # soft thinking needs a think block to end
+    results["sft_soft_eval"] = evaluate(base, soft=True)
   histories = {}
   for method in config.methods:
     start = time.time()
     model, _ = common.load_sft(config.init_dir)
     soft = method == "soft_grpo"
-    histories[method] = train_rl(config, model, base, tokenizer, soft,
-                                 jax.random.key(config.seed))
+    histories[method] = train_rl(config, model, base, demo, soft, jax.random.key(config.seed))
     results[method] = {"train_seconds": time.time() - start,
                        "first_train_reward": float(np.mean([h["reward"] for h in
                                                             histories[method][:10]])),

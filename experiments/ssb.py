@@ -11,6 +11,11 @@
 5. Held-out Pass@1 / Pass@k vs the SFT model (and the GRPO result of experiments.grpo if
    present). Writes ``results.json`` to ``config.out_dir``.
 
+The task and the special tokens come from ``config.task`` / ``config.data`` /
+``config.tokens`` as in experiments.grpo; with a math JSONL task the teacher context is
+``config.template`` filled with the bare question and both solutions, then wrapped in the
+prompt template (``config.data.template``).
+
 Run:  python -m experiments.ssb [--config.train_steps=60 ...]   (configs/ssb.py)
 """
 from __future__ import annotations
@@ -31,35 +36,30 @@ from tqdm import tqdm
 
 from experiments import llm_demo_common as common
 from logitlab import ssb
-from logitlab.rl import rewards as rl_rewards
 from logitlab.rl import trainer
-from logitlab.tasks import arithmetic
 
 
-def sample(model, tokenizer, prompt_rows, key, *, num, temperature, max_new_tokens):
+def sample(model, demo: common.Demo, prompt_rows, key, *, num, temperature, max_new_tokens):
   """``num`` completions (token lists and texts) per prompt given as token-id lists."""
-  lengths = np.array([len(r) for r in prompt_rows], np.int32)
-  prompts = np.zeros((len(prompt_rows), lengths.max()), np.int32)
-  for i, r in enumerate(prompt_rows):
-    prompts[i, :len(r)] = r
+  prompts, lengths = common.pad_rows(prompt_rows, demo.tokens.pad)
   cfg = trainer.RLConfig(group_size=num, max_new_tokens=max_new_tokens, temperature=temperature)
   _, tokens, out_lengths = trainer.rollout(model, prompts, lengths, key, cfg,
-                                           end_think_id=arithmetic.END_THINK_ID,
-                                           stop_tokens=(arithmetic.EOS_ID,),
-                                           pad_id=arithmetic.PAD_ID)
+                                           **demo.tokens.rollout_kwargs())
   rows = [t[:n].tolist() for t, n in zip(tokens, out_lengths)]
-  return rows, arithmetic.decode_completions(tokenizer, tokens, out_lengths)
+  return rows, demo.decode(tokens, out_lengths)
 
 
 def grpo_reference(config) -> dict | None:
   """GRPO's held-out eval from ``experiments.grpo``'s results.json if it used the same
   evaluation problems (same ``eval_seed``, ``num_eval_problems``, ``eval_k``, ``num_ops``,
-  ``max_new_tokens``, ``init_dir``); else None."""
+  ``max_new_tokens``, ``init_dir``; for a JSONL task also ``data``); else None."""
   path = Path(config.grpo_results)
   if not path.exists():
     return None
   grpo = json.loads(path.read_text())
   keys = ("eval_seed", "num_eval_problems", "eval_k", "num_ops", "max_new_tokens", "init_dir")
+  if config.task != "arithmetic":  # the same files and prompt template too
+    keys += ("task", "data")
   mine = json.loads(json.dumps(config.to_dict()))  # tuples as JSON lists
   if any(grpo["config"].get(k) != mine.get(k) for k in keys):
     return None
@@ -72,43 +72,48 @@ def run(config) -> dict:
   out_dir = Path(config.out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
   model, tokenizer = common.load_sft(config.init_dir)
-  problems = arithmetic.generate_problems(config.num_questions, seed=config.seed + 5,
-                                          num_ops=tuple(config.num_ops))
-  think = lambda p: tokenizer.encode(p.prompt).ids + [arithmetic.THINK_ID]
+  demo = common.setup(config, model, tokenizer)
+  task = demo.task
+  problems = task.sample(config.num_questions, config.seed + 5, "train")
+  think = lambda p: demo.prompt_ids(p.prompt)
   key = jax.random.key(config.seed)
   # 1. Rollouts + curation.
-  _, texts = sample(model, tokenizer, [think(p) for p in problems], key, num=config.rollouts,
+  _, texts = sample(model, demo, [think(p) for p in problems], key, num=config.rollouts,
                     temperature=config.rollout_temperature, max_new_tokens=config.max_new_tokens)
   texts = np.array(texts, object).reshape(len(problems), config.rollouts)
-  answers = [[arithmetic.extract_answer(t) for t in row] for row in texts]
+  answers = [[task.extract(t) for t in row] for row in texts]
   correct = np.array([[a == p.answer for a in row] for row, p in zip(answers, problems)])
   triples = ssb.curate(correct, answers, np.random.default_rng(config.seed))
-  # 2. Hinted teacher generation + correctness filter.
-  solution = lambda text: arithmetic.THINK + text.replace(arithmetic.EOS, "")
-  contexts = [tokenizer.encode(ssb.teacher_prompt(problems[q].prompt, solution(texts[q, c]),
-                                                  solution(texts[q, i]),
-                                                  config.template)).ids + [arithmetic.THINK_ID]
-              for q, c, i in triples]
+  # 2. Hinted teacher generation + correctness filter. A rollout's text starts after the
+  # prompt's think_open token (if any): write it back so the solution reads as generated.
+  def solution(text):
+    for eos in demo.tokens.eos_text:
+      text = text.replace(eos, "")
+    return demo.tokens.think_open_text + text
+
+  contexts = [demo.prompt_ids(task.wrap(ssb.teacher_prompt(
+      task.question(problems[q]), solution(texts[q, c]), solution(texts[q, i]),
+      config.template))) for q, c, i in triples]
   stats = {"questions": len(problems), "curated": len(triples),
            "rollout_correct_rate": float(correct.mean())}
   if not triples:
     raise RuntimeError(f"No question has both a correct and an incorrect rollout: {stats}.")
-  replies, reply_texts = sample(model, tokenizer, contexts, jax.random.fold_in(key, 1),
+  replies, reply_texts = sample(model, demo, contexts, jax.random.fold_in(key, 1),
                                 num=config.teacher_samples,
                                 temperature=config.teacher_temperature,
                                 max_new_tokens=config.max_new_tokens)
   owners = [t for t in triples for _ in range(config.teacher_samples)]
   keep = [j for j, (text, (q, _, _)) in enumerate(zip(reply_texts, owners))
-          if rl_rewards.correctness(None, [text], answers=[problems[q].answer])[0] > 0]
+          if task.reward(None, [text], answers=[problems[q].answer])[0] > 0]
   stats["teacher_solutions_kept"] = len(keep)
   stats["teacher_solutions_generated"] = len(replies)
   # Control: the same questions and sampling without the hint (bare question context).
-  _, bare_texts = sample(model, tokenizer, [think(problems[q]) for q, _, _ in triples],
+  _, bare_texts = sample(model, demo, [think(problems[q]) for q, _, _ in triples],
                          jax.random.fold_in(key, 1), num=config.teacher_samples,
                          temperature=config.teacher_temperature,
                          max_new_tokens=config.max_new_tokens)
   stats["teacher_correct_rate"] = len(keep) / len(replies)
-  stats["no_hint_correct_rate"] = float(rl_rewards.correctness(
+  stats["no_hint_correct_rate"] = float(task.reward(
       None, bare_texts, answers=[problems[q].answer for q, _, _ in owners]).mean())
   if not keep:
     raise RuntimeError(f"No teacher solution passed the correctness filter: {stats}.")
@@ -129,7 +134,7 @@ def run(config) -> dict:
   data.update(teacher_logits=np.concatenate([np.asarray(v) for v, _ in parts]),
               teacher_ids=np.concatenate([np.asarray(i) for _, i in parts]))
   # 4. LoRA-only student training.
-  evaluate = common.held_out_evaluator(config, tokenizer)
+  evaluate = common.held_out_evaluator(config, demo)
   results = {"config": config.to_dict(), "data": stats, "sft": evaluate(model)}
   start = time.time()
   ssb.add_lora(model, config.lora_rank, rngs=nnx.Rngs(config.seed))

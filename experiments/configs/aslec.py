@@ -6,12 +6,18 @@ Run:  python -m experiments.aslec                     (this config)
 """
 import ml_collections
 
+from experiments import llm_demo_common
+
 
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.init_dir = "experiments/assets/tiny_reasoner"  # target model (scores) and SFT start
   c.out_dir = "experiments/out/aslec"
+  # Task: "arithmetic" (generated; num_ops) or "math_jsonl" (c.data: local JSONL files).
+  # c.tokens: special token strings looked up in the checkpoint's tokenizer.
+  c.task = "arithmetic"
+  c.data, c.tokens = llm_demo_common.task_config()
   c.num_ops = (2, 3)
   c.num_questions = 48
   c.responses_per_question = 20

@@ -5,6 +5,8 @@ Run:  python -m experiments.grpo                                   (this config)
 """
 import ml_collections
 
+from experiments import llm_demo_common
+
 
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
@@ -12,6 +14,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.init_dir = "experiments/assets/tiny_reasoner"  # HF folder of the SFT model
   c.out_dir = "experiments/out/grpo"
   c.methods = ("grpo", "soft_grpo")
+  # Task: "arithmetic" (generated; num_ops) or "math_jsonl" (c.data: local JSONL files).
+  # c.tokens: special token strings looked up in the checkpoint's tokenizer.
+  c.task = "arithmetic"
+  c.data, c.tokens = llm_demo_common.task_config()
   # Task: held-out problems for evaluation, train-split problems for RL prompts.
   c.num_ops = (2, 3)
   c.num_eval_problems = 256

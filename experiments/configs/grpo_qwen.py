@@ -1,21 +1,39 @@
-"""Paper setting (SofT-GRPO, arXiv 2511.06411): GRPO vs SofT-GRPO on a Qwen2.5 / R1-Distill
-checkpoint, for GPU/TPU hosts. Not runnable on CPU; the model folder must exist locally.
+"""Paper setting (SofT-GRPO, arXiv 2511.06411): GRPO vs SofT-GRPO on
+DeepSeek-R1-Distill-Qwen-1.5B with DeepScaleR training problems, for GPU/TPU hosts.
+
+Needs two local things (nothing is downloaded): the HF checkpoint folder (config.json,
+*.safetensors, tokenizer.json) and the problems as JSONL, one {"problem", "answer"} object
+per line (DeepScaleR-Preview-Dataset for training, MATH500 for the held-out Pass@1/Pass@32;
+docs/post_training.md shows how to write both files).
 
 Run:  python -m experiments.grpo --config=experiments/configs/grpo_qwen.py \
-        --config.init_dir=/path/to/DeepSeek-R1-Distill-Qwen-1.5B
-The arithmetic task stands in for the paper's math training set (DeepScaleR) here; swap
-the prompt source and reward in experiments/grpo.py to reproduce the paper's data.
-Known gap: the demos take the special token ids (<think>, </think>, <eos>, <pad>) from
-logitlab.tasks.arithmetic (experiments/llm_demo_common.py, experiments/{grpo,ssb,aslec}.py),
-not from the loaded tokenizer; map them to the checkpoint's tokens before running.
+        --config.init_dir=/path/to/DeepSeek-R1-Distill-Qwen-1.5B \
+        --config.data.path=/path/to/deepscaler.jsonl \
+        --config.data.eval_path=/path/to/math500.jsonl
+
+Prompts are the model's chat format written out (R1 template, the SofT-GRPO / DeepScaleR
+instruction) and end with the `<think>` token: rollouts start inside the think block, and
+soft thinking stops at `</think>`. Rewards: 1 if the last \\boxed{} answer equals the
+reference after normalization (logitlab.rl.rewards.math_correctness).
 """
 from experiments.configs import grpo
+
+R1_TEMPLATE = ("<｜begin▁of▁sentence｜><｜User｜>{question} Let's think step by step and "
+               "output the final answer within \\boxed{}.<｜Assistant｜>")
 
 
 def get_config():
   c = grpo.get_config()
   c.init_dir = "/checkpoints/DeepSeek-R1-Distill-Qwen-1.5B"
   c.out_dir = "experiments/out/grpo_qwen"
+  c.task = "math_jsonl"
+  c.data.path = "/data/deepscaler.jsonl"
+  c.data.eval_path = "/data/math500.jsonl"
+  c.data.template = R1_TEMPLATE
+  c.tokens.eos = "<｜end▁of▁sentence｜>"
+  c.tokens.pad = ""  # the eos token, as the R1-Distill tokenizer config
+  c.tokens.think_open = "<think>"
+  c.tokens.think_close = "</think>"
   c.num_steps = 500
   c.prompts_per_step = 32
   c.group_size = 8

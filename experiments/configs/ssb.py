@@ -5,6 +5,8 @@ Run:  python -m experiments.ssb                       (this config)
 """
 import ml_collections
 
+from experiments import llm_demo_common
+
 # The character-level task tokenizer cannot spell an English instruction, so the tiny
 # teacher context shows the question with the incorrect, then the correct worked solution,
 # then asks the question again. The tiny reasoner was SFT'd on single 56-token examples
@@ -22,6 +24,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.init_dir = "experiments/assets/tiny_reasoner"
   c.out_dir = "experiments/out/ssb"
   c.grpo_results = "experiments/out/grpo/results.json"  # for the SSB vs GRPO table
+  # Task: "arithmetic" (generated; num_ops) or "math_jsonl" (c.data: local JSONL files).
+  # c.tokens: special token strings looked up in the checkpoint's tokenizer.
+  c.task = "arithmetic"
+  c.data, c.tokens = llm_demo_common.task_config()
   c.num_ops = (2, 3)
   c.num_questions = 128
   c.rollouts = 4

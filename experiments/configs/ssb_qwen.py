@@ -1,22 +1,43 @@
-"""Paper setting (Semantic Soft Bootstrapping): Qwen2.5-3B-Instruct, GSM8K questions,
-4 rollouts at T=0.8, teacher at T=0.4, LoRA r=32 alpha=32, lr 2e-4, KL at T=2. GPU/TPU only.
+"""Paper setting (Semantic Soft Bootstrapping): Qwen2.5-3B-Instruct, GSM8K training
+questions, 4 rollouts at T=0.8, teacher at T=0.4, LoRA r=32 alpha=32, lr 2e-4, KL at T=2,
+held-out MATH500. GPU/TPU only.
+
+Needs the local HF checkpoint folder and the problems as JSONL (nothing is downloaded):
+GSM8K train as {"question", "answer": "... #### 72"} per line, MATH500 as
+{"problem", "answer"} (docs/post_training.md shows how to write both files).
 
 Run:  python -m experiments.ssb --config=experiments/configs/ssb_qwen.py \
-        --config.init_dir=/path/to/Qwen2.5-3B-Instruct
-(The arithmetic questions stand in for GSM8K here; replace the question loader and the
-answer extractor (boxed answers) to reproduce the paper.)
-Known gap: the demos take the special token ids (<think>, </think>, <eos>, <pad>) from
-logitlab.tasks.arithmetic (experiments/llm_demo_common.py, experiments/{grpo,ssb,aslec}.py),
-not from the loaded tokenizer; map them to the checkpoint's tokens before running.
+        --config.init_dir=/path/to/Qwen2.5-3B-Instruct \
+        --config.data.path=/path/to/gsm8k_train.jsonl \
+        --config.data.eval_path=/path/to/math500.jsonl
+
+Prompts are Qwen's chat format written out with the math system prompt (final answer in
+\\boxed{}); the instruct model has no think block (tokens.think_* empty). The teacher
+context is ssb.DEFAULT_TEACHER_TEMPLATE (question + correct + incorrect solution +
+instruction) inside the same chat format; correctness is the last \\boxed{} (or "#### x")
+answer after normalization (logitlab.rl.rewards.math_correctness).
 """
 from experiments.configs import ssb
 from logitlab import ssb as ssb_lib
+
+QWEN_MATH_TEMPLATE = (
+    "<|im_start|>system\nPlease reason step by step, and put your final answer within "
+    "\\boxed{}.<|im_end|>\n<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n")
 
 
 def get_config():
   c = ssb.get_config()
   c.init_dir = "/checkpoints/Qwen2.5-3B-Instruct"
   c.out_dir = "experiments/out/ssb_qwen"
+  c.grpo_results = "experiments/out/grpo_qwen/results.json"
+  c.task = "math_jsonl"
+  c.data.path = "/data/gsm8k_train.jsonl"
+  c.data.eval_path = "/data/math500.jsonl"
+  c.data.template = QWEN_MATH_TEMPLATE
+  c.tokens.eos = ("<|im_end|>", "<|endoftext|>")  # generation_config.json of the model
+  c.tokens.pad = "<|endoftext|>"
+  c.tokens.think_open = ""
+  c.tokens.think_close = ""
   c.template = ssb_lib.DEFAULT_TEACHER_TEMPLATE
   c.num_questions = 7473
   c.teacher_samples = 1
@@ -24,5 +45,6 @@ def get_config():
   c.max_new_tokens = 1024
   c.train_steps = 1000
   c.batch_size = 16
+  c.num_eval_problems = 500
   c.chunk_size = 512
   return c

@@ -12,6 +12,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from logitlab.tasks import arithmetic
+from logitlab.tasks import math_jsonl
 
 RewardFn = Callable[..., np.ndarray]
 
@@ -22,6 +23,16 @@ def correctness(prompts: Sequence[str], completions: Sequence[str], *,
   """1.0 where ``extract(completion)`` equals the reference answer, else 0.0."""
   del prompts, unused
   return np.array([float(extract(c) == a) for c, a in zip(completions, answers)], np.float32)
+
+
+def math_correctness(prompts: Sequence[str], completions: Sequence[str], *,
+                     answers: Sequence[str], **unused) -> np.ndarray:
+  """1.0 where the completion's final answer (last ``\\boxed{...}`` or ``#### x``) equals the
+  reference after ``math_jsonl.normalize_answer`` on both sides; 0.0 when it has none."""
+  del unused
+  return correctness(prompts, completions, answers=[math_jsonl.normalize_answer(str(a))
+                                                    for a in answers],
+                     extract=math_jsonl.extract_normalized)
 
 
 def think_format(prompts: Sequence[str], completions: Sequence[str], *,
