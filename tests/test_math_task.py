@@ -168,11 +168,14 @@ def test_arithmetic_defaults_resolve_to_the_task_ids():
       (arithmetic.EOS_ID,), arithmetic.PAD_ID, arithmetic.THINK_ID, arithmetic.END_THINK_ID)
 
 
-def test_grpo_demo_on_qwen2_folder_and_math_jsonl(tmp_path):
-  """experiments.grpo end to end on a random Qwen2-style HF folder with a byte-level BPE
-  tokenizer, a 4-problem JSONL file and the boxed-answer reward: 2 GRPO steps."""
-  from experiments import grpo as experiment
-  from experiments.configs import grpo as grpo_config
+MATH_RECORDS = [{"question": "the cat sat on 2 mats?", "answer": "#### 2"},
+                {"problem": "a dog ate 3 bones?", "answer": "3"},
+                {"question": "the mat?", "answer": "so \\boxed{\\frac{1}{2}}"},
+                {"problem": "the bone?", "solution": "\\boxed{-4}"}]
+
+
+def _qwen2_folder_and_data(tmp_path):
+  """A random Qwen2-style HF folder with the chat BPE tokenizer, and a 4-problem JSONL."""
   from logitlab.models import hf_checkpoint
   from logitlab.models.decoder_lm import LMConfig
   from test_decoder_lm import random_model
@@ -180,17 +183,27 @@ def test_grpo_demo_on_qwen2_folder_and_math_jsonl(tmp_path):
   tokenizer = chat_tokenizer()
   model = random_model(LMConfig(**{**QWEN2, "vocab_size": tokenizer.get_vocab_size()}))
   hf_checkpoint.save_hf_checkpoint(model, tokenizer, tmp_path / "ckpt")
-  data = _write_jsonl(tmp_path / "train.jsonl", [
-      {"question": "the cat sat on 2 mats?", "answer": "#### 2"},
-      {"problem": "a dog ate 3 bones?", "answer": "3"},
-      {"question": "the mat?", "answer": "so \\boxed{\\frac{1}{2}}"},
-      {"problem": "the bone?", "solution": "\\boxed{-4}"}])
-  config = grpo_config.get_config()
-  config.update(init_dir=str(tmp_path / "ckpt"), out_dir=str(tmp_path / "out"),
-                task="math_jsonl", methods=("grpo",), num_steps=2, prompts_per_step=2,
-                group_size=2, max_new_tokens=6, num_eval_problems=2, eval_k=2, chunk_size=8)
-  config.data.update(path=str(data), eval_path=str(data), template=CHAT_TEMPLATE)
-  config.tokens.update(eos="<|im_end|>", pad="<|endoftext|>")
+  return str(tmp_path / "ckpt"), str(_write_jsonl(tmp_path / "train.jsonl", MATH_RECORDS))
+
+
+def _use_folder(config, folder, data, out_dir, **fields):
+  config.update(init_dir=folder, out_dir=str(out_dir), task="math_jsonl", num_eval_problems=2,
+                eval_k=2, chunk_size=8, **fields)
+  config.data.update(path=data, eval_path=data, template=CHAT_TEMPLATE)
+  config.tokens.update(eos=("<|im_end|>", "<|endoftext|>"), pad="<|endoftext|>")
+  return config
+
+
+def test_grpo_demo_on_qwen2_folder_and_math_jsonl(tmp_path):
+  """experiments.grpo end to end on a random Qwen2-style HF folder with a byte-level BPE
+  tokenizer, a 4-problem JSONL file and the boxed-answer reward: 2 GRPO steps."""
+  from experiments import grpo as experiment
+  from experiments.configs import grpo_qwen
+
+  folder, data = _qwen2_folder_and_data(tmp_path)
+  config = _use_folder(grpo_qwen.get_config(), folder, data, tmp_path / "out",
+                       methods=("grpo",), num_steps=2, prompts_per_step=2, group_size=2,
+                       max_new_tokens=6)
   results = experiment.run(config)
   assert [h["step"] for h in results["history"]["grpo"]] == [0, 1]
   assert 0.0 <= results["grpo"]["discrete_eval"]["pass@1"] <= 1.0
@@ -200,3 +213,41 @@ def test_grpo_demo_on_qwen2_folder_and_math_jsonl(tmp_path):
   config.tokens.update(think_open="", think_close="")
   with pytest.raises(ValueError, match="SofT-GRPO.*needs a think block"):
     experiment.run(config)
+
+
+@pytest.mark.slow
+def test_ssb_and_aslec_demos_on_qwen2_folder_and_math_jsonl(tmp_path, monkeypatch):
+  """SSB (no think block, Qwen2.5-Instruct-like) and ASLEC (think block) on the same
+  folder. A random model never boxes the right answer, so SSB's sampler is wrapped to
+  replace every other completion by a boxed right / wrong answer (curation needs both)."""
+  from experiments import aslec, ssb
+  from experiments.configs import aslec_qwen, ssb_qwen
+
+  folder, data = _qwen2_folder_and_data(tmp_path)
+  results = aslec.run(_use_folder(aslec_qwen.get_config(), folder, data, tmp_path / "aslec",
+                                  num_questions=2, responses_per_question=4, select_k=2,
+                                  sft_steps=2, sft_batch_size=4, max_new_tokens=12))
+  assert set(results["methods"]) == {"random", "avg_logp", "drop", "casl"}
+
+  sample, contexts = ssb.sample, []
+
+  def sample_with_answers(model, demo, prompt_rows, key, **kw):
+    rows, texts = sample(model, demo, prompt_rows, key, **kw)
+    contexts.append(demo.tokenizer.decode(prompt_rows[0], skip_special_tokens=False))
+    for j in range(0, len(rows), 2):
+      texts[j] = "so \\boxed{2}<|im_end|>" if j % 4 == 0 else "\\boxed{7}<|im_end|>"
+      rows[j] = demo.tokenizer.encode(texts[j], add_special_tokens=False).ids
+    return rows, texts
+
+  monkeypatch.setattr(ssb, "sample", sample_with_answers)
+  config = _use_folder(ssb_qwen.get_config(), folder, data, tmp_path / "ssb", num_questions=4,
+                       rollouts=4, teacher_samples=2, train_steps=2, batch_size=2,
+                       max_new_tokens=8, grpo_results=str(tmp_path / "none.json"))
+  config.tokens.update(think_open="", think_close="")
+  results = ssb.run(config)
+  assert results["data"]["curated"] >= 1 and results["data"]["teacher_solutions_kept"] >= 1
+  teacher = contexts[1]  # hinted context: chat format around the SSB instruction
+  assert teacher.startswith("<|im_start|>user\nProblem: ")
+  assert "a correct solution:\nso \\boxed{2}\n" in teacher  # eos stripped
+  assert teacher.endswith("<|im_start|>assistant\n")
+  assert (tmp_path / "ssb" / "lora").exists()
