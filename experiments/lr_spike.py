@@ -5,7 +5,8 @@ digits: prints a table of median final test accuracy and divergent runs per spik
 writes ``results.json`` and ``lr_spike.png`` (loss and normalized step r over steps).
 
 Run:  python -m experiments.lr_spike                      (defaults: configs/lr_spike.py)
-      python -m experiments.lr_spike --config.seeds=5 --config.steps=200
+      python -m experiments.lr_spike --config=experiments/configs/lr_spike_paper.py
+      python -m experiments.lr_spike --config.seeds=5 --config.batch_size=0
 """
 
 from __future__ import annotations
