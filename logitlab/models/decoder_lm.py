@@ -48,7 +48,7 @@ from flax import nnx
 # One source of truth for logical -> mesh axes, shared with the training core: 'embed' is
 # sharded over fsdp (parameters only), the wide dimensions over tensor (Megatron-style
 # column/row split).
-from logitlab.training.mesh import LOGICAL_AXIS_RULES
+from logitlab.training.mesh import LOGICAL_AXIS_RULES, divisible_spec
 
 Array = jax.Array
 
@@ -514,14 +514,7 @@ def shard_model(model: DecoderLM, mesh: jax.sharding.Mesh,
     specs = nnx.get_partition_spec(state)
 
   def sharding(value, spec):
-    axes = []
-    for dim, axis in zip(value.shape, tuple(spec) + (None,) * (value.ndim - len(spec))):
-      names = () if axis is None else (axis,) if isinstance(axis, str) else tuple(axis)
-      ways = 1
-      for name in names:
-        ways *= mesh.shape[name]
-      axes.append(axis if names and dim % ways == 0 else None)
-    return jax.sharding.NamedSharding(mesh, jax.P(*axes))
+    return jax.sharding.NamedSharding(mesh, divisible_spec(spec, value.shape, mesh))
 
   nnx.update(model, jax.device_put(state, jax.tree.map(sharding, state, specs)))
   return model

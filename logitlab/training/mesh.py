@@ -122,3 +122,17 @@ def put_batch(local_batch, mesh: jax.sharding.Mesh):
     return jax.make_array_from_process_local_data(sharding, x)
 
   return jax.tree_util.tree_map_with_path(place, local_batch)
+
+
+def divisible_spec(spec: PartitionSpec, shape: tuple[int, ...],
+                   mesh: jax.sharding.Mesh) -> PartitionSpec:
+  """Replicates every dimension the mapped mesh axes do not divide (e.g. 100 classes on 8
+  tensor shards), so one set of annotations works on every mesh."""
+  entries = []
+  for size, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
+    names = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+    ways = math.prod(mesh.shape[name] for name in names)
+    entries.append(axes if ways > 1 and size % ways == 0 else None)
+  while entries and entries[-1] is None:
+    entries.pop()
+  return PartitionSpec(*entries)

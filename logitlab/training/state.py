@@ -16,7 +16,6 @@ scalars) are replicated.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import flax
@@ -58,20 +57,6 @@ def _init(model_fn: Callable[[nnx.Rngs], nnx.Module], tx: optax.GradientTransfor
   return graphdef, state
 
 
-def _divisible_spec(spec: jax.sharding.PartitionSpec, shape: tuple[int, ...],
-                    mesh: jax.sharding.Mesh) -> jax.sharding.PartitionSpec:
-  """Replicates every dimension the mapped mesh axes do not divide (e.g. 100 classes on 8
-  tensor shards), so one set of annotations works on every mesh."""
-  entries = []
-  for size, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
-    names = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
-    ways = math.prod(mesh.shape[name] for name in names)
-    entries.append(axes if ways > 1 and size % ways == 0 else None)
-  while entries and entries[-1] is None:
-    entries.pop()
-  return jax.sharding.PartitionSpec(*entries)
-
-
 def state_shardings(shapes: TrainState, tx: optax.GradientTransformation,
                     mesh: jax.sharding.Mesh, rules=mesh_lib.LOGICAL_AXIS_RULES) -> TrainState:
   """NamedSharding tree matching ``shapes`` (see module docstring)."""
@@ -80,7 +65,7 @@ def state_shardings(shapes: TrainState, tx: optax.GradientTransformation,
     with spmd.logical_axis_rules(rules):
       specs = nnx.get_partition_spec(variables)
     return jax.tree.map(
-        lambda x, spec: jax.sharding.NamedSharding(mesh, _divisible_spec(spec, x.shape, mesh)),
+        lambda x, spec: jax.sharding.NamedSharding(mesh, mesh_lib.divisible_spec(spec, x.shape, mesh)),
         variables, specs)
 
   param_shardings = shardings_of(shapes.params)
