@@ -140,6 +140,17 @@ class EmbeddingGreedy:
     return tokens, embedding[tokens], embedding, {"top_logit": jnp.max(logits, -1)}
 
 
+def _assert_greedy_until_stop(out, greedy_run, stop, *, pad_id):
+  """Each row equals the greedy run up to and including its first `stop`, then `pad_id`."""
+  for i in range(out.tokens.shape[0]):
+    ref = np.asarray(greedy_run.tokens[i])
+    hits = np.flatnonzero(ref == stop)
+    length = hits[0] + 1 if hits.size else NEW
+    assert int(out.lengths[i]) == length
+    np.testing.assert_array_equal(out.tokens[i, :length], ref[:length])
+    assert (np.asarray(out.tokens[i, length:]) == pad_id).all()
+
+
 def test_embedding_policy_stop_tokens_and_left_padding(model, greedy_run):
   """Embeddings path + stop tokens + left-padded mask in one compiled call."""
   stop = int(greedy_run.tokens[1, 2])
@@ -150,13 +161,7 @@ def test_embedding_policy_stop_tokens_and_left_padding(model, greedy_run):
   out = sampling.generate(model, jnp.asarray(tokens), prompt_mask=jnp.asarray(mask),
                           max_new_tokens=NEW, key=jax.random.key(1), policy=EmbeddingGreedy(),
                           policy_state=model.embedding_matrix(), stop_tokens=(stop,), pad_id=22)
-  for i in range(3):
-    ref = np.asarray(greedy_run.tokens[i])
-    hits = np.flatnonzero(ref == stop)
-    length = hits[0] + 1 if hits.size else NEW
-    assert int(out.lengths[i]) == length
-    np.testing.assert_array_equal(out.tokens[i, :length], ref[:length])
-    assert (np.asarray(out.tokens[i, length:]) == 22).all()
+  _assert_greedy_until_stop(out, greedy_run, stop, pad_id=22)
   assert int(out.lengths[1]) <= 3
   assert out.extras["top_logit"].shape == (3, NEW)
 
@@ -173,13 +178,7 @@ def test_sampling_policy_token_path_right_padding_and_stop(model, greedy_run, po
     tokens[i, :len(p)] = p
   out = sampling.generate(model, jnp.asarray(tokens), jnp.asarray([5, 2, 3]), max_new_tokens=NEW,
                           key=jax.random.key(2), policy=policy, stop_tokens=(stop,), pad_id=21)
-  for i in range(3):
-    ref = np.asarray(greedy_run.tokens[i])
-    hits = np.flatnonzero(ref == stop)
-    length = hits[0] + 1 if hits.size else NEW
-    assert int(out.lengths[i]) == length
-    np.testing.assert_array_equal(out.tokens[i, :length], ref[:length])
-    assert (np.asarray(out.tokens[i, length:]) == 21).all()
+  _assert_greedy_until_stop(out, greedy_run, stop, pad_id=21)
   assert int(out.lengths[0]) <= 2  # the stop token fired early
 
 
