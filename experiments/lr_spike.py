@@ -28,10 +28,6 @@ from tqdm import tqdm
 from experiments import digits_trainer as dt
 from logitlab import datasets
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", os.path.join(os.path.dirname(__file__), "configs", "lr_spike.py"),
-    "Experiment config file.")
-
 
 def run_grid(config, data, arch: str, method: str):
   """All (spike factor x seed) runs of one architecture and method in one jit."""
@@ -126,4 +122,8 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  # Defined here, not at import, so tests can import several experiments.
+  _CONFIG = config_flags.DEFINE_config_file(
+      "config", os.path.join(os.path.dirname(__file__), "configs", "lr_spike.py"),
+      "Experiment config file.")
   app.run(main)

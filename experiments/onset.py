@@ -28,10 +28,6 @@ import logitlab
 from experiments import digits_trainer as dt
 from logitlab import datasets
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", os.path.join(os.path.dirname(__file__), "configs", "onset.py"),
-    "Experiment config file.")
-
 
 def train(config, arch, data, temperature=1.0):
   """Full-batch Adam on digits with loss CE(softmax(z / T)); returns (model, params, rest)."""
@@ -168,4 +164,8 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  # Defined here, not at import, so tests can import several experiments.
+  _CONFIG = config_flags.DEFINE_config_file(
+      "config", os.path.join(os.path.dirname(__file__), "configs", "onset.py"),
+      "Experiment config file.")
   app.run(main)
