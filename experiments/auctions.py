@@ -28,9 +28,6 @@ from logitlab.auctions import brute_force
 from logitlab.auctions import cascade
 from logitlab.auctions import instances
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", os.path.join(os.path.dirname(__file__), "configs", "auctions.py"),
-    "Experiment config file.")
 
 DISTRIBUTIONS = {
     "uniform": auctions.Uniform(),
@@ -253,4 +250,8 @@ def main(_):
 
 
 if __name__ == "__main__":
+  # Defined here, not at import, so tests can import several experiments.
+  _CONFIG = config_flags.DEFINE_config_file(
+      "config", os.path.join(os.path.dirname(__file__), "configs", "auctions.py"),
+      "Experiment config file.")
   app.run(main)

@@ -43,9 +43,6 @@ METHODS = ("ce", "kd", "dkd", "nkd", "uskd", "kd_ls", "dkd_ls", "dhkd")
 TEACHER_FREE = ("ce", "uskd")
 EMBEDDED_DATASETS = ("mnist1d", "digits")
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", "experiments/configs/kd_embedded.py", "Experiment config file.")
-
 
 # --------------------------------------------------------------------------- losses
 
@@ -393,4 +390,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  # Defined here, not at import, so tests can import several experiments.
+  _CONFIG = config_flags.DEFINE_config_file(
+      "config", "experiments/configs/kd_embedded.py", "Experiment config file.")
   app.run(main)

@@ -26,8 +26,6 @@ from logitlab import ngram, numerics, sampling
 from logitlab.models import hf_checkpoint
 from logitlab.tasks import arithmetic
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", str(Path(__file__).parent / "configs" / "ngram_style.py"))
 
 PAPER = {"model": "TinyLlama-1.1B", "corpus": "Don Quixote", "strength": 0.1,
          "style_ppl_change_pct": -24.7, "base_ppl_change_pct": -51.4}
@@ -125,4 +123,7 @@ def plot(rows: list[dict], path: Path) -> None:
 
 
 if __name__ == "__main__":
+  # Defined here, not at import, so tests can import several experiments.
+  _CONFIG = config_flags.DEFINE_config_file(
+      "config", str(Path(__file__).parent / "configs" / "ngram_style.py"))
   app.run(main)

@@ -43,10 +43,6 @@ from logitlab.second_order import problems
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after selecting the backend)
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", os.path.join(os.path.dirname(__file__), "configs", "second_order.py"),
-    "Experiment config file.")
-
 
 def _problem(name, config):
   """Returns (Problem, x0, f_star or None, {method: solver kwargs}) for ``name``."""
@@ -279,4 +275,8 @@ def main(_):
 
 
 if __name__ == "__main__":
+  # Defined here, not at import, so tests can import several experiments.
+  _CONFIG = config_flags.DEFINE_config_file(
+      "config", os.path.join(os.path.dirname(__file__), "configs", "second_order.py"),
+      "Experiment config file.")
   app.run(main)

@@ -32,8 +32,6 @@ from logitlab import soft_thinking as st
 from logitlab.models import hf_checkpoint
 from logitlab.tasks import arithmetic
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", str(Path(__file__).parent / "configs" / "soft_thinking.py"))
 
 SOFT_MODES = ("vanilla", "dirichlet", "gumbel")
 
@@ -181,4 +179,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  # Defined here, not at import, so tests can import several experiments.
+  _CONFIG = config_flags.DEFINE_config_file(
+      "config", str(Path(__file__).parent / "configs" / "soft_thinking.py"))
   app.run(main)

@@ -29,8 +29,6 @@ from logitlab import datasets, losses, training
 from logitlab.radius_guard import radius_guard
 from logitlab.models import vision
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", "experiments/configs/classifier_digits.py", "Experiment config file.")
 _STOP_AFTER = flags.DEFINE_integer("stop_after", 0, "SIGKILL this process after this step.")
 _DISTRIBUTED = flags.DEFINE_bool("distributed", False,
                                  "Call jax.distributed.initialize() (cluster auto-detection).")
@@ -152,4 +150,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  # Defined here, not at import, so tests can import several experiments.
+  _CONFIG = config_flags.DEFINE_config_file(
+      "config", "experiments/configs/classifier_digits.py", "Experiment config file.")
   app.run(main)

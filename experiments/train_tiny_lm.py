@@ -33,10 +33,6 @@ from logitlab.losses import cross_entropy
 from logitlab.models import decoder_lm, hf_checkpoint
 from logitlab.tasks import arithmetic
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", os.path.join(os.path.dirname(__file__), "configs", "tiny_lm.py"),
-    "Experiment config file.")
-
 
 def build_model(config, vocab_size: int) -> decoder_lm.DecoderLM:
   lm_config = decoder_lm.LMConfig(
@@ -150,4 +146,8 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  # Defined here, not at import, so tests can import several experiments.
+  _CONFIG = config_flags.DEFINE_config_file(
+      "config", os.path.join(os.path.dirname(__file__), "configs", "tiny_lm.py"),
+      "Experiment config file.")
   app.run(main)
