@@ -23,7 +23,6 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx

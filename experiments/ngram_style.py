@@ -17,7 +17,6 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from absl import app
 from ml_collections import config_flags
 from tqdm import tqdm

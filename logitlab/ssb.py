@@ -23,8 +23,9 @@ Our choices (documented in docs/post_training.md): teacher targets are stored as
 top-k teacher logits per reply token (``teacher_targets``; k = V keeps the full
 distribution exactly), because full-vocabulary logits for every reply token are ~600 KB
 per token at V = 151936; the teacher's top-k is taken and the loss runs chunk by chunk
-over T from hidden states (``logitlab.distill_chunked``), so no ``[B, T, V]`` logits exist. Teacher and student sequences are left-padded so reply
-tokens sit at the same positions in both, and ``nnx.LoRA`` wraps each projection with
+over T from hidden states (``logitlab.distill_chunked``), so no ``[B, T, V]`` logits exist.
+Teacher and student sequences are left-padded so reply tokens sit at the same positions in
+both, and ``nnx.LoRA`` wraps each projection with
 scale 1 (alpha / r = 1 as in the paper's r = alpha = 32).
 """
 

@@ -16,8 +16,8 @@ def test_curate_picks_first_correct_and_most_common_incorrect(rng):
   triples = ssb.curate(correct, answers, rng)
   assert triples == [(0, 1, 0), (3, 2, 1)]
   # All-unique incorrect answers: any incorrect rollout may be chosen, never a correct one.
-  picks = {ssb.curate(np.array([[0, 0, 1, 0]], bool), [[1, 2, 3, 4]], np.random.default_rng(s))[0][2]
-           for s in range(20)}
+  picks = {ssb.curate(np.array([[0, 0, 1, 0]], bool), [[1, 2, 3, 4]],
+                      np.random.default_rng(s))[0][2] for s in range(20)}
   assert picks <= {0, 1, 3} and len(picks) > 1
 
 

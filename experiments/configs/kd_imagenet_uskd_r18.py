@@ -7,7 +7,8 @@ the mdistiller ImageNet protocol (batch 512, lr 0.2, 100 epochs), i.e. the usual
 lr-0.1 ResNet recipe scaled linearly; the cls_KD (mmcls) recipe itself was not compared.
 The CE baseline of the row is ``kd_imagenet_teacher.py:resnet18``.
 
-Run:  python -m experiments.kd --config=experiments/configs/kd_imagenet_uskd_r18.py --config.data_dir=/data/tfds
+Run:  python -m experiments.kd --config=experiments/configs/kd_imagenet_uskd_r18.py \
+        --config.data_dir=/data/tfds
 """
 from experiments.configs import kd_tfds_base
 

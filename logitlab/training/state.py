@@ -65,7 +65,8 @@ def state_shardings(shapes: TrainState, tx: optax.GradientTransformation,
     with spmd.logical_axis_rules(rules):
       specs = nnx.get_partition_spec(variables)
     return jax.tree.map(
-        lambda x, spec: jax.sharding.NamedSharding(mesh, mesh_lib.divisible_spec(spec, x.shape, mesh)),
+        lambda x, spec: jax.sharding.NamedSharding(
+            mesh, mesh_lib.divisible_spec(spec, x.shape, mesh)),
         variables, specs)
 
   param_shardings = shardings_of(shapes.params)
