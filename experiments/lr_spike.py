@@ -30,7 +30,11 @@ from logitlab import datasets
 
 
 def run_grid(config, data, arch: str, method: str):
-  """All (spike factor x seed) runs of one architecture and method in one jit."""
+  """All (spike factor x seed) runs of one architecture and method in one jit.
+
+  Returns ``{factors, losses, ratios, test_loss, test_acc}``; arrays are ``[factor, seed, ...]``
+  (``losses``/``ratios`` per step).
+  """
   x_train, y_train, x_test, y_test = data
   factors = np.asarray(dt.csv_list(config.spike_factors, float), np.float32)
   seeds = np.arange(config.seeds)
@@ -49,8 +53,10 @@ def run_grid(config, data, arch: str, method: str):
 
   over_seeds = jax.vmap(one, in_axes=(0, 0, None, 0))
   over_grid = jax.jit(jax.vmap(over_seeds, in_axes=(None, None, 0, None)))
-  out = over_grid(params, rest, jnp.asarray(factors), jnp.asarray(seeds))
-  return factors, jax.tree.map(np.asarray, out)
+  losses, ratios, test_loss, test_acc = jax.tree.map(
+      np.asarray, over_grid(params, rest, jnp.asarray(factors), jnp.asarray(seeds)))
+  return dict(factors=factors.tolist(), losses=losses, ratios=ratios, test_loss=test_loss,
+              test_acc=test_acc)
 
 
 def summarize(config, results):
@@ -102,9 +108,7 @@ def main(argv):
   results = {}
   start = time.time()
   for arch, method in tqdm(combos, desc="arch x method grids", unit="grid"):
-    factors, (losses, ratios, test_loss, test_acc) = run_grid(config, data, arch, method)
-    results[(arch, method)] = dict(factors=factors.tolist(), losses=losses, ratios=ratios,
-                                   test_loss=test_loss, test_acc=test_acc)
+    results[(arch, method)] = run_grid(config, data, arch, method)
   elapsed = time.time() - start
   header = ["arch", "method", *[f"x{f:g}" for f in dt.csv_list(config.spike_factors, float)]]
   table = dt.text_table(header, summarize(config, results))
