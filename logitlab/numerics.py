@@ -53,15 +53,59 @@ def check_same_shape(names: tuple[str, str], a: chex.Array, b: chex.Array) -> No
 
 
 def check_mask(name: str, where: chex.Array | None, batch_shape: tuple[int, ...]) -> None:
-  """Raises unless ``where`` is None or broadcastable to ``batch_shape``."""
+  """Raises unless ``where`` is None or broadcasts to exactly ``batch_shape``.
+
+  A mask that broadcasts *against* the batch but widens it (``[B, 1]`` against ``[B]``
+  gives ``[B, B]``) is rejected: it would silently count every example B times.
+  """
   if where is None:
     return
   try:
-    jnp.broadcast_shapes(jnp.shape(where), batch_shape)
+    out = jnp.broadcast_shapes(jnp.shape(where), tuple(batch_shape))
   except ValueError:
+    out = None
+  if out != tuple(batch_shape):
     raise ValueError(
-        f"`{name}` must be broadcastable to the batch shape {batch_shape}, got shape "
-        f"{jnp.shape(where)}.") from None
+        f"`{name}` must be broadcastable to the batch shape {tuple(batch_shape)} without "
+        f"changing it, got shape {jnp.shape(where)}.")
+
+
+def is_traced(x) -> bool:
+  """True when ``x`` is a tracer, i.e. its value only exists under ``jit``/``grad``/``vmap``."""
+  return isinstance(x, jax.core.Tracer)
+
+
+def check_positive(name: str, value) -> None:
+  """Raises a ValueError naming ``name`` unless a concrete ``value`` is finite and > 0.
+
+  Traced values pass here; callers poison their result with ``nan_unless`` (jit-value
+  policy, docs/architecture.md).
+  """
+  if value is None or is_traced(value):
+    return
+  v = jnp.asarray(value)
+  if v.size and not bool(jnp.all(jnp.isfinite(v) & (v > 0))):
+    raise ValueError(f"`{name}` must be a finite number > 0, got {value!r}.")
+
+
+def check_values(name: str, ok, expected: str, got=None) -> Array:
+  """The jit-value policy for conditions on array *values* (labels in range, probs >= 0).
+
+  Eager (concrete ``ok``): raises ``ValueError("`name` must be <expected>, got <got>")``
+  when any entry is false. Traced: cannot raise, so returns ``ok`` as a bool array for the
+  caller to poison the affected outputs with ``nan_unless``; never a clamped finite value.
+  """
+  ok = jnp.asarray(ok).astype(bool)
+  if not is_traced(ok) and not bool(jnp.all(ok)):
+    detail = "" if got is None else f", got {got}"
+    raise ValueError(f"`{name}` must be {expected}{detail}.")
+  return ok
+
+
+def nan_unless(value: chex.Array, ok: chex.Array) -> Array:
+  """``value`` where ``ok`` holds, NaN elsewhere (the traced half of the jit-value policy)."""
+  value = upcast(value)
+  return jnp.where(ok, value, jnp.nan)
 
 
 def masked_mean(values: chex.Array, where: chex.Array | None = None, axis=None) -> Array:
