@@ -39,12 +39,16 @@ class TrainState:
     opt_state: the optax state for ``params``.
     rng: uint32[2] raw PRNG key data; split once per step (raw data so Orbax stores it as a
       plain array).
+    nonfinite_steps: int32 scalar, number of steps whose loss, gradients or updated parameters
+      were not finite and were therefore not applied (``step.make_train_step``,
+      ``on_nonfinite``).
   """
   step: jax.Array
   params: nnx.State
   model_state: nnx.State
   opt_state: optax.OptState
   rng: jax.Array
+  nonfinite_steps: jax.Array
 
 
 def _init(model_fn: Callable[[nnx.Rngs], nnx.Module], tx: optax.GradientTransformation,
@@ -53,7 +57,8 @@ def _init(model_fn: Callable[[nnx.Rngs], nnx.Module], tx: optax.GradientTransfor
   graphdef, params, model_state = nnx.split(model, nnx.Param, ...)
   state = TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=model_state,
                      opt_state=tx.init(params),
-                     rng=jax.random.key_data(jax.random.key(seed + 1)))
+                     rng=jax.random.key_data(jax.random.key(seed + 1)),
+                     nonfinite_steps=jnp.zeros((), jnp.int32))
   return graphdef, state
 
 
@@ -76,7 +81,7 @@ def state_shardings(shapes: TrainState, tx: optax.GradientTransformation,
       transform_non_params=lambda _: replicated)
   return TrainState(step=replicated, params=param_shardings,
                     model_state=shardings_of(shapes.model_state), opt_state=opt_shardings,
-                    rng=replicated)
+                    rng=replicated, nonfinite_steps=replicated)
 
 
 def abstract_train_state(
