@@ -198,7 +198,8 @@ def run(c: ml_collections.ConfigDict, stop_after: int = 0, stop_signal: str = "K
       workdir=c.workdir, checkpoint_dir=c.checkpoint_dir or None, num_steps=c.train.steps,
       seed=c.train.seed, log_every=c.train.log_every,
       checkpoint_every=c.train.checkpoint_every, keep_checkpoints=c.train.keep_checkpoints,
-      eval_every=c.train.eval_every, eval_fn=eval_fn if c.train.eval_every >= 0 else None,
+      eval_every=max(c.train.eval_every, 0),
+      eval_fn=eval_fn if c.train.eval_every >= 0 else None,
       extra_args_fn=guard_extra_args if c.optimizer.radius_guard else None,
       hooks=[kill_hook] if stop_after else [], on_nonfinite=c.train.on_nonfinite,
       config=c, allow_config_changes=(*RESUME_SAFE_FIELDS, *allow_config_changes))
