@@ -8,7 +8,10 @@ model_state)`` rebuilds the module inside a step.
 
 Sharding comes from the model's ``nnx.with_partitioning`` annotations: logical names are
 mapped to mesh axes with ``mesh.LOGICAL_AXIS_RULES`` (``nnx.get_partition_spec`` under
-``logical_axis_rules``); a dimension its mesh axes do not divide is replicated.
+``logical_axis_rules``); a dimension its mesh axes do not divide is replicated. On an
+``fsdp > 1`` mesh every parameter of at least ``mesh.FSDP_MIN_BYTES`` that its names leave
+unsharded over ``fsdp`` is split over ``fsdp`` along its largest divisible free dimension
+(``mesh.fsdp_spec``, big_vision's rule), so ZeRO-3 covers convolution kernels too.
 Optimizer-state leaves that mirror parameters (Adam's mu/nu, ...) inherit the parameter's
 sharding through ``optax.tree_map_params``; other optimizer leaves (counts, the radius guard's
 scalars) are replicated.
@@ -63,24 +66,34 @@ def _init(model_fn: Callable[[nnx.Rngs], nnx.Module], tx: optax.GradientTransfor
 
 
 def state_shardings(shapes: TrainState, tx: optax.GradientTransformation,
-                    mesh: jax.sharding.Mesh, rules=mesh_lib.LOGICAL_AXIS_RULES) -> TrainState:
-  """NamedSharding tree matching ``shapes`` (see module docstring)."""
+                    mesh: jax.sharding.Mesh, rules=mesh_lib.LOGICAL_AXIS_RULES, *,
+                    fsdp_min_bytes: int = mesh_lib.FSDP_MIN_BYTES) -> TrainState:
+  """NamedSharding tree matching ``shapes`` (see module docstring).
 
-  def shardings_of(variables):
+  Parameters of at least ``fsdp_min_bytes`` without an ``fsdp`` dimension from their logical
+  names get one (``mesh.fsdp_spec``), so FSDP shrinks every large parameter.
+  """
+
+  def shardings_of(variables, fsdp: bool):
     with spmd.logical_axis_rules(rules):
       specs = nnx.get_partition_spec(variables)
-    return jax.tree.map(
-        lambda x, spec: jax.sharding.NamedSharding(
-            mesh, mesh_lib.divisible_spec(spec, x.shape, mesh)),
-        variables, specs)
 
-  param_shardings = shardings_of(shapes.params)
+    def sharding(x, spec):
+      spec = mesh_lib.divisible_spec(spec, x.shape, mesh)
+      if fsdp:
+        spec = mesh_lib.fsdp_spec(spec, x.shape, x.dtype.itemsize, mesh, fsdp_min_bytes)
+      return jax.sharding.NamedSharding(mesh, spec)
+
+    return jax.tree.map(sharding, variables, specs)
+
+  param_shardings = shardings_of(shapes.params, fsdp=True)
   replicated = mesh_lib.replicated(mesh)
   opt_shardings = optax.tree_map_params(
       tx, lambda _, sharding: sharding, shapes.opt_state, param_shardings,
       transform_non_params=lambda _: replicated)
   return TrainState(step=replicated, params=param_shardings,
-                    model_state=shardings_of(shapes.model_state), opt_state=opt_shardings,
+                    model_state=shardings_of(shapes.model_state, fsdp=False),
+                    opt_state=opt_shardings,
                     rng=replicated, nonfinite_steps=replicated)
 
 
