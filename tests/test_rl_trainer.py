@@ -52,8 +52,8 @@ def test_dr_grpo_normalizer_is_batch_times_max_completion_length():
 
 
 def test_config_and_reward_validation():
-  with pytest.raises(ValueError, match="`group_size`"):
-    trainer.RLConfig(group_size=1)
+  with pytest.raises(ValueError, match="`config.group_size`"):
+    _step(None, None, None, trainer.RLConfig(group_size=1), None, None)
   with pytest.raises(ValueError, match="`top_p`"):
     trainer.RLConfig(top_p=1.5)
   with pytest.raises(ValueError, match="one reward per completion"):

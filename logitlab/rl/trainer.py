@@ -49,6 +49,7 @@ class RLConfig:
   ``top_k`` / ``top_p``: filtering of discrete rollouts (None: off). ``after_think_top_k`` /
   ``after_think_top_p``: the soft rollout's answer sampling after ``</think>``.
   ``advantage_ddof``: 1 = unbiased group std (verl, TRL, tunix), 0 = population std.
+  ``group_size`` 1 is allowed for plain sampling (``rollout``), not for ``train_step``.
   ``loss.max_len`` None means ``max_new_tokens`` (the Dr. GRPO normalizer is B x the
   maximum completion length, TRL). ``num_minibatches`` must divide the number of prompts.
   """
@@ -80,9 +81,6 @@ class RLConfig:
       value = getattr(self, name)
       if not isinstance(value, int) or value < 1:
         raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
-    if self.group_size < 2:
-      raise ValueError(f"`group_size` must be >= 2 (a group of one has no baseline), got "
-                       f"{self.group_size}.")
     if not self.temperature > 0:
       raise ValueError(f"`temperature` must be > 0, got {self.temperature!r}.")
     if not self.learning_rate > 0:
@@ -267,6 +265,9 @@ def train_step(model, optimizer: nnx.Optimizer, ref_model, prompt_tokens: Array,
   ``score_s`` (rewards + old/ref log-probs), ``update_s`` with ``rollout_tokens_per_s``.
   """
   num_prompts = len(prompt_texts)
+  if config.group_size < 2:
+    raise ValueError(f"`config.group_size` must be >= 2 for training (a group of one has no "
+                     f"baseline), got {config.group_size}.")
   if jnp.shape(prompt_tokens)[0] != num_prompts or jnp.shape(prompt_lengths) != (num_prompts,):
     raise ValueError(f"`prompt_tokens` [P, W], `prompt_lengths` [P] and `prompt_texts` (P) "
                      f"must agree, got {jnp.shape(prompt_tokens)}, {jnp.shape(prompt_lengths)} "
