@@ -167,30 +167,6 @@ def test_bf16_params_and_logits():
   assert independent_ratio(logits_fn, f32(params), f32(updates)) <= 1.05  # bf16 rounding
 
 
-def test_sharded_params_give_the_same_update():
-  devices = np.array(jax.devices()[:8])
-  if devices.size < 2:
-    pytest.skip("needs forced host devices (tests/conftest.py)")
-  mesh = jax.sharding.Mesh(devices, ("data",), axis_types=(jax.sharding.AxisType.Auto,))
-  params, logits_fn, loss_fn, _ = _problem(batch=16, dim=8, classes=8)
-  spec = {"w1": jax.P("data", None), "w2": jax.P(None, "data")}
-  sharded = jax.tree.map(lambda p, s: jax.device_put(p, jax.NamedSharding(mesh, s)), params, spec)
-  tx = logitlab.radius_guard(optax.adam(30.0))
-
-  def step(params):
-    updates, state = tx.update(jax.grad(loss_fn)(params), tx.init(params), params,
-                               logits_fn=logits_fn)
-    return updates, state.ratio
-
-  ref_updates, ref_ratio = jax.jit(step)(params)
-  shardings = (jax.tree.map(lambda s: jax.NamedSharding(mesh, s), spec),
-               jax.NamedSharding(mesh, jax.P()))
-  updates, ratio = jax.jit(step, out_shardings=shardings)(sharded)
-  chex.assert_trees_all_close(updates, ref_updates, rtol=1e-5, atol=1e-6)
-  np.testing.assert_allclose(ratio, ref_ratio, rtol=1e-5)
-  assert updates["w1"].sharding.spec == jax.P("data", None)
-
-
 def test_nnx_optimizer_with_batchnorm_eval_mode_and_no_mutation():
   model = small.build("cnn_bn", rngs=nnx.Rngs(0))
   x = jnp.asarray(np.random.default_rng(0).uniform(size=(32, 8, 8)), jnp.float32)
