@@ -177,7 +177,21 @@ def normalized_step(
     temperature: softmax temperature of the loss.
     where: optional mask of valid examples/tokens.
   """
-  spread = logit_spread(step_tangent, where=where)
+  return normalized_step_from_spread(logit_spread(step_tangent, where=where),
+                                     temperature=temperature)
+
+
+def normalized_step_from_spread(
+    spread: chex.Array,
+    *,
+    temperature: float | Array = 1.0,
+) -> NormalizedStep:
+  """:func:`normalized_step` from per-example spreads ``Delta_a(x; p) [...]`` (0 where masked).
+
+  For estimators that never build the full tangent (e.g. :mod:`logitlab.lm_head_radius`).
+  """
+  numerics.check_logits("spread", spread, min_rank=0)
+  spread = numerics.upcast(spread)
   # Reductions only: indexing the spreads with the traced argmax (`flat[i]`) is a dynamic
   # slice of a batch-sharded array, a sharding type error under Explicit axes.
   ratio = jnp.max(spread) / (jnp.pi * jnp.asarray(temperature, jnp.float32))
