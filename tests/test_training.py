@@ -202,7 +202,7 @@ _LOSSES = {  # (student, second logits, labels, mask) -> scalar; every logitlab.
     "dkd": lambda s, t, y, m: losses.dkd(s, t, y, where=m),
     "nkd": lambda s, t, y, m: losses.nkd(s, t, y, where=m),
     "uskd": lambda s, t, y, m: losses.uskd(s, t, y, where=m)[0],
-    "dhkd": lambda s, t, y, m: losses.dhkd(s, 0.5 * s + t, t, y, where=m)[0],
+    "dhkd": lambda s, t, y, m: losses.dhkd(s, t, y, aux_logits=0.5 * s + t, where=m)[0],
     "standardized_kd": lambda s, t, y, m: losses.with_standardized_logits(losses.kd)(
         s, t, where=m),
 }
