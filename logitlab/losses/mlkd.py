@@ -53,7 +53,8 @@ def _batch_correlation(student_logits, teacher_logits, temperature, valid):
 def _fraction_at_most_median(values, valid):
   """``mean(values <= percentile(values, 50))`` over the valid entries (numpy's linear
   interpolation, as ``np.percentile`` in KD_ours.py:98-109)."""
-  median = jnp.nanpercentile(jnp.where(valid, values, jnp.nan), 50.0)
+  # A percentile sorts: the whole axis on one device (numerics.gather_axis, Explicit meshes).
+  median = jnp.nanpercentile(numerics.gather_axis(jnp.where(valid, values, jnp.nan), 0), 50.0)
   hits = jnp.where(valid, values <= median, False)
   return jnp.sum(hits) / jnp.maximum(jnp.sum(valid), 1).astype(jnp.float32)
 

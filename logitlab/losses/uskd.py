@@ -28,10 +28,18 @@ def _label_columns(labels: chex.Array) -> tuple[jax.Array, jax.Array]:
   ``lax.top_k`` breaks ties to the lower index like a stable sort).
   """
   if _common.is_soft(labels):
-    values, classes = jax.lax.top_k(jax.lax.stop_gradient(numerics.upcast(labels)), 2)
+    values, classes = jax.lax.top_k(
+        numerics.gather_axis(jax.lax.stop_gradient(numerics.upcast(labels))), 2)
     return classes, values
   classes = jnp.asarray(labels)[..., None]
   return classes, jnp.ones(classes.shape, jnp.float32)
+
+
+def _take_columns(values: jax.Array, classes: jax.Array) -> jax.Array:
+  """``values[..., classes]``: ``[..., C]``, ``[..., K]`` -> ``[..., K]`` (one-hot selects,
+  sharding-agnostic, ``numerics.take_class``)."""
+  return jnp.stack([numerics.take_class(values, classes[..., k])
+                    for k in range(classes.shape[-1])], axis=-1)
 
 
 def _masked_batch_mean(values: jax.Array, where: jax.Array) -> jax.Array:
@@ -53,7 +61,7 @@ def _check(student_logits, labels, where):
 def _target_soft_labels(student_logits, labels, valid) -> tuple[jax.Array, jax.Array]:
   """``(y [..., K], log p at the labelled classes [..., K])``; y is a constant."""
   classes, values = _label_columns(labels)
-  log_probs = jnp.take_along_axis(numerics.log_softmax(student_logits), classes, axis=-1)
+  log_probs = _take_columns(numerics.log_softmax(student_logits), classes)
   target_prob_sq = jnp.exp(2.0 * jax.lax.stop_gradient(log_probs))
   soft = target_prob_sq + values - _masked_batch_mean(target_prob_sq, valid)
   return jnp.where(values == 0, 0.0, soft), log_probs
@@ -91,16 +99,17 @@ def _zipf_labels(student_logits, aux_logits, labels, student_rank_scores) -> tup
     student_scores = jnp.exp(student_scores)
 
   def normalized(scores):
-    labelled_mass = jnp.sum(jnp.take_along_axis(scores, classes, axis=-1), axis=-1)
+    labelled_mass = jnp.sum(_take_columns(scores, classes), axis=-1)
     return scores / (1.0 - labelled_mass[..., None] + 1e-6)
 
-  rank_score = normalized(aux_probs) + normalized(student_scores)
-  # top_k sorts descending with ties to the lower index; one sort plus a scatter inverts
-  # the permutation (2x faster on CPU than a second argsort).
+  # top_k needs the whole class axis on a device (an explicit all-gather under Explicit
+  # sharding; numerics.gather_axis) and sorts descending with ties to the lower index.
+  rank_score = numerics.gather_axis(normalized(aux_probs) + normalized(student_scores))
   _, order = jax.lax.top_k(rank_score, num_classes)
-  positions = jnp.broadcast_to(jnp.arange(num_classes, dtype=order.dtype), order.shape)
-  # rank[i] = position of class i in the descending order (0 = highest score).
-  rank = jnp.put_along_axis(jnp.zeros_like(order), order, positions, axis=-1, inplace=False)
+  # rank[i] = position of class i in the descending order (0 = highest score). A second
+  # sort inverts the permutation; a scatter (`put_along_axis`) would be ~2x faster on CPU
+  # but its output sharding is ambiguous for batch-sharded rows (a sharding type error).
+  rank = jnp.argsort(order, axis=-1)
   zipf = jnp.where(labelled, 0.0, 1.0 / (rank + 1).astype(jnp.float32))
   return zipf / jnp.sum(zipf, axis=-1, keepdims=True), labelled
 
