@@ -34,7 +34,10 @@ EXTRA_TEMPERATURES = (3.0, 5.0, 2.0, 6.0)
 
 
 def _probs(logits, temperature, valid):
-  return jnp.where(valid[:, None], jnp.exp(numerics.log_softmax(logits, temperature)), 0.0)
+  """``[B, C]`` probabilities (0 on masked rows), unsharded: the correlation matrices
+  contract over the batch or the classes, which Explicit meshes cannot leave ambiguous."""
+  probs = jnp.where(valid[:, None], jnp.exp(numerics.log_softmax(logits, temperature)), 0.0)
+  return numerics.gather_axis(numerics.gather_axis(probs, 0), 1)
 
 
 def _class_correlation(student_logits, teacher_logits, temperature, valid):
