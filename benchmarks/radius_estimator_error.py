@@ -109,8 +109,7 @@ def main():
          notes="median [min, max] over the measured steps. r = exact max_x Delta_a / pi of "
                "Adam's proposal on the minibatch of 256 (eval mode). The controller column "
                "compares pi / mean(max z - min z) with the exact radius per unit step "
-               "||p|| / r: they are different quantities, so its 'error' is orders of "
-               "magnitude.",
+               "||p|| / r: different quantities, in no fixed relation (no bound either way).",
          append=not args.no_append)
 
 
