@@ -33,7 +33,7 @@ def load_sft(init_dir: str):
     raise FileNotFoundError(
         f"No SFT checkpoint in {init_dir!r}: train one with `python -m experiments.train_tiny_lm "
         f"--config.out_dir={init_dir}` first.")
-  model, tokenizer = hf_checkpoint.load_hf_checkpoint(init_dir)
+  model, tokenizer = hf_checkpoint.load_hf_checkpoint(init_dir, require_tokenizer=False)
   return model, tokenizer or arithmetic.build_tokenizer()
 
 
