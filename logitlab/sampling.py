@@ -29,6 +29,7 @@ from typing import Any, Callable
 import flax
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from logitlab import numerics
@@ -44,6 +45,12 @@ def _check_temperature(temperature):
   if not isinstance(temperature, (int, float)) or not 0 <= temperature < math.inf:
     raise ValueError(f"`temperature` must be a finite number >= 0 (0 = greedy), got "
                      f"{temperature!r}.")
+
+
+def _check_penalty(penalty):
+  if not isinstance(penalty, (int, float)) or not 0 < penalty < math.inf:
+    raise ValueError(f"`repetition_penalty` must be a finite number > 0 (1 = off), got "
+                     f"{penalty!r}.")
 
 
 def _check_filter_args(top_k, top_p, min_p):
@@ -136,7 +143,7 @@ def apply_repetition_penalty(logits: Array, seen: Array, penalty: float) -> Arra
   if jnp.shape(seen) != jnp.shape(logits):
     raise ValueError(f"`seen` must be a bool array of the logits' shape {logits.shape}, got "
                      f"{jnp.shape(seen)}.")
-  numerics.check_positive("penalty", penalty)
+  _check_penalty(penalty)
   logits = numerics.upcast(logits)
   penalized = jnp.where(logits > 0, logits / penalty, logits * penalty)
   return jnp.where(seen, penalized, logits)
@@ -165,7 +172,9 @@ class GenerationConfig:
 
   def __post_init__(self):
     _check_temperature(self.temperature)
-    numerics.check_positive("repetition_penalty", self.repetition_penalty)
+    _check_penalty(self.repetition_penalty)
+    object.__setattr__(self, "eos_token_ids", tuple(
+        int(i) if isinstance(i, (int, np.integer)) else i for i in self.eos_token_ids))
     if any(not isinstance(i, int) or i < 0 for i in self.eos_token_ids):
       raise ValueError(f"`eos_token_ids` must be non-negative ints, got {self.eos_token_ids}.")
 
@@ -382,7 +391,7 @@ def generate(model: decoder_lm.DecoderLM, prompt_tokens: Array,
   if not isinstance(max_new_tokens, int) or max_new_tokens < 1:
     raise ValueError(f"`max_new_tokens` must be an int >= 1, got {max_new_tokens!r}.")
   penalty = gen.repetition_penalty if repetition_penalty is None else repetition_penalty
-  numerics.check_positive("repetition_penalty", penalty)
+  _check_penalty(float(penalty) if isinstance(penalty, np.floating) else penalty)
   stop_tokens = gen.eos_token_ids if stop_tokens is None else stop_tokens
   pad_id = (gen.pad_token_id or 0) if pad_id is None else pad_id
   if policy is None:

@@ -140,8 +140,8 @@ class LMConfig:
     if self.qkv_bias != (self.model_type == "qwen2"):
       raise ValueError(f"`qkv_bias` must be {self.model_type == 'qwen2'} for model_type "
                        f"{self.model_type!r} (only Qwen2 has q/k/v biases), got {self.qkv_bias}.")
-    if isinstance(self.eos_token_id, list):
-      object.__setattr__(self, "eos_token_id", tuple(self.eos_token_id))
+    if isinstance(self.eos_token_id, (list, tuple)):  # hashable, plain ints
+      object.__setattr__(self, "eos_token_id", tuple(int(i) for i in self.eos_token_id))
     layer_types = self.layer_types
     if layer_types is None:
       layer_types = (SLIDING if self.sliding_window else FULL,) * self.num_layers
