@@ -179,8 +179,12 @@ def topk_forward_kl(teacher_topk_logits: Array, teacher_topk_ids: Array,
   student softmax (T-tempered). Shapes: ``[..., k]``, ``[..., k]``, ``[..., V]`` -> ``[...]``.
   """
   log_t = numerics.log_softmax(teacher_topk_logits, temperature)
-  log_s = jnp.take_along_axis(numerics.log_softmax(student_logits, temperature),
-                              teacher_topk_ids, axis=-1)
+  # A gather of k ids from a vocabulary split over an Explicit axis has no unambiguous
+  # output sharding: gather_axis all-gathers the vocabulary first (the Auto partitioner
+  # does the same implicitly).
+  log_s = jnp.take_along_axis(
+      numerics.gather_axis(numerics.log_softmax(student_logits, temperature)),
+      teacher_topk_ids, axis=-1)
   p_t = jnp.exp(log_t)
   return jnp.sum(numerics.xlogy_probs(p_t, log_t) - numerics.xlogy_probs(p_t, log_s), -1)
 

@@ -108,6 +108,41 @@ def nan_unless(value: chex.Array, ok: chex.Array) -> Array:
   return jnp.where(ok, value, jnp.nan)
 
 
+def take_class(values: chex.Array, index: chex.Array) -> Array:
+  """``values[..., index]`` per row: ``[..., C]`` and integer ``[...]`` -> ``[...]``.
+
+  A one-hot select and a sum over the class axis, not a gather: the result is exact (one
+  selected entry plus zeros, ``-inf`` kept) and it is sharding-agnostic, so rows split over
+  the batch axes and classes split over ``tensor`` need no all-gather and no
+  ``out_sharding`` under Explicit axes (a ``take_along_axis`` there is a sharding type
+  error; docs/scaling.md). An ``index`` outside ``[0, C)`` gives NaN (jit-value policy), never
+  a wrapped-around class.
+  """
+  index = jnp.asarray(index)
+  num_classes = values.shape[-1]
+  hit = jnp.arange(num_classes) == index[..., None]
+  picked = jnp.sum(jnp.where(hit, values, jnp.zeros((), values.dtype)), axis=-1)
+  return jnp.where((index >= 0) & (index < num_classes), picked, jnp.nan)
+
+
+def gather_axis(x: chex.Array, axis: int = -1) -> Array:
+  """``x`` with ``axis`` unsplit: a no-op unless it is sharded over an Explicit mesh axis.
+
+  Sorting ops (``lax.top_k``, ``argsort``) need the whole axis on one device. Under Auto
+  axes the partitioner inserts the all-gather itself; under Explicit axes the type system
+  requires it to be written, which this does with ``jax.sharding.reshard``.
+  """
+  x = jnp.asarray(x)
+  sharding = jax.typeof(x).sharding
+  spec = tuple(getattr(sharding, "spec", ())) + (None,) * x.ndim
+  axis = axis % x.ndim
+  if spec[axis] is None:
+    return x
+  spec = spec[:axis] + (None,) + spec[axis + 1:x.ndim]
+  return jax.sharding.reshard(
+      x, jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec(*spec)))
+
+
 def masked_mean(values: chex.Array, where: chex.Array | None = None, axis=None) -> Array:
   """Mean of ``values`` over ``axis`` counting only entries where ``where`` is true.
 

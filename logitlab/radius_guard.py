@@ -26,7 +26,10 @@ Extra arguments of ``update`` (keyword-only; unknown ones are ignored):
   * ``logits_fn``: ``params -> logits [..., K]`` evaluated in eval mode, or
   * ``logits_jvp``: a linear map ``update pytree -> logit tangent [..., K]`` (e.g. from
     ``jax.linearize``), which saves the primal pass when you already have it;
-  * ``logits_mask`` (optional): valid examples/tokens, broadcastable to ``logits.shape[:-1]``.
+  * ``logits_mask`` (optional): valid examples/tokens, broadcastable to ``logits.shape[:-1]``;
+  * ``logits_spread``: a map ``update pytree -> per-example Delta_a [...]`` (masked entries 0)
+    for estimators that never build the tangent, e.g. the LM head's chunked per-token
+    spread (:func:`logitlab.lm_head_radius.lm_head_spread_fn`, no ``[B, T, V]`` tangent).
 """
 
 from __future__ import annotations
@@ -111,12 +114,16 @@ def radius_guard(
 
   def update_fn(updates, state, params=None, *, logits_fn: Callable | None = None,
                 logits_jvp: Callable | None = None, logits_mask: chex.Array | None = None,
-                **extra_args):
+                logits_spread: Callable | None = None, **extra_args):
     # The guard's own arguments are not forwarded: stages such as
     # scale_by_backtracking_linesearch reject extras their value_fn does not take.
     proposal, inner_state = inner.update(updates, state.inner_state, params, **extra_args)
-    tangent = _tangent_of(proposal, params, logits_fn, logits_jvp)
-    ratio = ghosts.normalized_step(tangent, temperature=temperature, where=logits_mask).ratio
+    if logits_spread is not None:
+      ratio = ghosts.normalized_step_from_spread(logits_spread(proposal),
+                                                 temperature=temperature).ratio
+    else:
+      tangent = _tangent_of(proposal, params, logits_fn, logits_jvp)
+      ratio = ghosts.normalized_step(tangent, temperature=temperature, where=logits_mask).ratio
     finite = jnp.isfinite(ratio) & _all_finite(proposal)
     max_ratio_f32 = jnp.asarray(max_ratio, jnp.float32)
     capped = finite & (ratio > max_ratio_f32)

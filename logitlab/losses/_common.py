@@ -65,9 +65,8 @@ def drop_target(logits: jax.Array, labels: chex.Array) -> jax.Array:
   return jnp.where(target_mask(labels, logits.shape[-1]), -jnp.inf, logits)
 
 
-def take_class(values: jax.Array, labels: chex.Array) -> jax.Array:
-  """``values[..., labels]``: the entry of each example's target class, shape ``[...]``."""
-  return jnp.take_along_axis(values, jnp.asarray(labels)[..., None], axis=-1)[..., 0]
+# ``values[..., labels]`` per example (one-hot select: sharding-agnostic, NaN off range).
+take_class = numerics.take_class
 
 
 def reduce_loss(per_example: jax.Array, *, where: chex.Array | None,
