@@ -255,7 +255,8 @@ def _generate(graphdef, state, prompt_tokens, prompt_mask, key, policy_state, *,
   batch, prompt_len = prompt_tokens.shape
   tokens, mask = left_align(prompt_tokens, prompt_mask)
   cache = decoder_lm.init_cache(model.config, batch, prompt_len + max_new_tokens)
-  prefill = model(tokens, attention_mask=mask, cache=cache)
+  # Left-aligned: the last slot holds every row's last real token.
+  prefill = model(tokens, attention_mask=mask, cache=cache, last_logits_only=True)
   last_logits = prefill.logits[:, -1]
   penalize = repetition_penalty != 1.0
   rows = jnp.arange(batch)

@@ -304,3 +304,14 @@ def test_token_overlap_survives_an_insertion():
   # Masks drop n-grams that reach into padding.
   where = jnp.asarray([[True] * 4 + [False] * 4])
   np.testing.assert_allclose(ngram.token_overlap(inserted, reference, where), 1 / 3)  # (2,3)
+
+
+def test_demo_prompts_use_the_checkpoint_chat_template(tmp_path):
+  from experiments import llm_demo_common as common
+  (tmp_path / "tokenizer_config.json").write_text(json.dumps({"chat_template": QWEN_TEMPLATE}))
+  data, _ = common.task_config()
+  assert common.prompt_template(data, str(tmp_path)) == "{question}"  # off by default
+  data.update(chat_template=True, system="Be brief.")
+  assert common.prompt_template(data, str(tmp_path)) == (
+      "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n{question}<|im_end|>\n"
+      "<|im_start|>assistant\n")

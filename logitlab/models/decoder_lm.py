@@ -655,7 +655,8 @@ class DecoderLM(nnx.Module):
 
   def __call__(self, tokens: Array | None = None, *, inputs_embeds: Array | None = None,
                positions: Array | None = None, attention_mask: Array | None = None,
-               cache: KVCache | None = None, return_hidden_states: bool = False) -> LMOutput:
+               cache: KVCache | None = None, return_hidden_states: bool = False,
+               last_logits_only: bool = False) -> LMOutput:
     """Causal forward pass.
 
     Args:
@@ -668,6 +669,8 @@ class DecoderLM(nnx.Module):
       cache: a ``KVCache``; the T new tokens are written at slots
         ``[cache.index, cache.index + T)`` and attend to every valid earlier slot.
       return_hidden_states: also return the per-layer residual streams.
+      last_logits_only: unembed only the last position (logits ``[B, 1, V]``): a prefill
+        that only needs the next-token distribution skips the ``[B, T, V]`` head matmul.
 
     Returns:
       ``LMOutput`` with float32 ``logits [B, T, V]``, the updated cache and optional
@@ -730,7 +733,8 @@ class DecoderLM(nnx.Module):
         new_k.append(layer_kv[0])
         new_v.append(layer_kv[1])
       hidden_states.append(x)
-    logits = numerics.nan_unless(self.unembed(x), row_ok[:, None, None])
+    logits = numerics.nan_unless(self.unembed(x[:, -1:] if last_logits_only else x),
+                                 row_ok[:, None, None])
 
     new_cache = None
     if cache is not None:
