@@ -42,6 +42,7 @@ import jax.numpy as jnp
 import optax
 
 from logitlab import ghosts
+from logitlab import radius_estimators
 
 PyTree = Any
 
@@ -53,14 +54,18 @@ class RadiusGuardState(NamedTuple):
     inner_state: state of the wrapped optimizer (``optax.EmptyState()`` for the stage form).
     ratio: normalized step ``r`` of the tentative update at the last step (before capping).
     scale: the factor applied at the last step (0 when the step was skipped).
-    num_capped: steps whose update was scaled down (``r > max_ratio``).
+    num_capped: steps whose update was rescaled (``r > max_ratio``; every step with
+      ``r > 0`` in ``mode="radius_step"``).
     num_skipped: steps skipped because the tangent or the update was non-finite.
+    estimate: state of the ``estimator`` (windowed radii, per-component ratios; ``None``
+      with the default exact estimator).
   """
   inner_state: optax.OptState
   ratio: chex.Array
   scale: chex.Array
   num_capped: chex.Array
   num_skipped: chex.Array
+  estimate: Any = None
 
 
 def _tangent_of(updates, params, logits_fn, logits_jvp):
@@ -88,6 +93,8 @@ def radius_guard(
     *,
     max_ratio: float | jax.Array = 1.0,
     temperature: float | jax.Array = 1.0,
+    mode: str = "cap",
+    estimator: "radius_estimators.RatioEstimator | None" = None,
 ) -> optax.GradientTransformationExtraArgs:
   """Caps each update at normalized step ``r <= max_ratio`` (see module docstring).
 
@@ -97,10 +104,20 @@ def radius_guard(
     max_ratio: the cap on ``r = tau / rho_a``. ``1.0`` is the paper's controller; the bound
       is conservative, so values up to a few still train safely in practice.
     temperature: softmax temperature ``T`` of the loss the logits feed (``softmax(z / T)``).
+    mode: ``"cap"`` scales down to ``r <= max_ratio``; ``"radius_step"`` (the reference
+      code's radius stepping, ``experiments/resnetnatural/run.py`` L235-296 of
+      piyush314/ghosts-of-softmax) scales every step to ``r = max_ratio``, up as well as
+      down, so the inner optimizer's learning rate does not matter (only its direction).
+      A proposal with ``r = 0`` (no logit moves) is applied unchanged.
+    estimator: how ``r`` is measured; ``None`` is the exact JVP over the batch (a bound).
+      :func:`logitlab.radius_estimators.step_ratio_estimator` gives the reference code's
+      finite-difference, quantile, windowed-minimum and attention/FFN variants.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` with :class:`RadiusGuardState`.
   """
+  if mode not in ("cap", "radius_step"):
+    raise ValueError(f"`mode` must be 'cap' or 'radius_step', got {mode!r}.")
   inner = optax.with_extra_args_support(inner if inner is not None else optax.identity())
 
   def init_fn(params):
@@ -110,6 +127,7 @@ def radius_guard(
         scale=jnp.ones([], jnp.float32),
         num_capped=jnp.zeros([], jnp.int32),
         num_skipped=jnp.zeros([], jnp.int32),
+        estimate=None if estimator is None else estimator.init(),
     )
 
   def update_fn(updates, state, params=None, *, logits_fn: Callable | None = None,
@@ -118,7 +136,12 @@ def radius_guard(
     # The guard's own arguments are not forwarded: stages such as
     # scale_by_backtracking_linesearch reject extras their value_fn does not take.
     proposal, inner_state = inner.update(updates, state.inner_state, params, **extra_args)
-    if logits_spread is not None:
+    estimate = state.estimate
+    if estimator is not None:
+      ratio, estimate = estimator.ratio(proposal, state.estimate, params, logits_fn=logits_fn,
+                                        logits_jvp=logits_jvp, logits_mask=logits_mask,
+                                        temperature=temperature)
+    elif logits_spread is not None:
       ratio = ghosts.normalized_step_from_spread(logits_spread(proposal),
                                                  temperature=temperature).ratio
     else:
@@ -126,8 +149,11 @@ def radius_guard(
       ratio = ghosts.normalized_step(tangent, temperature=temperature, where=logits_mask).ratio
     finite = jnp.isfinite(ratio) & _all_finite(proposal)
     max_ratio_f32 = jnp.asarray(max_ratio, jnp.float32)
-    capped = finite & (ratio > max_ratio_f32)
-    # ratio > max_ratio > 0 inside the `capped` branch, so the division is safe there.
+    if mode == "radius_step":
+      capped = finite & (ratio > 0)
+    else:
+      capped = finite & (ratio > max_ratio_f32)
+    # ratio > 0 inside the `capped` branch, so the division is safe there.
     scale = jnp.where(capped, max_ratio_f32 / jnp.where(capped, ratio, 1.0), 1.0)
     scale = jnp.where(finite, scale, 0.0)
     # jnp.where rather than multiplication: 0 * NaN would still be NaN.
@@ -141,6 +167,7 @@ def radius_guard(
         scale=scale,
         num_capped=state.num_capped + capped.astype(jnp.int32),
         num_skipped=state.num_skipped + (~finite).astype(jnp.int32),
+        estimate=estimate,
     )
     return guarded, new_state
 
@@ -167,5 +194,11 @@ def guard_metrics(opt_state: optax.OptState) -> dict[str, jax.Array]:
   s = found[0]
   # Inside nnx.Optimizer the leaves are nnx.OptArray variables; `[...]` reads their value.
   value = lambda x: x if isinstance(x, jax.Array) else jnp.asarray(x[...])
-  return {"guard/ratio": value(s.ratio), "guard/scale": value(s.scale),
-          "guard/num_capped": value(s.num_capped), "guard/num_skipped": value(s.num_skipped)}
+  metrics = {"guard/ratio": value(s.ratio), "guard/scale": value(s.scale),
+             "guard/num_capped": value(s.num_capped),
+             "guard/num_skipped": value(s.num_skipped)}
+  if s.estimate is not None:
+    parts = value(s.estimate.components)
+    for i, name in enumerate(radius_estimators.COMPONENTS):
+      metrics[f"guard/ratio_{name}"] = parts[i]
+  return metrics

@@ -167,38 +167,111 @@ def test_bf16_params_and_logits():
   assert independent_ratio(logits_fn, f32(params), f32(updates)) <= 1.05  # bf16 rounding
 
 
-def test_nnx_optimizer_with_batchnorm_eval_mode_and_no_mutation():
-  model = small.build("cnn_bn", rngs=nnx.Rngs(0))
-  x = jnp.asarray(np.random.default_rng(0).uniform(size=(32, 8, 8)), jnp.float32)
-  y = jnp.arange(32) % 10
+class _Count(nnx.Variable):
+  """A custom Variable type (a call counter)."""
+
+
+class _StatefulNet(nnx.Module):
+  """Every kind of non-parameter write a forward can do: a custom Variable, BatchNorm
+  statistics (train mode), Dropout drawing from an RNG stream, `sow`."""
+
+  def __init__(self, rngs):
+    self.hidden = nnx.Linear(6, 16, rngs=rngs)
+    self.norm = nnx.BatchNorm(16, rngs=rngs)
+    self.drop = nnx.Dropout(0.3, rngs=rngs)
+    self.head = nnx.Linear(16, 5, rngs=rngs)
+    self.calls = _Count(jnp.zeros((), jnp.int32))
+
+  def __call__(self, x):
+    self.calls[...] += 1
+    h = self.drop(jax.nn.relu(self.norm(self.hidden(x))))
+    self.sow(nnx.Intermediate, "features", h)
+    return self.head(h)
+
+
+def _snapshot(model):
+  """(graphdef, every Variable as a NumPy array, RNG keys as their key data)."""
+  graphdef, state = nnx.split(model)
+  as_np = lambda v: np.asarray(
+      jax.random.key_data(v) if jnp.issubdtype(v.dtype, jax.dtypes.prng_key) else v)
+  return graphdef, jax.tree.map(as_np, nnx.to_pure_dict(state))
+
+
+def _stateful_problem():
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(16, 6)), jnp.float32)
+  return _StatefulNet(nnx.Rngs(0)), x, jnp.arange(16) % 5
+
+
+@pytest.mark.parametrize("eval_mode", [True, False])
+def test_nnx_logits_fn_is_pure_and_leaves_the_model_bit_identical(eval_mode):
+  model, x, _ = _stateful_problem()
+  before = _snapshot(model)
+  fn = logitlab.nnx_logits_fn(model, x, eval_mode=eval_mode)
+  params = nnx.state(model, nnx.Param)
+  first = fn(params)
+  _, tangent = jax.jvp(fn, (params,), (params,))  # raised TraceContextError before issue 12
+  chex.assert_trees_all_equal(fn(params), first)  # same snapshot, same dropout mask
+  assert np.all(np.isfinite(np.asarray(tangent)))
+  after = _snapshot(model)
+  assert after[0] == before[0]  # no `sow` attribute added, still in train mode
+  chex.assert_trees_all_equal(after[1], before[1])
+  assert not model.norm.use_running_average and not model.drop.deterministic
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_nnx_optimizer_update_with_stateful_model(jit):
+  """The guard inside nnx.Optimizer.update, eager and under nnx.jit: the applied step obeys
+  the post-condition (independent Jacobian in eval mode at the same state) and the update
+  changes the parameters only."""
+  model, x, y = _stateful_problem()
   opt = nnx.Optimizer(model, logitlab.radius_guard(optax.adam(5.0)), wrt=nnx.Param)
-  stats_before = jax.tree.map(np.asarray, nnx.state(model, nnx.BatchStat))
 
-  fn = logitlab.nnx_logits_fn(model, x)
-  _, params, _ = nnx.split(model, nnx.Param, ...)
-  fn(params)  # evaluating the rebuilt copy must not touch the model's batch statistics
-  chex.assert_trees_all_equal(jax.tree.map(np.asarray, nnx.state(model, nnx.BatchStat)),
-                              stats_before)
-  assert not model.norms[0].use_running_average  # still in train mode
-
-  @nnx.jit
   def step(model, opt, x, y):
-    def loss(m):
-      return optax.softmax_cross_entropy_with_integer_labels(m(x), y).mean()
-    grads = nnx.grad(loss)(model)  # the train-mode forward updates the batch statistics
-    # as_pure snapshots the arrays the guard sees (a State keeps live Variables).
+    loss = lambda m: optax.softmax_cross_entropy_with_integer_labels(m(x), y).mean()
+    grads = nnx.grad(loss)(model)  # train-mode forward: statistics, RNG count, counter move
     _, params_before, rest_before = nnx.as_pure(nnx.split(model, nnx.Param, ...))
     updates = opt.update(model, grads, logits_fn=logitlab.nnx_logits_fn(model, x))
-    return updates, params_before, rest_before
+    _, _, rest_after = nnx.as_pure(nnx.split(model, nnx.Param, ...))
+    return updates, params_before, rest_before, rest_after
 
-  graphdef = nnx.graphdef(model)
-  updates, params_before, rest_before = step(model, opt, x, y)
+  updates, params_before, rest_before, rest_after = (nnx.jit(step) if jit else step)(
+      model, opt, x, y)
+  chex.assert_trees_all_equal(rest_after, rest_before)
+  graphdef = nnx.graphdef(model)  # after the step: the gradient's forward sowed `features`
 
   def eval_logits(p):
-    m = nnx.merge(graphdef, p, rest_before)
+    m = nnx.merge(graphdef, p, rest_before, copy=True)
     m.eval()
     return m(x)
 
-  r = independent_ratio(eval_logits, params_before, updates)
-  assert r <= 1.0 + 1e-4
+  assert independent_ratio(eval_logits, params_before, updates) <= 1.0 + 1e-4
   assert int(logitlab.guard_metrics(opt.opt_state)["guard/num_capped"]) == 1
+
+
+def test_linen_recipe_eval_and_train_mode():
+  """docs/radius_guard.md: linen is functional; build logits_fn from the variables dict."""
+  import flax.linen as nn
+
+  class Net(nn.Module):
+    @nn.compact
+    def __call__(self, x, train: bool):
+      h = nn.relu(nn.BatchNorm(use_running_average=not train)(nn.Dense(16)(x)))
+      h = nn.Dropout(0.3, deterministic=not train)(h)
+      self.sow("intermediates", "features", h)
+      return nn.Dense(5)(h)
+
+  _, x, y = _stateful_problem()
+  net = Net()
+  variables = net.init({"params": jax.random.key(0)}, x, train=False)
+  params, rest = variables["params"], {k: v for k, v in variables.items() if k != "params"}
+  eval_fn = lambda p: net.apply({"params": p, **rest}, x, train=False)
+  train_fn = lambda p: net.apply({"params": p, **rest}, x, train=True,
+                                 mutable=["batch_stats", "intermediates"],
+                                 rngs={"dropout": jax.random.key(1)})[0]
+  loss = lambda p: optax.softmax_cross_entropy_with_integer_labels(eval_fn(p), y).mean()
+  tx = logitlab.radius_guard(optax.adam(5.0))
+  for fn in (eval_fn, train_fn):
+    updates, state = jax.jit(lambda p, fn=fn: tx.update(jax.grad(loss)(p), tx.init(p), p,
+                                                        logits_fn=fn))(params)
+    assert int(state.num_capped) == 1
+    assert independent_ratio(fn, params, updates) <= 1.0 + 1e-4
