@@ -19,6 +19,7 @@ from __future__ import annotations
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Array = jax.Array
 
@@ -83,8 +84,9 @@ def check_positive(name: str, value) -> None:
   """
   if value is None or is_traced(value):
     return
-  v = jnp.asarray(value)
-  if v.size and not bool(jnp.all(jnp.isfinite(v) & (v > 0))):
+  # NumPy, not jnp: under jit a jnp op on a Python number is staged (a tracer).
+  v = np.asarray(value, np.float64)
+  if v.size and not bool(np.all(np.isfinite(v) & (v > 0))):
     raise ValueError(f"`{name}` must be a finite number > 0, got {value!r}.")
 
 
