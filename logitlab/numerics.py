@@ -84,8 +84,8 @@ def check_positive(name: str, value) -> None:
   """
   if value is None or is_traced(value):
     return
-  # NumPy, not jnp: under jit a jnp op on a Python number is staged (a tracer).
-  v = np.asarray(value, np.float64)
+  # NumPy, not jnp: under an outer jit a jnp op on a Python number is staged (a tracer).
+  v = np.asarray(value, dtype=np.float64)
   if v.size and not bool(np.all(np.isfinite(v) & (v > 0))):
     raise ValueError(f"`{name}` must be a finite number > 0, got {value!r}.")
 

@@ -59,7 +59,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from logitlab import ghosts, guard_placement, numerics
+from logitlab import ghosts, guard_placement, numerics, radius_estimators
 
 PyTree = Any
 
@@ -78,7 +78,8 @@ class RadiusGuardState(NamedTuple):
       applied step, unless ``num_mismatched`` says a later stage changed it).
     ratio_proposed: ``r`` of the tentative update (the guard's input) at the last step.
     scale: the factor applied at the last step (0 when the step was skipped).
-    num_capped: steps whose update was scaled down (``r > max_ratio``).
+    num_capped: steps whose update was rescaled (``r > max_ratio``; every step with
+      ``r > 0`` in ``mode="radius_step"``).
     num_skipped: steps whose proposal or tangent was non-finite (the wrapper skipped them;
       the stage form passed a non-finite proposal on, see the module docstring).
     num_mismatched: steps after which the parameters did not move by the returned update.
@@ -86,6 +87,8 @@ class RadiusGuardState(NamedTuple):
       projection: 1 when placed correctly, ``-lr`` for a later ``scale(-lr)``.
     check_params, check_update, has_previous: the placement check's fingerprints of the
       parameters and the returned update at the last step (:mod:`logitlab.guard_placement`).
+    estimate: state of the ``estimator`` (windowed radii, per-component ratios; ``None``
+      with the default exact estimator).
   """
   inner_state: optax.OptState
   ratio: chex.Array
@@ -98,6 +101,7 @@ class RadiusGuardState(NamedTuple):
   check_params: chex.Array
   check_update: chex.Array
   has_previous: chex.Array
+  estimate: Any = None
 
 
 class RadiusGuardPlacementError(RuntimeError):
@@ -175,6 +179,8 @@ def radius_guard(
     max_ratio: float | jax.Array = 1.0,
     temperature: float | jax.Array = 1.0,
     on_mismatch: str = "raise",
+    mode: str = "cap",
+    estimator: "radius_estimators.RatioEstimator | None" = None,
 ) -> optax.GradientTransformationExtraArgs:
   """Caps each update at normalized step ``r <= max_ratio`` (see module docstring).
 
@@ -188,6 +194,15 @@ def radius_guard(
     on_mismatch: what to do when the parameters did not move by the update the guard
       returned (a stage after the guard changed it): ``"raise"`` a
       :class:`RadiusGuardPlacementError`, ``"warn"`` or ``"ignore"`` (metrics only).
+    mode: ``"cap"`` scales down to ``r <= max_ratio``; ``"radius_step"`` (the reference
+      code's radius stepping, ``experiments/resnetnatural/run.py`` L235-296 of
+      piyush314/ghosts-of-softmax) scales every step to ``r = max_ratio``, up as well as
+      down, so the inner optimizer's learning rate does not matter (only its direction).
+      A proposal with ``r = 0`` (no logit moves) is applied unchanged.
+    estimator: how ``r`` is measured; ``None`` is the exact JVP over the batch (a bound).
+      :func:`logitlab.radius_estimators.step_ratio_estimator` gives the reference code's
+      finite-difference, quantile, windowed-minimum and attention/FFN variants. The bf16
+      re-measure after the cast uses the exact JVP only (an estimator is not a bound).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` with :class:`RadiusGuardState`.
@@ -196,6 +211,8 @@ def radius_guard(
   numerics.check_positive("temperature", temperature)
   if on_mismatch not in ON_MISMATCH:
     raise ValueError(f"`on_mismatch` must be one of {ON_MISMATCH}, got {on_mismatch!r}.")
+  if mode not in ("cap", "radius_step"):
+    raise ValueError(f"`mode` must be 'cap' or 'radius_step', got {mode!r}.")
   is_wrapper = inner is not None
   inner = optax.with_extra_args_support(inner if is_wrapper else optax.identity())
 
@@ -205,7 +222,8 @@ def radius_guard(
         inner_state=inner.init(params), ratio=zero_f, ratio_proposed=zero_f,
         scale=jnp.ones([], jnp.float32), num_capped=zero_i, num_skipped=zero_i,
         num_mismatched=zero_i, applied_factor=jnp.ones([], jnp.float32),
-        check_params=zero_f, check_update=zero_f, has_previous=jnp.zeros([], bool))
+        check_params=zero_f, check_update=zero_f, has_previous=jnp.zeros([], bool),
+        estimate=None if estimator is None else estimator.init())
 
   def update_fn(updates, state, params=None, *, logits_fn: Callable | None = None,
                 logits_jvp: Callable | None = None, logits_mask: chex.Array | None = None,
@@ -224,13 +242,19 @@ def radius_guard(
     # The guard's own arguments are not forwarded: stages such as
     # scale_by_backtracking_linesearch reject extras their value_fn does not take.
     proposal, inner_state = inner.update(updates, state.inner_state, params, **extra_args)
-    ratio = ratio_of(proposal)
+    estimate = state.estimate
+    if estimator is not None:
+      ratio, estimate = estimator.ratio(proposal, state.estimate, params, logits_fn=logits_fn,
+                                        logits_jvp=logits_jvp, logits_mask=logits_mask,
+                                        temperature=temperature)
+    else:
+      ratio = ratio_of(proposal)
     proposal_finite = _all_finite(proposal)
     finite = jnp.isfinite(ratio) & proposal_finite
-    capped = finite & (ratio > cap)
-    low_precision = _is_low_precision(proposal)
+    capped = finite & ((ratio > 0) if mode == "radius_step" else (ratio > cap))
+    low_precision = _is_low_precision(proposal) and estimator is None
     target = cap * (1.0 - _LOW_PRECISION_MARGIN) if low_precision else cap
-    # ratio > cap > 0 inside the `capped` branch, so the division is safe there.
+    # ratio > 0 inside the `capped` branch, so the division is safe there.
     scale = jnp.where(capped, target / jnp.where(capped, ratio, 1.0), 1.0)
     # jnp.where rather than multiplication: 0 * NaN would still be NaN.
     guarded = jax.tree.map(
@@ -278,6 +302,7 @@ def radius_guard(
         num_mismatched=state.num_mismatched + mismatch.astype(jnp.int32),
         applied_factor=factor.astype(jnp.float32),
         check_params=check_params, check_update=check_update, has_previous=has_previous,
+        estimate=estimate,
     )
     return guarded, new_state
 
@@ -309,4 +334,9 @@ def guard_metrics(opt_state: optax.OptState) -> dict[str, jax.Array]:
   s = found[0]
   # Inside nnx.Optimizer the leaves are nnx.OptArray variables; `[...]` reads their value.
   value = lambda x: x if isinstance(x, jax.Array) else jnp.asarray(x[...])
-  return {f"guard/{name}": value(getattr(s, name)) for name in _METRICS}
+  metrics = {f"guard/{name}": value(getattr(s, name)) for name in _METRICS}
+  if s.estimate is not None:
+    parts = value(s.estimate.components)
+    for i, name in enumerate(radius_estimators.COMPONENTS):
+      metrics[f"guard/ratio_{name}"] = parts[i]
+  return metrics

@@ -23,7 +23,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.responses_per_question = 20
   c.select_k = 5
   c.sample_temperature = 1.0  # 1.2 gave a 37% correct pool and worse fine-tunes
-  c.num_head_tokens = 1  # ASLEC-DROP skips the first token of each step
+  c.num_head_tokens = 2  # official --skip_token default (merge_cal_limo_ours.py)
   c.max_new_tokens = 56
   c.methods = ("random", "avg_logp", "drop", "casl")
   # Fine-tuning on each selection, then held-out evaluation.

@@ -35,7 +35,11 @@ def get_config() -> ml_collections.ConfigDict:
   c.teacher_samples = 4
   c.teacher_temperature = 0.4
   c.template = TINY_TEMPLATE
-  c.teacher_top_k = 16  # stored teacher logits per reply token (None: full vocabulary)
+  c.sampling_top_k = 50  # rollouts and teacher generation (official: top_k=50)
+  # "full": teacher hidden states -> exact full-vocabulary KL (official); "topk_rest": top-k
+  # logits + exact tail mass; "topk": renormalized top-k (docs/post_training.md).
+  c.teacher_targets = "full"
+  c.teacher_top_k = 16  # for "topk_rest" / "topk"
   c.distill_temperature = 2.0
   c.lora_rank = 32
   c.learning_rate = 2e-4
