@@ -287,7 +287,10 @@ def radius_guard(
       mismatch, factor = guard_placement.check(now, state.check_params, state.check_update,
                                                state.has_previous)
       if on_mismatch != "ignore":
-        jax.debug.callback(functools.partial(_report_mismatch, on_mismatch), mismatch, factor)
+        # Under lax.cond the host callback runs only on a mismatch: no per-step host sync.
+        report = functools.partial(_report_mismatch, on_mismatch)
+        jax.lax.cond(mismatch, lambda m, f: jax.debug.callback(report, m, f),
+                     lambda m, f: None, mismatch, factor)
       check_params = now.value
       check_update = guard_placement.fingerprint(guarded).value
       has_previous = jnp.ones([], bool)
