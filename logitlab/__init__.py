@@ -18,6 +18,7 @@ Submodules, one per method family:
 
 __version__ = "0.1.0"
 
+from logitlab import batched_radius
 from logitlab import ghosts
 from logitlab import numerics
 from logitlab.ghosts import binary_radius
@@ -28,4 +29,6 @@ from logitlab.ghosts import top2_radius
 from logitlab.nnx_logits import nnx_logits_fn
 from logitlab.radius_guard import guard_metrics
 from logitlab.radius_guard import radius_guard
+from logitlab.radius_guard import RadiusGuardPlacementError
+from logitlab.radius_guard import RadiusGuardPlacementWarning
 from logitlab.radius_guard import RadiusGuardState
