@@ -19,6 +19,7 @@ from __future__ import annotations
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Array = jax.Array
 
@@ -83,8 +84,9 @@ def check_positive(name: str, value) -> None:
   """
   if value is None or is_traced(value):
     return
-  v = jnp.asarray(value)
-  if v.size and not bool(jnp.all(jnp.isfinite(v) & (v > 0))):
+  # NumPy, not jnp: under an outer jit a jnp op on a Python number is staged (a tracer).
+  v = np.asarray(value, dtype=np.float64)
+  if v.size and not bool(np.all(np.isfinite(v) & (v > 0))):
     raise ValueError(f"`{name}` must be a finite number > 0, got {value!r}.")
 
 
@@ -155,6 +157,17 @@ def masked_mean(values: chex.Array, where: chex.Array | None = None, axis=None) 
   total = jnp.sum(jnp.where(where, values, 0.0), axis=axis)
   count = jnp.sum(where, axis=axis).astype(jnp.float32)
   return total / jnp.maximum(count, 1.0)
+
+
+def soft_cap(logits: chex.Array, cap: float) -> Array:
+  """Soft-capping ``cap * tanh(logits / cap)`` in float32 (Gemma 2, arXiv:2408.00118).
+
+  Smoothly bounds logits to ``(-cap, cap)``; near 0 it is the identity (slope 1). Gemma 2
+  applies it to attention scores (cap 50) and to the final logits (cap 30).
+  """
+  if not (isinstance(cap, (int, float)) and cap > 0 and cap != float("inf")):
+    raise ValueError(f"`cap` must be a finite number > 0, got {cap!r}.")
+  return cap * jnp.tanh(upcast(logits) / cap)
 
 
 def log_softmax(logits: chex.Array, temperature: float | Array = 1.0, axis: int = -1) -> Array:

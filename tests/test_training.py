@@ -204,8 +204,10 @@ def test_radius_guard_extra_args_sharded_match_single_device(tmp_path, axis_type
                         extra_args_fn=_guard_extra_args, steps=3)
   # The guard's r and capped count reach the logs; lr 5 is far past the radius: every step capped.
   assert [r["opt/num_capped"] for r in records_8] == [1.0, 2.0, 3.0]
-  assert all(r["opt/ratio"] > 1.0 for r in records_8)
-  for key in ("loss", "opt/ratio"):
+  assert all(r["opt/ratio_proposed"] > 1.0 for r in records_8)
+  assert all(r["opt/ratio"] <= 1.0 + 1e-5 for r in records_8)  # r of the applied step
+  assert all(r["opt/num_mismatched"] == 0.0 for r in records_8)
+  for key in ("loss", "opt/ratio_proposed", "opt/ratio"):
     np.testing.assert_allclose([r[key] for r in records_8], [r[key] for r in records_1],
                                rtol=1e-5)
 
