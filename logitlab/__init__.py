@@ -20,6 +20,7 @@ Submodules, one per method family:
 
 __version__ = "0.1.0"
 
+from logitlab import batched_radius
 from logitlab import ghosts
 from logitlab import numerics
 from logitlab.ghosts import binary_radius
