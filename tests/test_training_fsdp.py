@@ -141,3 +141,27 @@ def test_teacher_passed_as_argument_keeps_the_program_size_constant():
   # Closed over, the teacher's weights are inlined: the program grows with the teacher.
   inlined = _program_bytes(2048, False)
   assert inlined > 10 * large, (large, inlined)
+
+
+# --- the 3-axis XLA issue: detected -----------------------------------------------------------
+
+class _Chain(nnx.Module):
+  """Every kernel ("embed", "mlp") -> P("fsdp", "tensor"): the pattern XLA gets wrong."""
+
+  def __init__(self, rngs: nnx.Rngs, alternate: bool):
+    axes = lambda i: ("mlp", "embed") if alternate and i % 2 else ("embed", "mlp")
+    init = lambda i: nnx.with_partitioning(nnx.initializers.lecun_normal(), axes(i),
+                                           eager_sharding=False)
+    self.layers = nnx.List([nnx.Linear(16, 16, kernel_init=init(i), rngs=rngs)
+                            for i in range(3)])
+
+
+@pytest.mark.parametrize("alternate", [False, True])
+def test_naive_fsdp_tensor_chain_warns_on_3_axis_mesh(alternate, recwarn):
+  mesh = training.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+  training.abstract_train_state(lambda r: _Chain(r, alternate), optax.sgd(0.1), mesh)
+  warned = [w for w in recwarn if "Known issue" in str(w.message)]
+  assert bool(warned) != alternate
+  training.abstract_train_state(lambda r: _Chain(r, False), optax.sgd(0.1),
+                                training.make_mesh({"fsdp": 4, "tensor": 2}))
+  assert len([w for w in recwarn if "Known issue" in str(w.message)]) == len(warned)

@@ -146,7 +146,8 @@ class MetricsWriter:
     hparams = {k: v for k, v in config.items()
                if isinstance(v, (int, float, str, bool)) and not k.startswith("state")}
     self._tb.add_text("config", "\n".join(f"    {k}: {v!r}" for k, v in sorted(config.items())))
-    self._tb.add_hparams(hparams, {}, name=".")
+    # A sub-run: a second writer in the same directory could pick the same event file name.
+    self._tb.add_hparams(hparams, {}, name="hparams")
 
   def advance(self, steps: int = 1) -> None:
     """Moves the progress bar (call every step; cheap, no device sync)."""
