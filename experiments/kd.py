@@ -278,7 +278,8 @@ def load_teacher(c: ml_collections.ConfigDict, mesh) -> tuple[nnx.GraphDef, dict
   teacher_fn = _model_fn(c.teacher, c.num_classes, kd_recipes.Recipe("ce"))
   tx = make_optimizer(c.optimizer, c.train.steps)
   graphdef, abstract, _ = training.abstract_train_state(teacher_fn, tx, mesh)
-  checkpointer = training.Checkpointer(os.path.join(c.teacher_workdir, "checkpoints"))
+  checkpointer = training.Checkpointer(os.path.join(c.teacher_workdir, "checkpoints"),
+                                      read_only=True)
   restored = checkpointer.restore(abstract)
   checkpointer.close()
   if restored is None:
