@@ -178,8 +178,8 @@ def decoder_lm_head_inputs(model, tokens: chex.Array, *,
   def forward(module, tokens):
     hidden = module(tokens, attention_mask=attention_mask,
                     return_hidden_states=True).hidden_states[-1]
-    if module.lm_head is None:
-      kernel = module.embedding_matrix().T
+    if module.lm_head is None:  # the raw tied table (embedding_matrix() adds Gemma's sqrt(D))
+      kernel = module.embed_tokens.embedding[...].T
     else:
       kernel = module.lm_head[...]
     return module.final_norm(hidden), kernel

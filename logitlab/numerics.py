@@ -159,6 +159,17 @@ def masked_mean(values: chex.Array, where: chex.Array | None = None, axis=None) 
   return total / jnp.maximum(count, 1.0)
 
 
+def soft_cap(logits: chex.Array, cap: float) -> Array:
+  """Soft-capping ``cap * tanh(logits / cap)`` in float32 (Gemma 2, arXiv:2408.00118).
+
+  Smoothly bounds logits to ``(-cap, cap)``; near 0 it is the identity (slope 1). Gemma 2
+  applies it to attention scores (cap 50) and to the final logits (cap 30).
+  """
+  if not (isinstance(cap, (int, float)) and cap > 0 and cap != float("inf")):
+    raise ValueError(f"`cap` must be a finite number > 0, got {cap!r}.")
+  return cap * jnp.tanh(upcast(logits) / cap)
+
+
 def log_softmax(logits: chex.Array, temperature: float | Array = 1.0, axis: int = -1) -> Array:
   """float32 ``log softmax(logits / temperature)``; stable at any finite magnitude."""
   return jax.nn.log_softmax(upcast(logits) / temperature, axis=axis)
