@@ -204,8 +204,10 @@ def test_radius_guard_extra_args_sharded_match_single_device(tmp_path, axis_type
                         extra_args_fn=_guard_extra_args, steps=3)
   # The guard's r and capped count reach the logs; lr 5 is far past the radius: every step capped.
   assert [r["opt/num_capped"] for r in records_8] == [1.0, 2.0, 3.0]
-  assert all(r["opt/ratio"] > 1.0 for r in records_8)
-  for key in ("loss", "opt/ratio"):
+  assert all(r["opt/ratio_proposed"] > 1.0 for r in records_8)
+  assert all(r["opt/ratio"] <= 1.0 + 1e-5 for r in records_8)  # r of the applied step
+  assert all(r["opt/num_mismatched"] == 0.0 for r in records_8)
+  for key in ("loss", "opt/ratio_proposed", "opt/ratio"):
     np.testing.assert_allclose([r[key] for r in records_8], [r[key] for r in records_1],
                                rtol=1e-5)
 
@@ -251,7 +253,7 @@ def test_checkpoint_dir_apart_from_workdir_and_resume_from_it(tmp_path, capsys):
   assert sorted(os.listdir(checkpoints)) == ["1", "2"]  # Orbax always saves the first step
   assert not (tmp_path / "logs" / "checkpoints").exists()
   result, records = _train(tmp_path, "logs", mesh, steps=3, checkpoint_every=2,
-                           checkpoint_dir=checkpoints)
+                           checkpoint_dir=checkpoints, allow_config_changes=["loop.num_steps"])
   assert "resumed from step 2" in capsys.readouterr().out
   assert int(result.state.step) == 3 and [r["step"] for r in records] == [1, 2, 3]
   with pytest.raises(ValueError, match="local or mounted directory.*checkpoint_dir"):
