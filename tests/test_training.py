@@ -253,7 +253,7 @@ def test_checkpoint_dir_apart_from_workdir_and_resume_from_it(tmp_path, capsys):
   assert sorted(os.listdir(checkpoints)) == ["1", "2"]  # Orbax always saves the first step
   assert not (tmp_path / "logs" / "checkpoints").exists()
   result, records = _train(tmp_path, "logs", mesh, steps=3, checkpoint_every=2,
-                           checkpoint_dir=checkpoints)
+                           checkpoint_dir=checkpoints, allow_config_changes=["loop.num_steps"])
   assert "resumed from step 2" in capsys.readouterr().out
   assert int(result.state.step) == 3 and [r["step"] for r in records] == [1, 2, 3]
   with pytest.raises(ValueError, match="local or mounted directory.*checkpoint_dir"):
