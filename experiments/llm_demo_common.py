@@ -228,10 +228,18 @@ def think_prompts(demo: Demo, problems, width: int | None = None):
 
 
 def evaluate(model, demo: Demo, problems, key, *, k: int, max_new_tokens: int,
-             soft: bool = False, temperature: float = 1.0) -> dict[str, float]:
-  """Pass@1 / Pass@k with ``k`` samples per held-out problem (discrete or soft rollouts)."""
+             soft: bool = False, temperature: float = 1.0, top_k: int | None = None,
+             top_p: float | None = None) -> dict[str, float]:
+  """Pass@1 / Pass@k with ``k`` samples per held-out problem (discrete or soft rollouts).
+
+  ``top_k`` / ``top_p`` filter discrete sampling, the soft policy's mixtures (when set) and
+  its answer after ``</think>``."""
+  soft_filters = {} if top_k is None else {"soft_top_k": top_k}
+  if top_p is not None:
+    soft_filters["soft_top_p"] = top_p
   config = trainer.RLConfig(group_size=k, max_new_tokens=max_new_tokens, soft=soft,
-                            temperature=temperature)
+                            temperature=temperature, top_k=top_k, top_p=top_p,
+                            after_think_top_k=top_k, after_think_top_p=top_p, **soft_filters)
   prompts, lengths = think_prompts(demo, problems)
   _, tokens, out_lengths = trainer.rollout(model, prompts, lengths, key, config,
                                            **demo.tokens.rollout_kwargs())
@@ -247,12 +255,16 @@ def held_out_evaluator(config, demo: Demo, **kwargs) -> Callable[..., dict[str, 
 
   Problems and sampling key come from ``config.eval_seed`` (not the training seed), and
   every call reuses them (common random numbers), so models and training seeds are compared
-  on identical draws.
+  on identical draws. Sampling: ``config.eval_temperature`` / ``eval_top_k`` / ``eval_top_p``
+  (defaults 1 / None / None).
   """
   problems = demo.task.sample(config.num_eval_problems, config.eval_seed, "test")
   key = jax.random.key(config.eval_seed)
+  sampling = {name: config.get(f"eval_{name}", default) for name, default in
+              (("temperature", 1.0), ("top_k", None), ("top_p", None))}
   return lambda model, **kw: evaluate(model, demo, problems, key, k=config.eval_k,
-                                      max_new_tokens=config.max_new_tokens, **kwargs, **kw)
+                                      max_new_tokens=config.max_new_tokens,
+                                      **{**sampling, **kwargs, **kw})
 
 
 def plot_curves(curves: dict[str, list[float]], path: Path, *, xlabel: str, ylabel: str,

@@ -55,13 +55,15 @@ def sample(model, demo: common.Demo, prompt_rows, key, *, num, temperature, max_
 
 def grpo_reference(config) -> dict | None:
   """GRPO's held-out eval from ``experiments.grpo``'s results.json if it used the same
-  evaluation problems (same ``eval_seed``, ``num_eval_problems``, ``eval_k``, ``num_ops``,
-  ``max_new_tokens``, ``init_dir``; for a JSONL task also ``data``); else None."""
+  evaluation problems and sampling (same ``eval_seed``, ``num_eval_problems``, ``eval_k``,
+  ``num_ops``, ``max_new_tokens``, ``init_dir``, ``eval_*``; for a JSONL task also
+  ``data``); else None."""
   path = Path(config.grpo_results)
   if not path.exists():
     return None
   grpo = json.loads(path.read_text())
-  keys = ("eval_seed", "num_eval_problems", "eval_k", "num_ops", "max_new_tokens", "init_dir")
+  keys = ("eval_seed", "num_eval_problems", "eval_k", "num_ops", "max_new_tokens", "init_dir",
+          "eval_temperature", "eval_top_k", "eval_top_p")
   if config.task != "arithmetic":  # the same files and prompt template too
     keys += ("task", "data")
   mine = json.loads(json.dumps(config.to_dict()))  # tuples as JSON lists

@@ -108,3 +108,23 @@ def test_lora_minibatches_nan_rewards_and_exact_resume(tmp_path, key):
   raw = ocp.StandardCheckpointer().restore(tmp_path / "1" / "state")
   names = {p[-1].key for p, _ in jax.tree_util.tree_flatten_with_path(raw["params"])[0]}
   assert names == {"lora_a", "lora_b"}, names
+
+
+def test_truncated_completions_as_trl():
+  """TRL grpo_trainer.py:2419: truncated = the completion's last id is no stop token."""
+  tokens = np.array([[4, 5, 1], [4, 1, 0], [4, 5, 6]])
+  lengths = np.array([3, 2, 3])
+  np.testing.assert_array_equal(trainer._truncated(tokens, lengths, 3, (1,)), [False, False, True])
+
+
+def test_paper_config_matches_softgrpo_scripts():
+  """SofT-GRPO-deepscaler-8k-*.sh: train_batch_size 64, ppo_mini_batch_size 32 (2 updates),
+  val_kwargs T 0.6 / top-p 0.95 / top-k 5, after_thinking_top_k 5 / top_p 0.95."""
+  from experiments import grpo
+  from experiments.configs import grpo_qwen
+  c = grpo_qwen.get_config()
+  assert (c.prompts_per_step, c.num_minibatches) == (64, 2)
+  assert (c.eval_temperature, c.eval_top_k, c.eval_top_p) == (0.6, 5, 0.95)
+  cfg = grpo.rl_config(c, soft=True)
+  assert (cfg.after_think_top_k, cfg.after_think_top_p, cfg.detach_soft_inputs) == (5, 0.95, True)
+  assert cfg.advantage_ddof == 1 and cfg.loss.kl_clamp == 10.0

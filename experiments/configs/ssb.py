@@ -49,5 +49,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.num_eval_problems = 256
   c.eval_seed = 100  # held-out problems and sampling key (fixed across training seeds)
   c.eval_k = 8
+  # The same evaluation sampling as experiments/configs/grpo.py (T 0.6, top-k 5, top-p 0.95),
+  # so the three demos' tables compare.
+  c.eval_temperature = 0.6
+  c.eval_top_k = 5
+  c.eval_top_p = 0.95
   c.chunk_size = 32
   return c
