@@ -114,7 +114,7 @@ def seconds(tokens: int, repeats: int, token_chunk: int, vocab_chunk: int):
   # The two guards apply the same update (same r, same scale).
   for a, b in zip(jax.tree.leaves(runs["naive"][2][0]), jax.tree.leaves(runs["chunked"][2][0])):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
-  ratios = [float(logitlab.guard_metrics(runs[g][2][1])["guard/ratio"]) for g in ("naive",
+  ratios = [float(logitlab.guard_metrics(runs[g][2][1])["guard/ratio_proposed"]) for g in ("naive",
                                                                                    "chunked")]
   np.testing.assert_allclose(ratios[1], ratios[0], rtol=1e-4)
   return {g: float(np.median(t)) for g, t in times.items()}

@@ -129,7 +129,7 @@ def test_guard_with_an_estimator_reports_components_and_caps_with_the_estimate()
   updates, state = jax.jit(lambda g: tx.update(g, tx.init(params), params,
                                                logits_fn=logits_fn))(step)
   metrics = logitlab.guard_metrics(state)
-  np.testing.assert_allclose(metrics["guard/ratio_output"], metrics["guard/ratio"])
+  np.testing.assert_allclose(metrics["guard/ratio_output"], metrics["guard/ratio_proposed"])
   np.testing.assert_allclose(_exact_ratio(logits_fn, params, updates).ratio, 0.5, rtol=1e-2)
 
 

@@ -47,8 +47,9 @@ def test_applied_step_satisfies_post_condition(form, max_ratio):
     assert r >= max_ratio * (1 - 1e-4)  # it was capped, not zeroed
     params = optax.apply_updates(params, updates)
   metrics = logitlab.guard_metrics(state)
-  assert int(metrics["guard/num_capped"]) == 3
-  assert float(metrics["guard/ratio"]) > max_ratio
+  assert int(metrics["guard/num_capped"]) == 3 and int(metrics["guard/num_mismatched"]) == 0
+  assert float(metrics["guard/ratio_proposed"]) > max_ratio
+  np.testing.assert_allclose(metrics["guard/ratio"], r, rtol=1e-4)  # r of the applied step
 
 
 def test_small_steps_pass_through_unchanged():
@@ -61,13 +62,128 @@ def test_small_steps_pass_through_unchanged():
   assert float(state.scale) == 1.0 and int(state.num_capped) == 0
 
 
-def test_misuse_guard_before_adam_does_not_cap_the_step():
-  """chain(radius_guard(), adam) rescales the gradient, which Adam undoes."""
+def _scaled_adam(lr):
+  return optax.chain(optax.scale_by_adam(), optax.scale(-lr))
+
+
+_PLACEMENTS = {  # name -> (transform, whether the applied step is the guard's output)
+    "wrapper": (lambda: logitlab.radius_guard(optax.adam(50.0), on_mismatch="ignore"), True),
+    "after_adam": (lambda: optax.chain(optax.adam(50.0),
+                                       logitlab.radius_guard(on_mismatch="ignore")), True),
+    "inject_hyperparams": (lambda: optax.chain(optax.adam(50.0), optax.inject_hyperparams(
+        logitlab.radius_guard, static_args=("on_mismatch",))(max_ratio=1.0,
+                                                             on_mismatch="ignore")), True),
+    "multisteps": (lambda: optax.MultiSteps(
+        logitlab.radius_guard(optax.adam(50.0), on_mismatch="ignore"), 2), True),
+    "before_adam": (lambda: optax.chain(logitlab.radius_guard(on_mismatch="ignore"),
+                                        optax.adam(50.0)), False),
+    "after_adam_then_weight_decay": (lambda: optax.chain(
+        optax.scale_by_adam(), logitlab.radius_guard(on_mismatch="ignore"),
+        optax.add_decayed_weights(0.5), optax.scale(-50.0)), False),
+    "after_adam_then_lr": (lambda: optax.chain(
+        optax.scale_by_adam(), logitlab.radius_guard(on_mismatch="ignore"),
+        optax.scale(-50.0)), False),
+    "after_adam_then_schedule": (lambda: optax.chain(
+        optax.scale_by_adam(), logitlab.radius_guard(on_mismatch="ignore"),
+        optax.scale_by_schedule(lambda n: -50.0 / (1.0 + n))), False),
+    "wrapper_then_weight_decay": (lambda: optax.chain(
+        logitlab.radius_guard(_scaled_adam(50.0), on_mismatch="ignore"),
+        optax.add_decayed_weights(0.5)), False),
+}
+
+
+@pytest.mark.parametrize("placement", sorted(_PLACEMENTS))
+def test_every_placement_caps_the_applied_step_or_reports_it(placement):
+  """Correct placements: r(applied) <= 1 and the metrics give that r. Others: the step is not
+  capped (r of the applied step >> 1) and every step after the first is reported."""
+  make, correct = _PLACEMENTS[placement]
   params, logits_fn, loss_fn, _ = _problem()
-  misuse = optax.chain(logitlab.radius_guard(), optax.adam(50.0))
-  updates, _ = misuse.update(jax.grad(loss_fn)(params), misuse.init(params), params,
-                             logits_fn=logits_fn)
-  assert independent_ratio(logits_fn, params, updates) > 10.0
+  tx = make()
+  state = tx.init(params)
+  step = jax.jit(lambda p, st: tx.update(jax.grad(loss_fn)(p), st, p, logits_fn=logits_fn))
+  ratios = []
+  for _ in range(4):
+    updates, state = step(params, state)
+    ratios.append(independent_ratio(logits_fn, params, updates))
+    params = optax.apply_updates(params, updates)
+  metrics = logitlab.guard_metrics(state)
+  applied = [r for r in ratios if r > 0]  # MultiSteps applies every 2nd call
+  if correct:
+    assert max(applied) <= 1.0 + 1e-5 and int(metrics["guard/num_mismatched"]) == 0
+    np.testing.assert_allclose(metrics["guard/ratio"], applied[-1], rtol=1e-4)
+    np.testing.assert_allclose(metrics["guard/applied_factor"], 1.0, atol=1e-3)
+  else:
+    assert max(applied) > 2.0  # the misplaced guard does not cap the step
+    assert int(metrics["guard/num_mismatched"]) == 3  # steps 2, 3, 4 check steps 1, 2, 3
+    assert abs(float(metrics["guard/applied_factor"]) - 1.0) > 0.1
+  if placement == "after_adam_then_lr":
+    np.testing.assert_allclose(metrics["guard/applied_factor"], -50.0, rtol=1e-3)
+
+
+def test_misplaced_guard_raises_by_default_eager_and_jitted():
+  params, logits_fn, loss_fn, _ = _problem()
+  tx = optax.chain(logitlab.radius_guard(), optax.adam(50.0))  # the spelling of issue 12
+  for jit in (False, True):
+    state = tx.init(params)
+    step = lambda p, st: tx.update(jax.grad(loss_fn)(p), st, p, logits_fn=logits_fn)
+    step = jax.jit(step) if jit else step
+    updates, state = step(params, state)  # the first step cannot be checked yet
+    with pytest.raises(Exception, match="radius_guard: the parameters moved by"):
+      jax.block_until_ready(step(optax.apply_updates(params, updates), state))
+  warn = optax.chain(logitlab.radius_guard(on_mismatch="warn"), optax.adam(50.0))
+  state = warn.init(params)
+  updates, state = warn.update(jax.grad(loss_fn)(params), state, params, logits_fn=logits_fn)
+  with pytest.warns(logitlab.RadiusGuardPlacementWarning):
+    warn.update(jax.grad(loss_fn)(params), state, optax.apply_updates(params, updates),
+                logits_fn=logits_fn)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"max_ratio": 0.0}, "`max_ratio`"), ({"max_ratio": -1.0}, "`max_ratio`"),
+    ({"max_ratio": float("nan")}, "`max_ratio`"), ({"temperature": 0.0}, "`temperature`"),
+    ({"temperature": -2.0}, "`temperature`"), ({"on_mismatch": "maybe"}, "`on_mismatch`")])
+def test_bad_configuration_raises_naming_the_argument(kwargs, match):
+  with pytest.raises(ValueError, match=match):
+    logitlab.radius_guard(optax.adam(1.0), **kwargs)
+
+
+def test_traced_bad_hyperparameter_gives_nan_update_and_wrong_mask_raises():
+  params, logits_fn, loss_fn, _ = _problem()
+  grads = jax.grad(loss_fn)(params)
+  tx = optax.inject_hyperparams(logitlab.radius_guard)(max_ratio=1.0)
+  state = tx.init(params)
+  state.hyperparams["max_ratio"] = jnp.asarray(0.0)
+  with pytest.raises(ValueError, match="`max_ratio`"):  # eager: concrete, raises
+    tx.update(grads, state, params, logits_fn=logits_fn)
+  updates, _ = jax.jit(lambda st: tx.update(grads, st, params, logits_fn=logits_fn))(state)
+  assert all(np.all(np.isnan(np.asarray(u))) for u in jax.tree.leaves(updates))
+  guard = logitlab.radius_guard(optax.adam(1.0))
+  with pytest.raises(ValueError, match="`logits_mask`"):  # [B, 1] for [B, K] logits
+    guard.update(grads, guard.init(params), params, logits_fn=logits_fn,
+                 logits_mask=jnp.ones((16, 1), bool))
+
+
+def test_chain_form_passes_a_nan_proposal_on_and_apply_if_finite_recovers():
+  """Stage form: a NaN gradient is not hidden as a zero step (Adam's moments before the guard
+  would stay NaN and freeze training); optax.apply_if_finite skips it with every state kept."""
+  params, logits_fn, loss_fn, _ = _problem()
+  grads = jax.grad(loss_fn)(params)
+  nan_grads = jax.tree.map(lambda g: g * jnp.nan, grads)
+  chain = optax.chain(optax.adam(1.0), logitlab.radius_guard())
+  updates, state = chain.update(nan_grads, chain.init(params), params, logits_fn=logits_fn)
+  assert all(np.all(np.isnan(np.asarray(u))) for u in jax.tree.leaves(updates))
+  assert int(logitlab.guard_metrics(state)["guard/num_skipped"]) == 1
+
+  safe = optax.apply_if_finite(chain, max_consecutive_errors=3)
+  state = safe.init(params)
+  for g in (nan_grads, grads, grads):
+    updates, state = safe.update(g, state, params, logits_fn=logits_fn)
+    params = optax.apply_updates(params, updates)
+  assert all(np.all(np.isfinite(np.asarray(u))) for u in jax.tree.leaves(updates))
+  assert float(np.abs(np.asarray(updates["w1"])).max()) > 0  # training goes on
+  adam_state = state.inner_state[0][0]
+  assert np.all(np.isfinite(np.asarray(adam_state.mu["w1"])))
+  assert int(state.total_notfinite) == 1
 
 
 def test_logits_jvp_form_matches_logits_fn_form():
@@ -154,17 +270,29 @@ def test_mask_and_temperature_are_respected():
   np.testing.assert_allclose(independent_ratio(masked_fn, params, updates), 2.0, rtol=1e-4)
 
 
-def test_bf16_params_and_logits():
-  params, logits_fn, loss_fn, _ = _problem()
-  params = jax.tree.map(lambda p: p.astype(jnp.bfloat16), params)
-  fn = lambda p: logits_fn(p).astype(jnp.bfloat16)
-  grads = jax.grad(lambda p: loss_fn(jax.tree.map(lambda q: q.astype(jnp.float32), p)))(params)
-  tx = logitlab.radius_guard(optax.adam(50.0))
-  updates, state = tx.update(grads, tx.init(params), params, logits_fn=fn)
-  assert all(u.dtype == jnp.bfloat16 for u in jax.tree.leaves(updates))
-  assert state.ratio.dtype == jnp.float32 and np.isfinite(float(state.ratio))
-  f32 = lambda t: jax.tree.map(lambda q: q.astype(jnp.float32), t)
-  assert independent_ratio(logits_fn, f32(params), f32(updates)) <= 1.05  # bf16 rounding
+def test_bf16_applied_step_obeys_the_cap_after_the_cast():
+  """bf16 parameters, updates and logits: r of the returned (cast) update, measured from an
+  independent float32 Jacobian at the same point, never exceeds max_ratio (it did by up to
+  ~0.6 % on about half of the capped steps before issue 12)."""
+  worst = 0.0
+  for seed in range(3):
+    params, logits_fn, loss_fn, _ = _problem(seed=seed)
+    params = jax.tree.map(lambda p: p.astype(jnp.bfloat16), params)
+    f32 = lambda t: jax.tree.map(lambda q: q.astype(jnp.float32), t)
+    fn = lambda p: logits_fn(p).astype(jnp.bfloat16)
+    tx = logitlab.radius_guard(optax.adam(50.0))
+    step = jax.jit(lambda p, st: tx.update(jax.grad(lambda q: loss_fn(f32(q)))(p), st, p,
+                                           logits_fn=fn))
+    state = tx.init(params)
+    for _ in range(6):
+      updates, state = step(params, state)
+      assert all(u.dtype == jnp.bfloat16 for u in jax.tree.leaves(updates))
+      r = independent_ratio(logits_fn, f32(params), f32(updates))
+      assert r <= 1.0, r
+      assert float(state.ratio) <= 1.0 and r >= 0.45  # capped, at worst halved
+      worst = max(worst, r)
+      params = optax.apply_updates(params, updates)
+  assert worst > 0.98  # the margin costs < 2 %
 
 
 class _Count(nnx.Variable):
