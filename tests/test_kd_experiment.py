@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 import tensorflow_datasets as tfds
 
 from experiments import kd
@@ -110,7 +111,9 @@ def test_tfds_path_with_mock_cifar100(tmp_path):
     # The Orbax restore gives the trained teacher, not a fresh init: BatchNorm's running
     # statistics (init mean 0, var 1) moved during the 2 teacher steps.
     student_config = _shrunk_tfds_config("dkd", tmp_path)
-    teacher = kd.load_teacher(student_config, training.make_mesh(dict(student_config.mesh)))
+    graphdef, arrays = kd.load_teacher(student_config,
+                                       training.make_mesh(dict(student_config.mesh)))
+    teacher = nnx.merge(graphdef, arrays["params"], arrays["model_state"])
     assert not np.allclose(teacher.stem.bn.mean[...], 0.0)
     assert not np.allclose(teacher.stem.bn.var[...], 1.0)
     student_metrics = kd.run(_shrunk_tfds_config("dkd", tmp_path))
