@@ -346,8 +346,9 @@ def test_dhkd_gradient_alignment_matches_official_optimizer():
     h = jnp.tanh(x @ p["backbone"])
     return {"logits": h @ p["head1"], "aux_logits": h @ p["head2"]}, None
 
-  grads, (terms, _) = jax.grad(kd_recipes.objective, argnums=2, has_aux=True)(
-      recipe, apply_fn, params, teacher, labels, 1.0)
+  grads, (terms, _) = jax.jit(jax.grad(kd_recipes.objective, argnums=2, has_aux=True),
+                              static_argnums=(0, 1))(recipe, apply_fn, params, teacher,
+                                                     labels, 1.0)
   term_grad = lambda name: jax.grad(lambda p: kd_recipes.loss_terms(
       recipe, apply_fn(p)[0], teacher, labels, 1.0)[name])(params)
   flat = lambda g: np.concatenate([np.asarray(g[k], np.float64).ravel() for k in sorted(g)])
