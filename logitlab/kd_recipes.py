@@ -55,6 +55,9 @@ class Recipe:
     logit_standardization: Z-score both logits before the KD term (arXiv 2403.01427);
       only for ``STANDARDIZABLE`` methods.
     ce_weight: weight of the CE term (DHKD ``-r``/gamma, CTKD ``-r``).
+    label_smoothing: ``eps`` of the CE term on the student's logits (the DeiT recipe's
+      ``LabelSmoothLoss(0.1, mode="original")``: target ``(1 - eps) q + eps / C``, also for
+      mixed labels ``q``).
     kd_weight: weight of the distillation term (DHKD ``-a``/alpha, LS ``--kd-weight``; for
       DKD it multiplies alpha and beta, as the LS script does).
     temperature: KD / DKD / NKD / BinaryKLNorm / MLKD base temperature (unused by CTKD,
@@ -75,6 +78,7 @@ class Recipe:
   method: str
   logit_standardization: bool = False
   ce_weight: float = 1.0
+  label_smoothing: float = 0.0
   kd_weight: float = 1.0
   temperature: float = 4.0
   dkd_alpha: float = 1.0
@@ -197,14 +201,15 @@ def loss_terms(recipe: Recipe, student: Mapping[str, jax.Array],
     epoch: :func:`mdistiller_epoch` (DKD warmup, CTKD curriculum).
   """
   z = student["logits"]
-  ce = losses.cross_entropy(z, labels)
+  ce = losses.cross_entropy(z, labels, label_smoothing=recipe.label_smoothing)
   if recipe.method == "ce":
     return {"ce": ce}
   if recipe.method == "uskd":
     _, parts = losses.uskd(z, student["middle_logits"], labels, alpha=recipe.uskd_alpha,
                            beta=recipe.uskd_beta, mu=recipe.uskd_mu,
                            student_rank_scores=recipe.uskd_rank_scores)
-    return {"ce": parts["ce"], "target": recipe.uskd_alpha * parts["target"],
+    # parts["ce"] is the unsmoothed CE; the trainer's CE (label smoothing) replaces it.
+    return {"ce": ce, "target": recipe.uskd_alpha * parts["target"],
             "non_target": recipe.uskd_beta * parts["non_target"],
             "weak": recipe.uskd_mu * parts["weak"]}
   if teacher is None:
