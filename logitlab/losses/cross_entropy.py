@@ -32,7 +32,7 @@ def cross_entropy(
   Args:
     logits: ``[..., C]`` float logits (bf16 accepted; math in float32).
     labels: ``[...]`` integer class indices in ``[0, C)``.
-    label_smoothing: ``eps`` in ``[0, 1]``.
+    label_smoothing: ``eps`` in ``[0, 1]`` (a traced value outside it gives NaN under jit).
     where: optional bool mask broadcastable to ``[...]``; False drops an example.
     weights: optional per-example weights broadcastable to ``[...]``.
     reduction: ``"mean"`` over valid examples (default), ``"sum"`` or ``"none"`` (``[...]``).
@@ -42,11 +42,15 @@ def cross_entropy(
   """
   numerics.check_logits("logits", logits)
   _common.check_labels("labels", labels, "logits", logits)
+  smoothing_ok = numerics.check_values(
+      "label_smoothing", (label_smoothing >= 0) & (label_smoothing <= 1), "in [0, 1]",
+      label_smoothing)
   log_probs = numerics.log_softmax(logits)
   per_example = -_common.take_class(log_probs, labels)
-  if label_smoothing:
+  if numerics.is_traced(label_smoothing) or label_smoothing:
     per_example = ((1.0 - label_smoothing) * per_example
                    - label_smoothing * jnp.mean(log_probs, axis=-1))
+    per_example = numerics.nan_unless(per_example, smoothing_ok)
   return _common.reduce_loss(per_example, where=where, weights=weights, reduction=reduction)
 
 
@@ -66,13 +70,20 @@ def soft_cross_entropy(
 
   Args:
     logits: ``[..., C]`` float logits.
-    target_probs: ``[..., C]`` probability vectors (rows summing to 1).
+    target_probs: ``[..., C]`` probability vectors (entries >= 0, rows summing to 1 within
+      1e-3); under jit a row that is not one gives NaN for that example.
     where, weights, reduction: as in :func:`cross_entropy`.
   """
   numerics.check_logits("logits", logits)
   numerics.check_logits("target_probs", target_probs)
   numerics.check_same_shape(("logits", "target_probs"), logits, target_probs)
   target_probs = jax.lax.stop_gradient(numerics.upcast(target_probs))
+  row_sums = jnp.sum(target_probs, axis=-1)
+  ok = numerics.check_values(
+      "target_probs", jnp.all(target_probs >= 0, axis=-1) & (jnp.abs(row_sums - 1) <= 1e-3),
+      "probability vectors (entries >= 0, rows summing to 1)",
+      f"row sums in [{jnp.min(row_sums, initial=1.0)}, {jnp.max(row_sums, initial=1.0)}]")
   per_example = -jnp.sum(numerics.xlogy_probs(target_probs, numerics.log_softmax(logits)),
                          axis=-1)
+  per_example = numerics.nan_unless(per_example, ok)
   return _common.reduce_loss(per_example, where=where, weights=weights, reduction=reduction)
