@@ -47,6 +47,9 @@ def step_head_mask(text: str, offsets: Sequence[tuple[int, int]], *,
     never_head: optional bool per token, True for tokens that cannot start a step (special
       tokens such as ``<think>``; empty-span tokens are always excluded).
   """
+  if isinstance(num_head_tokens, bool) or not isinstance(num_head_tokens, int) or (
+      num_head_tokens < 0):
+    raise ValueError(f"`num_head_tokens` must be an integer >= 0, got {num_head_tokens!r}.")
   starts = [0] + [m.end() for m in separator.finditer(text)]
   excluded = np.zeros(len(offsets), bool) if never_head is None else np.asarray(never_head)
   token_starts = np.array([s if e > s and not x else -1
@@ -83,6 +86,10 @@ def casl_scores(scores: dict[str, Array]) -> tuple[Array, Array]:
   Returns ``(s_casl [N], coefficients [4] = (b1, b2, gamma, c))``; the fit is float64-free
   least squares (``jnp.linalg.lstsq``) on float32 features.
   """
+  missing = {"s_logp", "s_first", "s_drop", "z"} - set(scores)
+  if missing:
+    raise ValueError(f"`scores` must be the dict of `step_scores` (s_logp, s_first, s_drop, z); "
+                     f"missing {sorted(missing)}.")
   design = jnp.stack([scores["s_first"], scores["s_drop"], scores["z"],
                       jnp.ones_like(scores["z"])], axis=-1)
   coef = jnp.linalg.lstsq(design, scores["s_logp"])[0]
@@ -90,8 +97,19 @@ def casl_scores(scores: dict[str, Array]) -> tuple[Array, Array]:
 
 
 def select_top_k(scores: chex.Array, question_ids: chex.Array, k: int) -> np.ndarray:
-  """Indices of the ``k`` highest-scoring responses of every question (ties: lower index)."""
+  """Indices of the ``k`` highest-scoring responses of every question (ties: lower index).
+
+  ``scores`` and ``question_ids`` are ``[N]``; ``k >= 1``. A NaN score raises (it would sort
+  as the highest).
+  """
   scores, question_ids = np.asarray(scores), np.asarray(question_ids)
+  if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+    raise ValueError(f"`k` must be an integer >= 1, got {k!r}.")
+  if scores.ndim != 1 or question_ids.shape != scores.shape:
+    raise ValueError(f"`question_ids` must have the shape of `scores` [N] = {scores.shape}, got "
+                     f"{question_ids.shape}.")
+  if not np.all(np.isfinite(scores)):
+    raise ValueError("`scores` must be finite.")
   chosen = []
   for q in np.unique(question_ids):
     rows = np.flatnonzero(question_ids == q)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Array = jax.Array
 
@@ -89,8 +90,8 @@ def check_positive(name: str, value) -> None:
   """
   if value is None or is_traced(value):
     return
-  v = jnp.asarray(value)
-  if v.size and not bool(jnp.all(jnp.isfinite(v) & (v > 0))):
+  v = np.asarray(value)  # NumPy: under a jit trace, jnp ops on a constant give tracers
+  if v.size and not bool(np.all(np.isfinite(v) & (v > 0))):
     raise ValueError(f"`{name}` must be a finite number > 0, got {value!r}.")
 
 
@@ -101,8 +102,10 @@ def check_values(name: str, ok, expected: str, got=None) -> Array:
   when any entry is false. Traced: cannot raise, so returns ``ok`` as a bool array for the
   caller to poison the affected outputs with ``nan_unless``; never a clamped finite value.
   """
-  ok = jnp.asarray(ok).astype(bool)
-  if not is_traced(ok) and not bool(jnp.all(ok)):
+  if is_traced(ok):
+    return jnp.asarray(ok).astype(bool)
+  ok = np.asarray(ok).astype(bool)  # NumPy: under a jit trace, jnp ops give tracers
+  if not bool(np.all(ok)):
     detail = "" if got is None else f", got {got}"
     raise ValueError(f"`{name}` must be {expected}{detail}.")
   return ok

@@ -77,11 +77,11 @@ def public_symbols() -> set[str]:
       names = [n for n in vars(module) if not n.startswith("_")]
     for name in names:
       obj = getattr(module, name)
-      if not (inspect.isfunction(obj) or inspect.isclass(obj)):
+      if inspect.ismodule(obj) or not callable(obj):  # jitted / custom_vjp functions count
         continue
       home = getattr(obj, "__module__", "") or ""
       if home.startswith("logitlab") and not any(p.startswith("_") for p in home.split(".")[1:]):
-        found.add(f"{home}.{obj.__qualname__}")
+        found.add(f"{home}.{getattr(obj, '__qualname__', name)}")
   return found
 
 
@@ -175,6 +175,8 @@ ROWS += rows_for(
       arg("temperature"), case="nan"),
     R("check_same_shape", lambda: numerics.check_same_shape(("a", "b"), F, Y), arg("a")),
     R("check_values", lambda: numerics.check_values("labels", Y < 1, "in [0, 1)"), arg("labels")),
+    R("nan_unless_positive", lambda: jit_nan(lambda t: numerics.nan_unless_positive(F, t), 0.0),
+      returns=is_nan, case="traced"),
     R("nan_unless", lambda: numerics.nan_unless(F, jnp.ones((3, 2), bool)), arg("ok")),
     R("upcast", lambda: numerics.upcast("text"), arg("x"), TypeError),
     R("masked_mean", lambda: numerics.masked_mean(F, jnp.ones((4,), bool)), arg("where")),
@@ -281,6 +283,542 @@ ROWS += rows_for(
       arg("student_rank_scores")),
 )
 
+ROWS += rows_for(
+    distill_chunked,
+    R("map_token_chunks", lambda: distill_chunked.map_token_chunks(lambda x: x, (F[None],), 0),
+      arg("chunk_size")),
+    R("sum_token_chunks_fused", lambda: distill_chunked.sum_token_chunks_fused(
+        lambda p, h, w: h.sum(), {}, jnp.zeros((1, 2, 3)), (), jnp.ones((1, 2)), 0),
+      arg("chunk_size")),
+    R("divergence_from_logits",
+      lambda: distill_chunked.divergence_from_logits(F, F, divergence="kl"), arg("divergence")),
+    R("divergence_from_logits",
+      lambda: distill_chunked.divergence_from_logits(F, F, temperature=0.0), arg("temperature"),
+      case="temperature"),
+    R("topk_forward_kl", lambda: distill_chunked.topk_forward_kl(
+        F, jnp.zeros((2, 3), jnp.int32), F, temperature=-1.0), arg("temperature")),
+    R("chunked_distill_loss", lambda: distill_chunked.chunked_distill_loss(
+        jnp.zeros((1, 2)), lambda p, h: h, jnp.ones((1, 2))), arg("student_hidden")),
+)
+
+ROWS += rows_for(
+    data_selection,
+    R("step_head_mask", lambda: data_selection.step_head_mask("a. b", [(0, 1)], num_head_tokens=-1),
+      arg("num_head_tokens")),
+    R("step_scores", lambda: data_selection.step_scores(F, jnp.ones((2, 4), bool),
+                                                        jnp.ones((2, 3), bool)),
+      arg("response_mask")),
+    R("casl_scores", lambda: data_selection.casl_scores({"s_logp": jnp.zeros(3)}), arg("scores")),
+    R("select_top_k", lambda: data_selection.select_top_k(jnp.zeros(3), jnp.zeros(3, int), -1),
+      arg("k")),
+    R("select_top_k", lambda: data_selection.select_top_k(jnp.zeros(3), jnp.zeros(2, int), 1),
+      arg("question_ids"), case="length-mismatch"),
+    R("response_logprobs", lambda: data_selection.response_logprobs(
+        tiny_lm(), jnp.zeros((1, 3), jnp.int32), jnp.ones((1, 4))), arg("attention_mask")),
+)
+
+ROWS += rows_for(
+    datasets,
+    R("digits", lambda: datasets.digits(test_fraction=1.5), arg("test_fraction")),
+)
+
+ROWS += rows_for(
+    ngram,
+    R("build_ngram", lambda: ngram.build_ngram([[1, 2]], vocab_size=5, max_order=0),
+      arg("max_order")),
+    R("build_ngram", lambda: ngram.build_ngram([[1, 7]], vocab_size=5), arg("sequences"),
+      case="id-range"),
+    R("order_log_probs", lambda: ngram.order_log_probs(ngram_model(), jnp.zeros((2, 5), int)),
+      arg("context")),
+    R("style_log_prior", lambda: ngram.style_log_prior(ngram_model(), jnp.zeros((2,), int),
+                                                       order_weights=(1.0,)),
+      arg("order_weights")),
+    R("inject_style", lambda: ngram.inject_style(F, ngram_model(), jnp.zeros((2, 2), int),
+                                                 strength=1.0), arg("logits")),
+    R("shifted_contexts", lambda: ngram.shifted_contexts(ngram_model(), F), arg("tokens"),
+      TypeError, owner="issue 17"),
+    R("perplexity", lambda: ngram.perplexity(F, jnp.ones((3,), bool)), arg("where"), owner="issue 17"),
+    R("style_perplexity", lambda: ngram.style_perplexity(ngram_model(), F), arg("tokens"),
+      TypeError, owner="issue 17"),
+    R("base_perplexity", lambda: ngram.base_perplexity(jnp.zeros((1, 2, 5)),
+                                                       jnp.zeros((1, 3), int)), arg("targets"), owner="issue 17"),
+    R("steering_js", lambda: ngram.steering_js(F, jnp.zeros((2, 4))), arg("logits")),
+    R("token_overlap", lambda: ngram.token_overlap(jnp.zeros((2, 3), int), jnp.zeros((3, 3), int)),
+      arg("reference_tokens")),
+    R("style_vocab_overlap", lambda: ngram.style_vocab_overlap(ngram_model(), F), arg("tokens"),
+      TypeError, owner="issue 17"),
+    R("ngram_style_policy", lambda: ngram.ngram_style_policy(
+        ngram_model(), jnp.zeros((2, 3), int), jnp.zeros((3,), int), strength=1.0),
+      arg("prompt_lengths")),
+    R("NGramStylePolicy", lambda: ngram.NGramStylePolicy(order_weights=()),
+      arg("order_weights"), owner="issue 17"),
+)
+
+ROWS += rows_for(
+    sampling,
+    R("filter_logits", lambda: sampling.filter_logits(F, top_k=0), arg("top_k")),
+    R("sample_token", lambda: sampling.sample_token(F, KEY, temperature=-1.0), arg("temperature")),
+    R("sample_token", lambda: sampling.sample_token(jnp.full((1, 3), jnp.nan), KEY),
+      returns=lambda t: bool(np.all(np.asarray(t) < 0)) , case="nan-row", owner="issue 17"),
+    R("SamplingPolicy", lambda: sampling.SamplingPolicy(temperature=-1.0), arg("temperature")),
+    R("GREEDY", lambda: sampling.GREEDY(Y, None, KEY), arg("logits"), TypeError),
+    R("left_align", lambda: sampling.left_align(jnp.zeros((2, 3), int), jnp.ones((2, 4), bool)),
+      arg("mask"), owner="issue 17"),
+    R("generate", lambda: sampling.generate(tiny_lm(), jnp.zeros((1, 2), jnp.int32),
+                                            max_new_tokens=0, key=KEY), arg("max_new_tokens")),
+    R("GenerateOutput", lambda: sampling.GenerateOutput(F, Y, None, None),
+      returns=lambda o: o.tokens.shape == (2, 3), case="container"),
+)
+
+ROWS += rows_for(
+    soft_thinking,
+    R("filtered_top_k", lambda: soft_thinking.filtered_top_k(F, temperature=0.0),
+      arg("temperature")),
+    R("truncate_sorted", lambda: soft_thinking.truncate_sorted(F, F.astype(int), 0),
+      arg("max_topk"), owner="issue 17"),
+    R("soft_token_weights", lambda: soft_thinking.soft_token_weights(F, max_topk=0),
+      arg("max_topk"), owner="issue 17"),
+    R("dirichlet_resample", lambda: soft_thinking.dirichlet_resample(KEY, F, alpha=0.0),
+      arg("alpha")),
+    R("gumbel_softmax_weights", lambda: soft_thinking.gumbel_softmax_weights(KEY, F, tau=0.0),
+      arg("tau")),
+    R("soft_embedding", lambda: soft_thinking.soft_embedding(F, F, jnp.zeros((4, 2))),
+      arg("ids"), TypeError),
+    R("ColdStop", lambda: soft_thinking.ColdStop(patience=0), arg("patience"), owner="issue 17"),
+    R("SoftThinkingPolicy", lambda: soft_thinking.SoftThinkingPolicy(end_think_id=1, mode="x"),
+      arg("mode")),
+    R("soft_thinking_policy", lambda: soft_thinking.soft_thinking_policy(
+        jnp.zeros((4, 2)), 2, end_think_id=1, mode="x"), arg("mode")),
+    R("js_top1_probe", lambda: soft_thinking.js_top1_probe(
+        tiny_lm(), jnp.zeros((1, 2, 8)), jnp.zeros(1, int), jnp.ones((1, 1)),
+        jnp.zeros((1, 1), int)), arg("ids")),
+    R("logit_lens", lambda: soft_thinking.logit_lens(
+        tiny_lm(), jnp.zeros((1, 2, 8)), jnp.zeros(1, int), jnp.zeros((1, 2), int),
+        top1_weight=2.0), arg("top1_weight")),
+)
+
+ROWS += rows_for(
+    ssb,
+    R("teacher_prompt", lambda: ssb.teacher_prompt("q", "a", "b", template="no fields"),
+      arg("template"), owner="issue 15"),
+    R("curate", lambda: ssb.curate(np.ones((2, 3), bool), [["1"] * 3], np.random.default_rng(0)),
+      arg("answers"), owner="issue 15"),
+    R("align_replies", lambda: ssb.align_replies([[1]], [[1], [2]], 1, 4), arg("replies"), owner="issue 15"),
+    R("teacher_targets", lambda: ssb.teacher_targets(F, top_k=2), arg("teacher_logits")),
+    R("ssb_loss", lambda: ssb.ssb_loss(jnp.zeros((1, 2, 3)), lambda h: h, jnp.ones((1, 2)),
+                                       jnp.zeros((1, 2, 2)), jnp.zeros((1, 2, 2), int),
+                                       temperature=0.0), arg("temperature")),
+    R("model_teacher_targets", lambda: ssb.model_teacher_targets(tiny_lm(), {}, top_k=2),
+      arg("batch"), owner="issue 15"),
+    R("model_ssb_loss", lambda: ssb.model_ssb_loss(tiny_lm(), {}), arg("batch"), owner="issue 15"),
+    R("lora_train_step", lambda: ssb.lora_train_step(tiny_lm(), None, {}), arg("batch"), owner="issue 15"),
+    R("add_lora", lambda: ssb.add_lora(tiny_lm(), 0, rngs=nnx.Rngs(0)), arg("rank"), owner="issue 15"),
+    R("lora_optimizer", lambda: ssb.lora_optimizer(tiny_lm()), arg("model"), owner="issue 15"),
+    R("save_lora", lambda: ssb.save_lora("/tmp", tiny_lm(), 0), arg("model")),
+    R("restore_lora", lambda: ssb.restore_lora("/nonexistent/lora", tiny_lm()), arg("directory"),
+      FileNotFoundError),
+)
+
+CTR = np.array([[0.3, 0.2], [0.4, 0.1], [0.2, 0.2]])
+V3 = np.array([0.5, 0.8, 0.2])
+
+ROWS += rows_for(
+    mnl,
+    R("check_max_ads", lambda: mnl.check_max_ads(1.7), arg("max_ads")),
+    R("check_count", lambda: mnl.check_count("num_ads", -1), arg("num_ads")),
+    R("check_assignment", lambda: mnl.check_assignment(np.array([0, 0, -1]), 3, 2),
+      arg("assignment")),
+    R("check_instance", lambda: mnl.check_instance(V3, CTR[:2], 1), arg("ctr")),
+    R("mnl_weights", lambda: mnl.mnl_weights(np.array([0.5, 1.0])), arg("ctr")),
+    R("shown_weights", lambda: mnl.shown_weights(CTR, np.array([0, 5, -1])), arg("assignment")),
+    R("mnl_click_probs", lambda: mnl.mnl_click_probs(CTR, np.array([0, 0, -1])),
+      arg("assignment"), case="position-reused"),
+    R("mnl_objective", lambda: mnl.mnl_objective(V3[:2], CTR, np.array([0, 1, -1])),
+      arg("scores")),
+    R("max_weight_matching", lambda: mnl.max_weight_matching(CTR, -1), arg("max_edges")),
+    R("max_weight_matching", lambda: mnl.max_weight_matching(np.full((2, 2), np.nan), 1),
+      arg("edge_weights"), case="nan"),
+    R("mnl_allocation", lambda: mnl.mnl_allocation(V3, CTR, 1.7), arg("max_ads")),
+    R("mnl_allocation", lambda: mnl.mnl_allocation(V3, np.zeros((3, 0)), 1), arg("ctr"),
+      case="zero-positions"),
+    R("mnl_allocation_lp", lambda: mnl.mnl_allocation_lp(V3, CTR + 0.7, 1), arg("ctr")),
+)
+
+ROWS += rows_for(
+    mechanisms,
+    R("vcg", lambda: mechanisms.vcg(np.array([0.5, np.nan, 0.2]), CTR, 1), arg("values")),
+    R("vcg", lambda: mechanisms.vcg(-V3, CTR, 1), arg("values"), case="negative"),
+    R("myerson", lambda: mechanisms.myerson(V3 + 1.0, CTR, 1, distributions.Uniform()),
+      arg("values")),
+    R("cascade_vcg", lambda: mechanisms.cascade_vcg(V3, CTR, max_ads=2.5), arg("max_ads")),
+    R("allocation_curve", lambda: mechanisms.allocation_curve(V3, CTR, 1, 7, 1.0), arg("bidder")),
+    R("threshold_payment", lambda: mechanisms.threshold_payment([], "uniform"),
+      arg("distribution"), TypeError),
+    R("AuctionOutcome", lambda: mechanisms.AuctionOutcome(np.array([1, -1, 0]), V3, V3).order,
+      returns=lambda order: list(order) == [2, 0], case="documented: display order by position"),
+)
+
+ROWS += rows_for(
+    distributions,
+    R("Uniform", lambda: distributions.Uniform(1.0, 0.0), arg("low")),
+    R("Exponential", lambda: distributions.Exponential(rate=0.0), arg("rate")),
+    R("Identity", lambda: distributions.Identity(low=np.nan), arg("low")),
+    R("Tabulated", lambda: distributions.Tabulated(np.array([0.0, 1.0]), np.array([0.5, 0.2]),
+                                                   np.array([0.0, 1.0])), arg("cdf")),
+    R("Tabulated", lambda: distributions.Tabulated.from_cdf(lambda v: v, 1.0, 0.0), arg("low"),
+      case="from_cdf"),
+    R("bimodal_uniform", lambda: distributions.bimodal_uniform(weight_low=1.5), arg("weight_low")),
+)
+
+ROWS += rows_for(
+    cascade,
+    R("check_cascade_instance", lambda: cascade.check_cascade_instance(V3, CTR, CTR[:2], 1),
+      arg("continuation")),
+    R("order_index", lambda: cascade.order_index(V3, CTR), arg("continuation")),
+    R("optimal_order", lambda: cascade.optimal_order(V3, V3 + 1.0), arg("continuation")),
+    R("sequence_value", lambda: cascade.sequence_value(V3, V3[:2]), arg("continuation")),
+    R("best_subsequence", lambda: cascade.best_subsequence(V3, V3, -1), arg("max_items")),
+    R("useful_pairs", lambda: cascade.useful_pairs(CTR, CTR, -1), arg("max_ads")),
+    R("relaxation_bound", lambda: cascade.relaxation_bound(V3, CTR, max_ads=0.5), arg("max_ads")),
+    R("cascade_allocation", lambda: cascade.cascade_allocation(V3, CTR, CTR * np.nan, 1),
+      arg("continuation")),
+    R("cascade_allocation", lambda: cascade.cascade_allocation(V3, CTR, max_ads=1, max_moves=-1),
+      arg("max_moves"), case="max_moves"),
+    R("cascade_click_probs", lambda: cascade.cascade_click_probs(CTR, CTR, np.array([[0, 5]])),
+      arg("pairs")),
+)
+
+ROWS += rows_for(
+    baselines,
+    R("rank_by_value_ctr", lambda: baselines.rank_by_value_ctr(-V3, CTR, 1), arg("values")),
+)
+
+ROWS += rows_for(
+    brute_force,
+    R("all_matchings", lambda: brute_force.all_matchings(3, 2, -1), arg("max_ads")),
+    R("mnl_brute_force", lambda: brute_force.mnl_brute_force(V3, CTR, 1.5), arg("max_ads")),
+    R("cascade_sequence_value", lambda: brute_force.cascade_sequence_value(
+        V3, CTR, 1 - CTR, [(0, 0), (0, 1)]), arg("sequence")),
+    R("cascade_brute_force", lambda: brute_force.cascade_brute_force(V3, CTR, None, 0.5),
+      arg("max_ads")),
+)
+
+ROWS += rows_for(
+    instances,
+    R("random_ctr", lambda: instances.random_ctr(np.random.default_rng(0), 3, 0),
+      arg("num_positions")),
+    R("random_continuation", lambda: instances.random_continuation(
+        np.random.default_rng(0), CTR, max_exit=1.5), arg("max_exit")),
+)
+
+X2 = jnp.ones((4, 2))
+
+ROWS += rows_for(
+    problems,
+    R("logistic_regression", lambda: problems.logistic_regression(X2, jnp.zeros(3)),
+      arg("labels")),
+    R("softmax_regression", lambda: problems.softmax_regression(X2, jnp.zeros(4, int), 0),
+      arg("num_classes")),
+    R("logsumexp", lambda: problems.logsumexp(X2, jnp.zeros(4), mu=0.0), arg("mu")),
+    R("nonlinear_equations", lambda: problems.nonlinear_equations(X2, jnp.zeros(4), p=1.0),
+      arg("p")),
+    R("rosenbrock_residuals", lambda: problems.rosenbrock_residuals(jnp.zeros(1)), arg("x")),
+    R("rosenbrock", lambda: problems.rosenbrock().value_fn(jnp.array([-1.2, 1.0])),
+      returns=lambda v: abs(float(v) - 24.2) < 1e-4, case="no arguments: f(-1.2, 1) = 24.2"),
+)
+
+ROWS += rows_for(
+    curvature,
+    R("hessian", lambda: curvature.hessian("f"), arg("value_fn"), TypeError),
+    R("gauss_newton", lambda: curvature.gauss_newton(lambda w: w, "loss"), arg("loss_fn"),
+      TypeError),
+    R("weighted_gauss_newton", lambda: curvature.weighted_gauss_newton(lambda w: w, mu=0.0),
+      arg("mu")),
+    R("fisher", lambda: curvature.fisher(None), arg("per_example_fn"), TypeError),
+    R("add_ridge", lambda: curvature.add_ridge(curvature.hessian(jnp.sum), -1.0), arg("l2")),
+    R("scale", lambda: curvature.scale(curvature.hessian(jnp.sum), -1.0), arg("factor")),
+    R("dense_matrix", lambda: curvature.dense_matrix(lambda v: v, "params"), arg("params"),
+      TypeError),
+)
+
+ROWS += rows_for(
+    solver,
+    R("gradient_normalized_newton", lambda: solver.gradient_normalized_newton(
+        jnp.sum, curvature.hessian(jnp.sum), linear_solver="lu"), arg("linear_solver")),
+    R("gradient_normalized_newton", lambda: solver.gradient_normalized_newton(
+        jnp.sum, curvature.hessian(jnp.sum), gamma_init=0.0), arg("gamma_init"),
+      case="gamma_init"),
+)
+
+ROWS += rows_for(
+    transform,
+    R("scale_by_gradient_normalized_newton",
+      lambda: transform.scale_by_gradient_normalized_newton(gamma_init=-1.0), arg("gamma_init")),
+)
+
+ROWS += rows_for(
+    grpo,
+    R("group_advantages", lambda: grpo.group_advantages(jnp.zeros(5), 2), arg("rewards")),
+    R("group_advantages", lambda: grpo.group_advantages(jnp.array([1.0, jnp.nan]), 2),
+      arg("rewards"), case="nan-reward", owner="issue 15"),
+    R("ppo_clipped_loss", lambda: grpo.ppo_clipped_loss(F, F, Y, dual_clip=0.5), arg("dual_clip")),
+    R("aggregate", lambda: grpo.aggregate(F, F, "mean"), arg("mode")),
+    R("k3_kl", lambda: grpo.k3_kl(F, jnp.zeros((2, 4))), arg("ref_logp"), owner="issue 15"),
+    R("grpo_loss", lambda: grpo.grpo_loss(F, F, Y, jnp.ones((2, 4))), arg("mask"),
+      owner="issue 15"),
+    R("GRPOLossConfig", lambda: grpo.GRPOLossConfig(aggregation="mean"), arg("aggregation"),
+      owner="issue 15"),
+)
+
+ROWS += rows_for(
+    logprobs,
+    R("shift_right", lambda: logprobs.shift_right(jnp.zeros(())), arg("values"), owner="issue 15"),
+    R("token_logprobs_from_hidden", lambda: logprobs.token_logprobs_from_hidden(
+        jnp.zeros((1, 2, 3)), jnp.zeros((1, 3), int), lambda h: h), arg("targets")),
+    R("final_hidden", lambda: logprobs.final_hidden(tiny_lm(), jnp.zeros((1, 2), jnp.int32),
+                                                    jnp.ones((1, 3))), arg("attention_mask")),
+    R("sequence_logprobs", lambda: logprobs.sequence_logprobs(
+        tiny_lm(), jnp.zeros((1, 2), jnp.int32), jnp.ones((1, 3))), arg("attention_mask")),
+)
+
+ROWS += rows_for(
+    rewards,
+    R("combine", lambda: rewards.combine([rewards.think_format], [1.0, 2.0]), arg("weights"),
+      owner="issue 15"),
+    R("correctness", lambda: rewards.correctness(["p"], ["c", "d"], answers=[1]),
+      arg("completions"), owner="issue 15"),
+    R("math_correctness", lambda: rewards.math_correctness(["p"], ["c", "d"], answers=["1"]),
+      arg("completions"), owner="issue 15"),
+    R("think_format", lambda: rewards.think_format(["p"], "completion"), arg("completions"),
+      TypeError, owner="issue 15"),
+)
+
+ROWS += rows_for(
+    soft_grpo,
+    R("soft_token_logprob", lambda: soft_grpo.soft_token_logprob(F, jnp.zeros((3, 2), int), F),
+      arg("ids")),
+    R("mixed_logprob", lambda: soft_grpo.mixed_logprob(F, Y, jnp.zeros((3, 2), int), F, Y > 0),
+      arg("ids")),
+    R("mixed_logprobs_from_hidden", lambda: soft_grpo.mixed_logprobs_from_hidden(
+        jnp.zeros((1, 2, 3)), jnp.zeros((1, 2), int), jnp.zeros((1, 2, 2), int),
+        jnp.zeros((1, 2, 2)), jnp.zeros((1, 2), bool), lambda h: h, chunk_size=0),
+      arg("chunk_size")),
+    R("soft_input_embeddings", lambda: soft_grpo.soft_input_embeddings(
+        jnp.zeros((4, 2)), jnp.zeros((1, 2), int), jnp.zeros((1, 2, 2), int),
+        jnp.zeros((1, 2, 2)), jnp.zeros((1, 2), bool), tau=0.0), arg("tau"), owner="issue 15"),
+    R("SoftGRPOPolicy", lambda: soft_grpo.SoftGRPOPolicy(end_think_id=1, top_k=0), arg("top_k"),
+      owner="issue 15"),
+)
+
+ROWS += rows_for(
+    trainer,
+    R("RLConfig", lambda: trainer.RLConfig(group_size=0), arg("group_size"), owner="issue 15"),
+    R("make_optimizer", lambda: trainer.make_optimizer(tiny_lm(), "config"), arg("config"),
+      TypeError, owner="issue 15"),
+    R("rollout", lambda: trainer.rollout(tiny_lm(), jnp.zeros((1, 2), jnp.int32),
+                                         jnp.zeros((2,), jnp.int32), KEY, trainer.RLConfig(),
+                                         end_think_id=1, stop_tokens=(2,)),
+      arg("prompt_lengths"), owner="issue 15"),
+    R("policy_logprobs", lambda: trainer.policy_logprobs(tiny_lm(), "batch", trainer.RLConfig()),
+      arg("batch"), TypeError, owner="issue 15"),
+    R("update_step", lambda: trainer.update_step(tiny_lm(), None, "batch", F, None, Y,
+                                                 trainer.RLConfig()), arg("batch"), TypeError,
+      owner="issue 15"),
+    R("train_step", lambda: trainer.train_step(
+        tiny_lm(), None, None, jnp.zeros((1, 2), jnp.int32), jnp.zeros((1,), jnp.int32),
+        ["a", "b"], lambda *a, **k: np.zeros(1), {}, KEY, trainer.RLConfig()),
+      arg("prompt_texts"), owner="issue 15"),
+)
+
+ROWS += rows_for(
+    arithmetic,
+    R("solve", lambda: arithmetic.solve([1, 2], ["+", "+"]), arg("operators"), owner="issue 15"),
+    R("make_problem", lambda: arithmetic.make_problem(np.random.default_rng(0), 0),
+      arg("num_ops")),
+    R("generate_problems", lambda: arithmetic.generate_problems(2, seed=0, split="dev"),
+      arg("split")),
+    R("in_test_split", lambda: arithmetic.in_test_split("1+1", test_fraction=2.0),
+      arg("test_fraction"), owner="issue 15"),
+    R("encode_prompts", lambda: arithmetic.encode_prompts(
+        tokenizer(), arithmetic.generate_problems(1, seed=0), width=1), arg("width")),
+    R("encode_examples", lambda: arithmetic.encode_examples(
+        tokenizer(), arithmetic.generate_problems(1, seed=0), max_len=2), arg("max_len")),
+    R("decode_completions", lambda: arithmetic.decode_completions(
+        tokenizer(), np.zeros((2, 3), int), np.zeros(3, int)), arg("lengths"), owner="issue 15"),
+    R("rewards", lambda: arithmetic.rewards(tokenizer(), arithmetic.generate_problems(1, seed=0),
+                                            np.zeros((2, 3), int), np.zeros(2, int)),
+      arg("problems"), owner="issue 15"),
+    R("pass_at_k", lambda: arithmetic.pass_at_k(np.ones((2, 3), bool), 4), arg("k")),
+    R("evaluate_policy", lambda: arithmetic.evaluate_policy(
+        tiny_lm(), tokenizer(), arithmetic.generate_problems(1, seed=0), key=KEY, num_samples=0),
+      arg("num_samples"), owner="issue 15"),
+)
+
+ROWS += rows_for(
+    math_jsonl,
+    R("apply_template", lambda: math_jsonl.apply_template("no field", "q"), arg("template")),
+    R("load_jsonl", lambda: math_jsonl.load_jsonl("/nonexistent/x.jsonl"), "/nonexistent",
+      FileNotFoundError),
+    R("sample_problems", lambda: math_jsonl.sample_problems([], 2, seed=0), arg("problems")),
+    R("reference_answer", lambda: math_jsonl.reference_answer(3), arg("field"), TypeError, owner="issue 15"),
+)
+
+ROWS += rows_for(
+    data,
+    R("ArraySource", lambda: data.ArraySource(x=np.zeros(3), y=np.zeros(2)), "arrays"),
+    R("ResumableBatches", lambda: data.ResumableBatches(data.ArraySource(x=np.zeros(4)),
+                                                        global_batch_size=0, seed=0),
+      arg("global_batch_size")),
+    R("eval_batches", lambda: data.eval_batches(data.ArraySource(x=np.zeros(4)),
+                                                global_batch_size=0), arg("global_batch_size")),
+    R("image_transform", lambda: data.image_transform("mnist2", train=True), arg("dataset")),
+    R("tfds_image_data", lambda: data.tfds_image_data("mnist2", "train", global_batch_size=2,
+                                                      train=True), arg("dataset"), owner="issue 13"),
+    R("normalize", lambda: data.normalize(np.zeros((2, 2, 3)), (0.5,) * 3, (0.0,) * 3), arg("std"),
+      owner="issue 13"),
+    R("pad_crop_flip", lambda: data.pad_crop_flip(np.zeros((4, 4, 3)), np.random.default_rng(0),
+                                                  pad=-1), arg("pad"), owner="issue 13"),
+    R("random_resized_crop", lambda: data.random_resized_crop(
+        np.zeros((4, 4, 3)), np.random.default_rng(0), size=0), arg("size"), owner="issue 13"),
+    R("resize_center_crop", lambda: data.resize_center_crop(np.zeros((4, 4, 3)), 4, size=8),
+      arg("size"), owner="issue 13"),
+)
+
+ROWS += rows_for(
+    mesh,
+    R("make_mesh", lambda: mesh.make_mesh({"model": 2}), arg("shape")),
+    R("batch_sharding", lambda: mesh.batch_sharding("mesh"), arg("mesh"), TypeError,
+      owner="issue 13"),
+    R("replicated", lambda: mesh.replicated("mesh"), arg("mesh"), TypeError, owner="issue 13"),
+    R("num_batch_shards", lambda: mesh.num_batch_shards("mesh"), arg("mesh"), TypeError,
+      owner="issue 13"),
+    R("put_batch", lambda: mesh.put_batch({"x": np.zeros((3, 2))}, mesh.make_mesh({"data": 2})),
+      arg("local_batch"), owner="issue 13"),
+    R("divisible_spec", lambda: mesh.divisible_spec(jax.P("data"), (3, 2), cpu_mesh()),
+      returns=lambda spec: isinstance(spec, jax.sharding.PartitionSpec),
+      case="documented: drops axes that do not divide"),
+)
+
+ROWS += rows_for(
+    metrics,
+    R("require_local_dir", lambda: metrics.require_local_dir("gs://bucket/run"), arg("workdir")),
+    R("batch_checksum", lambda: metrics.batch_checksum(F), arg("labels")),
+    R("optimizer_scalars", lambda: metrics.optimizer_scalars("state"), arg("opt_state"),
+      TypeError, owner="issue 13"),
+    R("read_jsonl", lambda: metrics.read_jsonl("/nonexistent/metrics.jsonl"), "/nonexistent",
+      FileNotFoundError),
+    R("MetricsWriter", lambda: metrics.MetricsWriter("gs://bucket/run", total_steps=1),
+      arg("workdir")),
+)
+
+ROWS += rows_for(
+    checkpoint,
+    R("Checkpointer", lambda: checkpoint.Checkpointer("/tmp/ckpt-contract", max_to_keep=0),
+      arg("max_to_keep"), owner="issue 13"),
+)
+
+ROWS += rows_for(
+    state,
+    R("create_train_state", lambda: state.create_train_state("model", optax.sgd(0.1), cpu_mesh()),
+      arg("model_fn"), TypeError, owner="issue 13"),
+    R("abstract_train_state", lambda: state.abstract_train_state("model", optax.sgd(0.1),
+                                                                 cpu_mesh()),
+      arg("model_fn"), TypeError, owner="issue 13"),
+    R("state_shardings", lambda: state.state_shardings("shapes", optax.sgd(0.1), cpu_mesh()),
+      arg("shapes"), TypeError, owner="issue 13"),
+    R("abstract_state", lambda: state.abstract_state("state", "shardings"), arg("state_or_shapes"),
+      TypeError, owner="issue 13"),
+    R("num_params", lambda: state.num_params("state"), arg("state"), TypeError, owner="issue 13"),
+)
+
+ROWS += rows_for(
+    step,
+    R("make_train_step", lambda: step.make_train_step(None, optax.sgd(0.1), "loss", None,
+                                                      cpu_mesh()), arg("loss_fn"), TypeError,
+      owner="issue 13"),
+    R("make_eval_step", lambda: step.make_eval_step(None, "metrics", None, cpu_mesh()),
+      arg("metrics_fn"), TypeError, owner="issue 13"),
+)
+
+ROWS += rows_for(
+    loop,
+    R("train", lambda: loop.train(model_fn=lambda r: None, tx=optax.sgd(0.1),
+                                  loss_fn=lambda *a: 0.0, train_data=iter(()), mesh=cpu_mesh(),
+                                  workdir="/tmp/contract-train", num_steps=-5), arg("num_steps"),
+      owner="issue 13"),
+    R("evaluate", lambda: loop.evaluate(lambda s, b: {}, None, [], cpu_mesh()), arg("batches")),
+)
+
+ROWS += rows_for(
+    decoder_lm,
+    R("LMConfig", lambda: decoder_lm.LMConfig(vocab_size=8, hidden_size=8, intermediate_size=8,
+                                              num_layers=1, num_heads=3, num_kv_heads=2),
+      arg("num_heads")),
+    R("DecoderLM", lambda: tiny_lm()(jnp.zeros((1, 2))), arg("tokens")),
+    R("DecoderLM", lambda: tiny_lm()(jnp.array([[1, 99]], jnp.int32)), arg("tokens"),
+      case="id-out-of-vocab", owner="issue 17"),
+    R("init_cache", lambda: decoder_lm.init_cache(tiny_lm().config, 0, 4), arg("batch"),
+      owner="issue 17"),
+    R("positions_from_mask", lambda: decoder_lm.positions_from_mask(jnp.ones(3)), arg("mask"),
+      owner="issue 17"),
+    R("rope", lambda: decoder_lm.rope(jnp.zeros((1, 2, 1, 4)), jnp.zeros((1, 3), int),
+                                      jnp.ones(2)), arg("positions"), owner="issue 17"),
+    R("rope_frequencies", lambda: decoder_lm.rope_frequencies("config"), arg("config"), TypeError,
+      owner="issue 17"),
+    R("shard_model", lambda: decoder_lm.shard_model("model", cpu_mesh()), arg("model"), TypeError,
+      owner="issue 17"),
+)
+
+ROWS += rows_for(
+    hf_checkpoint,
+    R("hf_name_to_path", lambda: hf_checkpoint.hf_name_to_path("model.bogus.weight"),
+      "model.bogus.weight", KeyError),
+    R("load_hf_checkpoint", lambda: hf_checkpoint.load_hf_checkpoint("/nonexistent/ckpt"),
+      "/nonexistent", FileNotFoundError),
+    R("save_hf_checkpoint", lambda: hf_checkpoint.save_hf_checkpoint("model", None, "/tmp/x"),
+      arg("model"), TypeError, owner="issue 17"),
+)
+
+ROWS += rows_for(
+    small,
+    R("build", lambda: small.build("resnet", rngs=nnx.Rngs(0)), "resnet"),
+    R("MLP", lambda: small.MLP(64, 10, rngs=nnx.Rngs(0))(jnp.zeros((2, 3))), arg("x")),
+    R("CNN", lambda: small.CNN(10, rngs=nnx.Rngs(0))(jnp.zeros((2, 3))), arg("x")),
+    R("Linear", lambda: small.Linear(64, 10, rngs=nnx.Rngs(0))(jnp.zeros((2, 3))), arg("x")),
+    R("TinyTransformer", lambda: small.TinyTransformer(10, rngs=nnx.Rngs(0))(jnp.zeros((2, 3))),
+      arg("x")),
+)
+
+ROWS += rows_for(
+    vision,
+    R("build", lambda: vision.build("resnet7", 10, rngs=nnx.Rngs(0)), "resnet7"),
+)
+
+ROWS += rows_for(
+    vision_base,
+    R("alternate_axes", lambda: vision_base.alternate_axes("vocab"), arg("in_axis")),
+    R("classifier_axes", lambda: vision_base.classifier_axes("vocab"), arg("in_axis")),
+    R("VisionClassifier", lambda: toy.MLP(3, in_features=4, hidden=(4,), rngs=nnx.Rngs(0))(
+        jnp.zeros((2, 5, 1, 1))), arg("x")),
+    R("global_avg_pool", lambda: vision_base.global_avg_pool(jnp.zeros((2, 3))), arg("x"),
+      owner="issue 14"),
+)
+
+ROWS += rows_for(
+    resnet,
+    R("CifarResNet", lambda: resnet.CifarResNet(10, depth=7, rngs=nnx.Rngs(0)), arg("depth")),
+)
+ROWS += rows_for(
+    wrn,
+    R("WideResNet", lambda: wrn.WideResNet(10, depth=5, widen_factor=1, rngs=nnx.Rngs(0)),
+      arg("depth")),
+)
+ROWS += rows_for(
+    toy,
+    R("MLP", lambda: toy.MLP(3, in_features=4, hidden=(), rngs=nnx.Rngs(0)), arg("hidden")),
+    R("Conv1DNet", lambda: toy.Conv1DNet(3, channels=(4,), rngs=nnx.Rngs(0)), arg("channels")),
+)
+
 
 def _all_rows() -> list[Row]:
   return ROWS
@@ -295,8 +833,40 @@ _BLOCK = ("building block of a registered model (built by the model with checked
 
 EXEMPT: dict[str, str] = {
     "logitlab.numerics.is_traced": "total predicate: every Python object is a valid input",
-    "logitlab.ghosts.NormalizedStep": _CONTAINER,
-    "logitlab.radius_guard.RadiusGuardState": _CONTAINER,
+    # Result / state containers: built by the function that returns them.
+    **{f"logitlab.{name}": _CONTAINER for name in (
+        "ghosts.NormalizedStep", "radius_guard.RadiusGuardState",
+        "auctions.baselines.RankedAllocation", "auctions.cascade.CascadeAllocation",
+        "auctions.mnl.MNLAllocation", "auctions.mechanisms.Breakpoint",
+        "second_order.problems.Problem", "second_order.solver.GNSSolver",
+        "second_order.solver.GNSState", "second_order.transform.ScaleByGNSState",
+        "models.decoder_lm.KVCache", "models.decoder_lm.LMOutput", "ngram.NGramModel",
+        "ngram.NGramStyleState", "ngram.NGramTable", "rl.soft_grpo.SoftGRPOState",
+        "rl.trainer.Rollout", "soft_thinking.SoftThinkingState", "tasks.arithmetic.Problem",
+        "tasks.math_jsonl.MathProblem", "training.loop.TrainResult", "training.state.TrainState",
+        "training.step.StepContext")},
+    "logitlab.auctions.distributions.ValueDistribution":
+        "typing.Protocol (an interface, never instantiated)",
+    # Layers of registered models: their model builds them with checked sizes and validates `x`.
+    **{f"logitlab.models.{name}": _BLOCK for name in (
+        "decoder_lm.Attention", "decoder_lm.DecoderLayer", "decoder_lm.MLP", "decoder_lm.RMSNorm",
+        "vision.base.ConvBN", "vision.base.MLPHead", "vision.mobilenet.DepthwiseSeparable",
+        "vision.mobilenet.InvertedResidual", "vision.resnet.BasicBlock", "vision.vit.EncoderBlock",
+        "vision.wrn.PreActBlock", "vision.base.conv", "vision.base.dense",
+        "vision.base.batch_norm", "vision.base.conv_kernel_init", "vision.base.run_stages")},
+    # Registered vision models whose forward is `VisionClassifier.forward` (row above checks
+    # `x`); constructing the big ones in a contract row would cost seconds each.
+    **{f"logitlab.models.vision.{name}": "forward is VisionClassifier.forward (its row checks "
+       "`x`); construction sizes come from the registry" for name in (
+        "mobilenet.MobileNetV1", "mobilenet.MobileNetV2", "resnet.ImageNetResNet", "vgg.VGG",
+        "vit.VisionTransformer")},
+    # Total functions of text: every string is valid input and the docstring gives the result
+    # for text without an answer (None) or without steps ([]).
+    **{f"logitlab.tasks.{name}": "total function of a string (documented None / [] result)"
+       for name in ("arithmetic.extract_answer", "arithmetic.reward", "arithmetic.split_steps",
+                    "math_jsonl.extract_answer", "math_jsonl.extract_normalized",
+                    "math_jsonl.normalize_answer", "math_jsonl.split_steps")},
+    "logitlab.tasks.arithmetic.build_tokenizer": "takes no arguments",
 }
 
 

@@ -118,6 +118,9 @@ def gradient_normalized_newton(
   """
   if linear_solver not in ("cholesky", "cg"):
     raise ValueError(f"`linear_solver` must be 'cholesky' or 'cg', got {linear_solver!r}.")
+  for name, value in (("gamma_init", gamma_init), ("gamma_min", gamma_min), ("eps", eps),
+                      ("cg_tol", cg_tol)):
+    numerics.check_positive(name, value)
   if max_search < 1:
     raise ValueError(f"`max_search` must be >= 1, got {max_search}.")
   if hessian_lipschitz is not None and hessian_lipschitz <= 0:
