@@ -498,7 +498,7 @@ ROWS += rows_for(
     R("all_matchings", lambda: brute_force.all_matchings(3, 2, -1), arg("max_ads")),
     R("mnl_brute_force", lambda: brute_force.mnl_brute_force(V3, CTR, 1.5), arg("max_ads")),
     R("cascade_sequence_value", lambda: brute_force.cascade_sequence_value(
-        V3, CTR, 1 - CTR, [(0, 0), (0, 1)]), arg("sequence")),
+        V3, CTR, 1 - CTR, [(0, 0), (3, 1)]), arg("sequence")),
     R("cascade_brute_force", lambda: brute_force.cascade_brute_force(V3, CTR, None, 0.5),
       arg("max_ads")),
 )

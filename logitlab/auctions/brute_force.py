@@ -42,11 +42,10 @@ def mnl_brute_force(scores: np.ndarray, ctr: np.ndarray, max_ads: int) -> tuple[
 
 def cascade_sequence_value(scores, ctr, continuation, sequence) -> float:
   """sum_k s_{a_k} p_{a_k b_k} prod_{l<k} c_{a_l b_l} for an ordered list of (ad, position)."""
-  ads = [a for a, _ in sequence]
-  positions = [b for _, b in sequence]
-  if len(set(ads)) < len(ads) or len(set(positions)) < len(positions):
-    raise ValueError(f"`sequence` must use each ad and each position at most once, got "
-                     f"{list(sequence)}.")
+  num_ads, num_positions = np.shape(ctr)
+  if not all(0 <= a < num_ads and 0 <= b < num_positions for a, b in sequence):
+    raise ValueError(f"`sequence` must hold (ad, position) pairs inside {(num_ads, num_positions)}, "
+                     f"got {list(sequence)}.")
   value, reach = 0.0, 1.0
   for ad, position in sequence:
     value += reach * scores[ad] * ctr[ad, position]

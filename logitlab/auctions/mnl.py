@@ -82,11 +82,11 @@ def check_assignment(assignment, num_ads: int, num_positions: int) -> np.ndarray
   if np.any((assignment < NOT_SHOWN) | (assignment >= num_positions)):
     raise ValueError(f"`assignment` entries must be positions in [0, {num_positions}) or -1, got "
                      f"{assignment}.")
-  flat = assignment.reshape(-1, num_ads)
-  for row in flat:
-    shown = row[row != NOT_SHOWN]
-    if len(np.unique(shown)) != len(shown):
-      raise ValueError(f"`assignment` must use each position at most once, got {row}.")
+  # Not-shown entries become distinct negatives, so a repeat in a sorted row is a reused position.
+  distinct = np.where(assignment == NOT_SHOWN, -2 - np.arange(num_ads), assignment)
+  ordered = np.sort(distinct, axis=-1)
+  if np.any(ordered[..., 1:] == ordered[..., :-1]):
+    raise ValueError("`assignment` must use each position at most once per allocation.")
   return assignment.astype(np.int64)
 
 
