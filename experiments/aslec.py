@@ -101,8 +101,15 @@ def run(config) -> dict:
   by_method = {"random": np.random.default_rng(config.seed).random(len(completions)),
                "avg_logp": np.asarray(scores["s_logp"]), "drop": np.asarray(scores["s_drop"]),
                "casl": np.asarray(casl)}
+  first, rest = np.asarray(scores["s_first"]), np.asarray(scores["s_non_head"])
+  both = (heads & completion_mask).any(-1) & (~heads & completion_mask).any(-1)
   results = {"config": config.to_dict(), "pool_correct_rate": float(correct.mean()),
-             "casl_coefficients": np.asarray(coef).tolist(), "methods": {}}
+             "casl_coefficients": np.asarray(coef).tolist(),
+             # The confound ASLEC corrects: step heads with *lower* log-prob than the rest.
+             "head_logprob_mean": float(first[both].mean()),
+             "non_head_logprob_mean": float(rest[both].mean()),
+             "frac_heads_lower": float(np.mean(first[both] < rest[both])),
+             "mean_head_density": float(np.asarray(scores["z"]).mean()), "methods": {}}
   evaluate = common.held_out_evaluator(config, demo)
   results["target_eval"] = evaluate(target)
   for method in config.methods:

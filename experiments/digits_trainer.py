@@ -107,7 +107,7 @@ def train_run(model: FunctionalModel, tx, params, rest, data, *, steps: int,
     updates, opt_state = tx.update(grads, opt_state, params, logits_fn=logits_fn)
     metrics = logitlab.guard_metrics(opt_state)
     if metrics:
-      ratio = metrics["guard/ratio"]
+      ratio = metrics["guard/ratio_proposed"]  # r of Adam's step, as for the unguarded runs
     else:  # unguarded: measure the proposal's r for the plots, it is also the applied step
       _, tangent = logitlab.directional_logits(logits_fn, params, updates)
       ratio = logitlab.normalized_step(tangent).ratio

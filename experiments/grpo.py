@@ -3,9 +3,10 @@
 Both methods start from the same SFT checkpoint (``config.init_dir``, HF format), train for
 ``num_steps`` rollout batches with the same optimizer and objective (PPO clip 0.2, dual clip
 3, k3 KL 0.001 to the SFT model, token-mean), and are evaluated on held-out problems with
-discrete sampling at T = 1 (Pass@1, Pass@k, unbiased estimator); the SofT-GRPO model is
-also evaluated with its soft-thinking rollout policy. Writes ``results.json`` and
-``reward.png`` to ``config.out_dir``.
+the reference's evaluation sampling (``config.eval_*``: T 0.6, top-k 5, top-p 0.95; Pass@1,
+Pass@k, unbiased estimator); the SofT-GRPO model is also evaluated with its soft-thinking
+rollout policy. Writes ``results.json`` and ``reward.png`` to ``config.out_dir``; prints
+each method's step-time split (generate / score / update) and rollout tokens/s.
 
 The task (``config.task``) is the generated arithmetic by default or a local math JSONL
 file (``config.data``, ``\\boxed{}`` reward); special token ids come from the checkpoint's
@@ -33,13 +34,28 @@ from logitlab.rl import trainer
 def rl_config(config, soft: bool) -> trainer.RLConfig:
   return trainer.RLConfig(
       group_size=config.group_size, max_new_tokens=config.max_new_tokens,
-      temperature=config.temperature, soft=soft, soft_top_k=config.soft_top_k,
-      soft_top_p=config.soft_top_p, soft_tau=config.soft_tau,
-      advantage_scale=config.advantage_scale, num_updates=config.num_updates,
+      temperature=config.temperature, top_k=config.top_k, top_p=config.top_p, soft=soft,
+      soft_top_k=config.soft_top_k, soft_top_p=config.soft_top_p, soft_tau=config.soft_tau,
+      after_think_top_k=config.after_think_top_k, after_think_top_p=config.after_think_top_p,
+      detach_soft_inputs=config.detach_soft_inputs, advantage_scale=config.advantage_scale,
+      advantage_ddof=config.advantage_ddof, num_updates=config.num_updates,
+      num_minibatches=config.num_minibatches,
+      mask_truncated_completions=config.mask_truncated_completions,
       learning_rate=config.learning_rate, chunk_size=config.chunk_size,
       loss=rl.GRPOLossConfig(eps_low=config.eps_low, eps_high=config.eps_high,
                              dual_clip=config.dual_clip, kl_coef=config.kl_coef,
-                             aggregation=config.aggregation))
+                             kl_clamp=config.kl_clamp, aggregation=config.aggregation,
+                             importance_sampling=config.importance_sampling))
+
+
+def time_split(history: list[dict]) -> dict[str, float]:
+  """Total seconds per phase over the run (the first step includes compilation) and the
+  rollout throughput of the steps after the first."""
+  totals = {k: float(sum(h[k] for h in history)) for k in ("generate_s", "score_s", "update_s")}
+  later = history[1:] or history
+  tokens = sum(h["length"] * h["num_rollouts"] for h in later)
+  totals["rollout_tokens_per_s"] = tokens / max(sum(h["generate_s"] for h in later), 1e-9)
+  return totals
 
 
 def train_rl(config, model, ref_model, demo: common.Demo, soft: bool, key) -> list[dict]:
@@ -58,8 +74,9 @@ def train_rl(config, model, ref_model, demo: common.Demo, soft: bool, key) -> li
         model, optimizer, ref_model, prompts, lengths, [p.prompt for p in batch],
         demo.task.reward, {"answers": [p.answer for p in batch]}, step_key, cfg,
         decode=demo.decode, **demo.tokens.rollout_kwargs())
-    history.append({"step": step, **metrics})
-    bar.set_postfix(reward=f"{metrics['reward']:.3f}", kl=f"{metrics.get('kl', 0):.4f}")
+    history.append({"step": step, "num_rollouts": len(batch) * cfg.group_size, **metrics})
+    bar.set_postfix(reward=f"{metrics['reward']:.3f}", kl=f"{metrics.get('kl', 0):.4f}",
+                    tok_s=f"{metrics['rollout_tokens_per_s']:.0f}")
   return history
 
 
@@ -81,7 +98,11 @@ def run(config) -> dict:
     model, _ = common.load_sft(config.init_dir)
     soft = method == "soft_grpo"
     histories[method] = train_rl(config, model, base, demo, soft, jax.random.key(config.seed))
-    results[method] = {"train_seconds": time.time() - start,
+    split = time_split(histories[method])
+    print(f"{method}: generate {split['generate_s']:.1f} s, score {split['score_s']:.1f} s, "
+          f"update {split['update_s']:.1f} s; rollout {split['rollout_tokens_per_s']:.0f} "
+          "tokens/s (steps after the first)")
+    results[method] = {"train_seconds": time.time() - start, "time_split": split,
                        "first_train_reward": float(np.mean([h["reward"] for h in
                                                             histories[method][:10]])),
                        "final_train_reward": float(np.mean([h["reward"] for h in

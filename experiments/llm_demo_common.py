@@ -18,7 +18,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from logitlab.models import hf_checkpoint
+from logitlab.models import chat_template, hf_checkpoint
 from logitlab.rl import rewards as rl_rewards
 from logitlab.rl import trainer
 from logitlab.tasks import arithmetic
@@ -33,7 +33,7 @@ def load_sft(init_dir: str):
     raise FileNotFoundError(
         f"No SFT checkpoint in {init_dir!r}: train one with `python -m experiments.train_tiny_lm "
         f"--config.out_dir={init_dir}` first.")
-  model, tokenizer = hf_checkpoint.load_hf_checkpoint(init_dir)
+  model, tokenizer = hf_checkpoint.load_hf_checkpoint(init_dir, require_tokenizer=False)
   return model, tokenizer or arithmetic.build_tokenizer()
 
 
@@ -42,7 +42,9 @@ def task_config(**overrides) -> tuple[ml_collections.ConfigDict, ml_collections.
 
   ``data`` (used when ``config.task == "math_jsonl"``): ``path`` (train JSONL), ``eval_path``
   (held-out JSONL), ``question_key`` / ``answer_key`` (empty: auto, see
-  ``logitlab.tasks.math_jsonl``), ``template`` (prompt text with a literal ``{question}``).
+  ``logitlab.tasks.math_jsonl``), ``template`` (prompt text with a literal ``{question}``),
+  ``chat_template`` (True: ``template`` becomes the user turn, after an optional ``system``
+  turn, of the checkpoint's own chat template; see ``prompt_template``).
   ``tokens``: token *strings* of the checkpoint's tokenizer; ``eos`` is a string or a tuple
   of strings (every one stops generation; empty: ``eos_token_id`` of the checkpoint's
   generation_config.json / config.json), ``pad`` (empty: the first eos),
@@ -50,7 +52,8 @@ def task_config(**overrides) -> tuple[ml_collections.ConfigDict, ml_collections.
   set ``tokens`` fields.
   """
   data = ml_collections.ConfigDict({"path": "", "eval_path": "", "question_key": "",
-                                    "answer_key": "", "template": "{question}"})
+                                    "answer_key": "", "template": "{question}",
+                                    "chat_template": False, "system": ""})
   tokens = ml_collections.ConfigDict(
       {"eos": arithmetic.EOS, "pad": arithmetic.PAD, "think_open": arithmetic.THINK,
        "think_close": arithmetic.END_THINK, **overrides}, type_safe=False)
@@ -140,6 +143,17 @@ class DemoTask:
   split_steps: Callable[[str], list[str]]
 
 
+def prompt_template(data, init_dir: str) -> str:
+  """The prompt text with ``{question}``: ``data.template`` itself, or (``data.chat_template``)
+  rendered by the checkpoint's chat template as the user message (after ``data.system``),
+  with the assistant turn opened."""
+  if not data.get("chat_template", False):
+    return data.template
+  messages = [{"role": "system", "content": data.system}] if data.get("system") else []
+  messages.append({"role": "user", "content": data.template})
+  return chat_template.ChatTemplate.from_pretrained(init_dir).render(messages)
+
+
 def make_task(config) -> DemoTask:
   """``config.task``: 'arithmetic' (generated, ``config.num_ops``) or 'math_jsonl'
   (``config.data``: train problems from ``path``, held-out ones from ``eval_path``)."""
@@ -153,6 +167,7 @@ def make_task(config) -> DemoTask:
   if task != "math_jsonl":
     raise ValueError(f"config.task must be 'arithmetic' or 'math_jsonl', got {task!r}.")
   data = config.data
+  template = prompt_template(data, config.get("init_dir", ""))
   loaded = {}
 
   def sample(n: int, seed: int, split: str) -> list:
@@ -161,14 +176,14 @@ def make_task(config) -> DemoTask:
       raise ValueError(f"config.data.{field} is not set (a local JSONL file; see "
                        f"docs/post_training.md).")
     if field not in loaded:
-      loaded[field] = math_jsonl.load_jsonl(data[field], template=data.template,
+      loaded[field] = math_jsonl.load_jsonl(data[field], template=template,
                                             question_key=data.question_key,
                                             answer_key=data.answer_key)
     return math_jsonl.sample_problems(loaded[field], n, seed=seed, repeat=split == "train")
 
   return DemoTask(sample=sample, extract=math_jsonl.extract_normalized,
                   reward=rl_rewards.math_correctness, question=lambda p: p.question,
-                  wrap=lambda text: math_jsonl.apply_template(data.template, text),
+                  wrap=lambda text: math_jsonl.apply_template(template, text),
                   split_steps=math_jsonl.split_steps)
 
 
@@ -213,10 +228,18 @@ def think_prompts(demo: Demo, problems, width: int | None = None):
 
 
 def evaluate(model, demo: Demo, problems, key, *, k: int, max_new_tokens: int,
-             soft: bool = False, temperature: float = 1.0) -> dict[str, float]:
-  """Pass@1 / Pass@k with ``k`` samples per held-out problem (discrete or soft rollouts)."""
+             soft: bool = False, temperature: float = 1.0, top_k: int | None = None,
+             top_p: float | None = None) -> dict[str, float]:
+  """Pass@1 / Pass@k with ``k`` samples per held-out problem (discrete or soft rollouts).
+
+  ``top_k`` / ``top_p`` filter discrete sampling, the soft policy's mixtures (when set) and
+  its answer after ``</think>``."""
+  soft_filters = {} if top_k is None else {"soft_top_k": top_k}
+  if top_p is not None:
+    soft_filters["soft_top_p"] = top_p
   config = trainer.RLConfig(group_size=k, max_new_tokens=max_new_tokens, soft=soft,
-                            temperature=temperature)
+                            temperature=temperature, top_k=top_k, top_p=top_p,
+                            after_think_top_k=top_k, after_think_top_p=top_p, **soft_filters)
   prompts, lengths = think_prompts(demo, problems)
   _, tokens, out_lengths = trainer.rollout(model, prompts, lengths, key, config,
                                            **demo.tokens.rollout_kwargs())
@@ -232,12 +255,16 @@ def held_out_evaluator(config, demo: Demo, **kwargs) -> Callable[..., dict[str, 
 
   Problems and sampling key come from ``config.eval_seed`` (not the training seed), and
   every call reuses them (common random numbers), so models and training seeds are compared
-  on identical draws.
+  on identical draws. Sampling: ``config.eval_temperature`` / ``eval_top_k`` / ``eval_top_p``
+  (defaults 1 / None / None).
   """
   problems = demo.task.sample(config.num_eval_problems, config.eval_seed, "test")
   key = jax.random.key(config.eval_seed)
+  sampling = {name: config.get(f"eval_{name}", default) for name, default in
+              (("temperature", 1.0), ("top_k", None), ("top_p", None))}
   return lambda model, **kw: evaluate(model, demo, problems, key, k=config.eval_k,
-                                      max_new_tokens=config.max_new_tokens, **kwargs, **kw)
+                                      max_new_tokens=config.max_new_tokens,
+                                      **{**sampling, **kwargs, **kw})
 
 
 def plot_curves(curves: dict[str, list[float]], path: Path, *, xlabel: str, ylabel: str,

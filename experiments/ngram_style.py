@@ -55,7 +55,7 @@ def main(argv):
   prompts, prompt_lengths = arithmetic.encode_prompts(tokenizer, problems)
   space_id = tokenizer.token_to_id(" ")
   sampler = sampling.SamplingPolicy(temperature=config.temperature)
-  rows, reference = [], None
+  rows, reference, reference_mask = [], None, None
   for strength in tqdm(config.strengths, desc="lambda"):
     policy, state = ngram.ngram_style_policy(
         style, prompts, prompt_lengths, strength=float(strength),
@@ -67,13 +67,14 @@ def main(argv):
                             stop_tokens=(arithmetic.EOS_ID,), pad_id=arithmetic.PAD_ID)
     mask = jnp.arange(config.max_new_tokens)[None] < out.lengths[:, None]
     if reference is None:
-      reference = out.tokens
+      reference, reference_mask = out.tokens, mask
     rows.append(dict(
         strength=float(strength),
         style_ppl=float(ngram.perplexity(out.extras["style_log_prob"], mask)),
         base_ppl=float(ngram.perplexity(out.extras["lm_log_prob"], mask)),
         js=float(numerics.masked_mean(out.extras["js"], mask)),
-        overlap_with_lambda0=float(ngram.token_overlap(out.tokens, reference, mask)),
+        overlap_with_lambda0=float(ngram.token_overlap(out.tokens, reference, mask,
+                                                                 reference_mask)),
         space_share=float(numerics.masked_mean(out.tokens == space_id, mask)),
         accuracy=float(arithmetic.rewards(tokenizer, problems, out.tokens, out.lengths).mean()),
         tokens=float(jnp.mean(out.lengths)),

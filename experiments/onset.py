@@ -5,11 +5,17 @@ value, per architecture and direction (paper: no failure below r = 1, onsets in 
 and the temperature experiment: the spread (std of log10) of the onset measured in raw
 step length tau vs in r = tau / rho_a with rho_a = pi T / Delta_a (paper: 0.992 vs 0.164).
 
+An onset is the first of `num_r` grid points to cross the threshold, so a single run moves
+by a grid step with tiny changes (training length, float rounding): every number is reported
+as a distribution over `seeds` x `train_steps` (several training lengths, snapshots of one
+run per seed). The run is deterministic (seeded; tests/test_onset_experiment.py).
+
 Run:  python -m experiments.onset
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 
@@ -29,29 +35,75 @@ from experiments import digits_trainer as dt
 from logitlab import datasets
 
 
-def train(config, arch, data, temperature=1.0):
-  """Full-batch Adam on digits with loss CE(softmax(z / T)); returns (model, params, rest)."""
-  x_train, y_train = data
-  model = dt.functional_model(arch)
-  params, rest = model.init(config.seed)
-  tx = optax.adam(config.learning_rate)
-  state = tx.init(params)
+def training_lengths(config) -> list[int]:
+  lengths = sorted(dt.csv_list(config.train_steps, int))
+  if not lengths or lengths[0] < 1:
+    raise ValueError(f"`train_steps` must list positive step counts, got {config.train_steps!r}.")
+  return lengths
 
-  @jax.jit
-  def step(params, rest, state):
+
+@functools.lru_cache(maxsize=None)
+def _programs(arch: str, learning_rate: float, segment: int, names: tuple[str, ...]):
+  """Jitted programs for one architecture, cached so that every seed set, training length and
+  temperature reuses one compilation (data, temperature and the r grid are arguments)."""
+  model = dt.functional_model(arch)
+  tx = optax.adam(learning_rate)
+
+  def one_step(carry, _, data, temperature):
+    params, rest, state = carry
+    x_train, y_train = data
     def loss_fn(p):
       logits, new_rest = model.forward(p, rest, x_train, train=True)
       return dt.cross_entropy(logits / temperature, y_train), new_rest
-    (_, rest), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    grads, rest = jax.grad(loss_fn, has_aux=True)(params)
     updates, state = tx.update(grads, state, params)
-    return optax.apply_updates(params, updates), rest, state
+    return (optax.apply_updates(params, updates), rest, state), None
 
-  for _ in range(config.train_steps):
-    params, rest, state = step(params, rest, state)
-  return model, params, rest
+  def run_segment(carry, data, temperature):
+    step = functools.partial(one_step, data=data, temperature=temperature)
+    return jax.lax.scan(step, carry, None, segment)[0]
+
+  def curves(params, rest, seed, data, temperature, rs):
+    dirs = directions(model, params, rest, data, temperature, seed)
+    return {n: loss_ratio_curve(model, params, rest, data, dirs[n], temperature, rs)
+            for n in names}
+
+  over_seeds = jax.vmap(curves, in_axes=(0, 0, 0, None, None, None))
+  return (model, jax.jit(jax.vmap(tx.init)),
+          jax.jit(jax.vmap(run_segment, in_axes=(0, None, None))),
+          jax.jit(jax.vmap(over_seeds, in_axes=(0, 0, None, None, None, None))))
 
 
-def directions(config, model, params, rest, data, temperature):
+def curves_for(config, arch, data, names, temperature=1.0):
+  """Full-batch Adam with loss CE(softmax(z / T)) for every seed at once (vmapped), then the
+  loss-ratio curves from the state after each of ``config.train_steps`` steps (one run per
+  seed, snapshotted: the lengths differ only by the extra steps).
+
+  Returns the r grid, curves ``{direction: [num_lengths, num_seeds, num_r]}`` and the raw step
+  length per unit r ``{direction: [num_lengths, num_seeds]}``.
+  """
+  seeds = dt.csv_list(config.seeds, int)
+  lengths = training_lengths(config)
+  segment = int(np.gcd.reduce(lengths))
+  model, init_opt, run_segment, curves = _programs(arch, float(config.learning_rate), segment,
+                                                   tuple(names))
+  params, rest = dt.stack_inits(model, seeds)
+  temperature = jnp.float32(temperature)
+  carry = (params, rest, init_opt(params))
+  snapshots, done = [], 0
+  for length in lengths:
+    while done < length:
+      carry = run_segment(carry, data, temperature)
+      done += segment
+    snapshots.append(carry[:2])
+  params, rest = jax.tree.map(lambda *xs: jnp.stack(xs), *snapshots)
+  rs = jnp.geomspace(config.r_min, config.r_max, config.num_r)
+  out = curves(params, rest, jnp.asarray(seeds), data, temperature, rs)
+  return np.asarray(rs), {n: np.asarray(v[0]) for n, v in out.items()}, {
+      n: np.asarray(v[1]) for n, v in out.items()}
+
+
+def directions(model, params, rest, data, temperature, seed):
   """Descent direction of the gradient, the first Adam step (~ -sign g), and a random one."""
   x, y = data
   loss = lambda p: dt.cross_entropy(model.forward(p, rest, x, train=False)[0] / temperature, y)
@@ -59,20 +111,20 @@ def directions(config, model, params, rest, data, temperature):
   adam = optax.adam(1.0)
   adam_step, _ = adam.update(grads, adam.init(params), params)
   leaves, treedef = jax.tree.flatten(params)
-  keys = jax.random.split(jax.random.key(config.seed + 1), len(leaves))
+  keys = jax.random.split(jax.random.fold_in(jax.random.key(1), seed), len(leaves))
   random = jax.tree.unflatten(treedef, [jax.random.normal(k, l.shape) for k, l in
                                         zip(keys, leaves)])
   return {"gradient": jax.tree.map(jnp.negative, grads), "adam": adam_step, "random": random}
 
 
-def loss_ratio_curve(config, model, params, rest, data, direction, temperature):
-  """Loss ratio and raw step length tau for steps of normalized size r along `direction`."""
+def loss_ratio_curve(model, params, rest, data, direction, temperature, rs):
+  """Loss ratio at steps of normalized size ``rs`` along ``direction``, and the raw step
+  length tau per unit r."""
   x, y = data
   logits_fn = lambda p: model.forward(p, rest, x, train=False)[0]
   _, tangent = logitlab.directional_logits(logits_fn, params, direction)
   r_unit = logitlab.normalized_step(tangent, temperature=temperature).ratio
   norm = jnp.sqrt(sum(jnp.sum(d**2) for d in jax.tree.leaves(direction)))
-  rs = jnp.geomspace(config.r_min, config.r_max, config.num_r)
   loss = lambda p: dt.cross_entropy(logits_fn(p) / temperature, y)
   base = loss(params)
 
@@ -80,13 +132,61 @@ def loss_ratio_curve(config, model, params, rest, data, direction, temperature):
     step = jax.tree.map(lambda d: d * (r / r_unit), direction)
     return loss(optax.apply_updates(params, step)) / base
 
-  ratios = jax.lax.map(at, rs)
-  return np.asarray(rs), np.asarray(ratios), float(norm / r_unit)
+  return jax.lax.map(at, rs), norm / r_unit
 
 
 def first_crossing(rs, ratios, threshold):
   bad = np.nonzero(~np.isfinite(ratios) | (ratios > threshold))[0]
   return float(rs[bad[0]]) if bad.size else float("inf")
+
+
+def onsets_of(rs, curves, threshold):
+  """First crossing per curve: ``[..., num_r] -> [...]``."""
+  flat = curves.reshape(-1, curves.shape[-1])
+  return np.array([first_crossing(rs, c, threshold) for c in flat]).reshape(curves.shape[:-1])
+
+
+def std_log10(values) -> float:
+  values = np.asarray(values)
+  return float(np.std(np.log10(values))) if np.all(np.isfinite(values)) else float("nan")
+
+
+def summary(values) -> str:
+  """``median [min, max]`` of finite values, with the count of infinite ones."""
+  values = np.asarray(values, float).ravel()
+  finite = values[np.isfinite(values)]
+  text = (f"{np.median(finite):.3g} [{finite.min():.3g}, {finite.max():.3g}]" if finite.size
+          else "-")
+  return text + (f" ({values.size - finite.size} none)" if finite.size < values.size else "")
+
+
+def run(config, data):
+  """All onsets: ``{"onsets": {arch/dir: [L, S]}, "temperature": {...}, "curves": ...}``.
+
+  Deterministic: every random draw comes from ``config.seeds``, and the same program runs
+  on the same inputs (tested by running it twice).
+  """
+  names = dt.csv_list(config.directions)
+  onsets, curves = {}, {}
+  for arch in tqdm(dt.csv_list(config.architectures), desc="architectures"):
+    rs, arch_curves, _ = curves_for(config, arch, data, names)
+    for name in names:
+      onsets[f"{arch}/{name}"] = onsets_of(rs, arch_curves[name], config.threshold)
+      curves[f"{arch}/{name}"] = arch_curves[name][0, 0]  # first length, first seed (plot)
+  temperatures = dt.csv_list(config.temperatures, float)
+  r_on, tau_on = [], []
+  for temperature in tqdm(temperatures, desc="temperatures"):
+    rs, t_curves, tau_per_r = curves_for(config, config.temperature_arch, data, ["gradient"],
+                                         temperature)
+    r = onsets_of(rs, t_curves["gradient"], config.threshold)
+    r_on.append(r)
+    tau_on.append(r * tau_per_r["gradient"])
+  r_on, tau_on = np.stack(r_on, -1), np.stack(tau_on, -1)  # [L, S, num_T]
+  per_run = lambda v: np.array([[std_log10(v[i, j]) for j in range(v.shape[1])]
+                                for i in range(v.shape[0])])
+  return {"rs": rs, "onsets": onsets, "curves": curves,
+          "temperature": {"temperatures": temperatures, "onset_r": r_on, "onset_tau": tau_on,
+                          "std_log10_r": per_run(r_on), "std_log10_tau": per_run(tau_on)}}
 
 
 def plot(curves, threshold, path):
@@ -110,56 +210,41 @@ def plot(curves, threshold, path):
   plt.close(fig)
 
 
+def to_json(value):
+  if isinstance(value, dict):
+    return {k: to_json(v) for k, v in value.items()}
+  if isinstance(value, (np.ndarray, list, tuple)):
+    return [to_json(v) for v in value]
+  value = float(value)
+  return value if np.isfinite(value) else str(value)  # JSON has no inf
+
+
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
   config = _CONFIG.value
   os.makedirs(config.out_dir, exist_ok=True)
   x_train, y_train, _, _ = (jnp.asarray(a) for a in datasets.digits())
-  data = (x_train, y_train)
-
-  onsets, curves = {}, {}
-  for arch in tqdm(dt.csv_list(config.architectures), desc="architectures"):
-    model, params, rest = train(config, arch, data)
-    dirs = directions(config, model, params, rest, data, 1.0)
-    for name in dt.csv_list(config.directions):
-      rs, ratios, _ = loss_ratio_curve(config, model, params, rest, data, dirs[name], 1.0)
-      onsets[(arch, name)] = first_crossing(rs, ratios, config.threshold)
-      curves[(arch, name)] = (rs, ratios)
-  rows = [[a, *[f"{onsets[(a, d)]:.3g}" for d in dt.csv_list(config.directions)]]
+  result = run(config, (x_train, y_train))
+  names = dt.csv_list(config.directions)
+  seeds, lengths = dt.csv_list(config.seeds, int), training_lengths(config)
+  rows = [[a, *[summary(result["onsets"][f"{a}/{d}"]) for d in names]]
           for a in dt.csv_list(config.architectures)]
-  table = dt.text_table(["arch", *dt.csv_list(config.directions)], rows)
-  print(f"\nFirst r with loss ratio > {config.threshold} (one step from a trained model):\n")
-  print(table)
-  finite = [v for v in onsets.values() if np.isfinite(v)]
-  print(f"\nmin onset r = {min(finite) if finite else float('nan'):.3g} "
-        f"(paper: no failure for r < 1, onsets between 1 and 10)")
-
-  temp_rows, tau_onsets, r_onsets = [], [], []
-  for temperature in tqdm(dt.csv_list(config.temperatures, float), desc="temperatures"):
-    model, params, rest = train(config, config.temperature_arch, data, temperature)
-    direction = directions(config, model, params, rest, data, temperature)["gradient"]
-    rs, ratios, tau_per_r = loss_ratio_curve(config, model, params, rest, data, direction,
-                                             temperature)
-    r_on = first_crossing(rs, ratios, config.threshold)
-    tau_onsets.append(r_on * tau_per_r)
-    r_onsets.append(r_on)
-    temp_rows.append([f"{temperature:g}", f"{r_on * tau_per_r:.3g}", f"{r_on:.3g}"])
-  spread = lambda v: float(np.std(np.log10(np.asarray(v)))) if np.all(np.isfinite(v)) else float(
-      "nan")
-  print(f"\nTemperature sweep ({config.temperature_arch}, gradient direction):\n")
-  print(dt.text_table(["T", "onset tau", "onset r"], temp_rows))
-  print(f"\nstd of log10 onset: raw tau {spread(tau_onsets):.3f} vs r {spread(r_onsets):.3f} "
+  print(f"\nFirst r with loss ratio > {config.threshold}, median [min, max] over seeds "
+        f"{seeds} x training lengths {lengths}:\n")
+  print(dt.text_table(["arch", *names], rows))
+  every = np.concatenate([v.ravel() for v in result["onsets"].values()])
+  print(f"\nonsets below r = 1: {int(np.sum(every < 1))} of {every.size}; min "
+        f"{np.min(every):.3g} (paper: no failure for r < 1, onsets between 1 and 10)")
+  t = result["temperature"]
+  print(f"\nTemperature sweep ({config.temperature_arch}, gradient direction, T = "
+        f"{t['temperatures']}): std of log10 onset over T, per (seed, length):")
+  print(f"  raw tau {summary(t['std_log10_tau'])}   r {summary(t['std_log10_r'])}   "
         f"(paper: 0.992 vs 0.164)")
-
-  plot(curves, config.threshold, os.path.join(config.out_dir, "onset.png"))
+  plot({tuple(k.split("/")): (result["rs"], v) for k, v in result["curves"].items()},
+       config.threshold, os.path.join(config.out_dir, "onset.png"))
   with open(os.path.join(config.out_dir, "results.json"), "w") as f:
-    json.dump({"config": config.to_dict(),
-               "onsets": {f"{a}/{d}": v for (a, d), v in onsets.items()},
-               "curves": {f"{a}/{d}": [rs.tolist(), ratios.tolist()]
-                          for (a, d), (rs, ratios) in curves.items()},
-               "temperature": {"rows": temp_rows, "std_log10_tau": spread(tau_onsets),
-                               "std_log10_r": spread(r_onsets)}}, f)
+    json.dump(to_json({"config": config.to_dict(), **result}), f)
   print(f"\nwrote {config.out_dir}/results.json and onset.png")
 
 

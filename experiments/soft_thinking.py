@@ -48,7 +48,10 @@ def make_policy(config, method: str, batch: int, embedding_matrix):
       embedding_matrix, batch, end_think_id=arithmetic.END_THINK_ID,
       start_think_id=arithmetic.THINK_ID, thinking=False, mode=method,
       max_topk=config.max_topk, dirichlet_alpha=config.dirichlet_alpha,
-      gumbel_tau=config.gumbel_tau, **filters)
+      gumbel_tau=config.gumbel_tau,
+      after_think=sampling.SamplingPolicy(config.after_think_temperature,
+                                          config.after_think_top_k, config.after_think_top_p),
+      **filters)
 
 
 def compare_methods(config, model, tokenizer, problems) -> dict:
@@ -56,7 +59,9 @@ def compare_methods(config, model, tokenizer, problems) -> dict:
   results = {}
   methods = ["greedy", "sampling", *SOFT_MODES]
   for method in tqdm(methods, desc="methods"):
-    deterministic = method in ("greedy", "vanilla")
+    # Vanilla soft thinking samples after </think> (official setting), so it is seeded too.
+    deterministic = method == "greedy" or (method == "vanilla"
+                                           and config.after_think_temperature == 0)
     seeds = config.seeds[:1] if deterministic else config.seeds
     accuracy, tokens = [], []
     for seed in seeds:
@@ -113,9 +118,11 @@ def run_probes(config, model, tokenizer, problems) -> dict:
     step = steps[:, s]
     w, i = weights[rows, step], ids[rows, step]
     position = prompts.shape[1] + step
-    records["probe"].append(probe(model, embeds, position, w, i, attention_mask=mask))
+    records["probe"].append(probe(model, embeds, position, w, i, attention_mask=mask,
+                                 temperature=config.temperature))
     records["lens"].append(lens(model, embeds, position, i[:, :2],
-                                top1_weight=config.lens_top1_weight, attention_mask=mask))
+                                top1_weight=config.lens_top1_weight, attention_mask=mask,
+                                temperature=config.temperature))
     records["top1_weight"].append(w[:, 0])
   keep = valid.T.reshape(-1)  # [S * B], step-major like the records
   probe_stats = {k: float(np.mean(np.concatenate([np.asarray(r[k]) for r in records["probe"]])

@@ -28,4 +28,6 @@ from logitlab.ghosts import top2_radius
 from logitlab.nnx_logits import nnx_logits_fn
 from logitlab.radius_guard import guard_metrics
 from logitlab.radius_guard import radius_guard
+from logitlab.radius_guard import RadiusGuardPlacementError
+from logitlab.radius_guard import RadiusGuardPlacementWarning
 from logitlab.radius_guard import RadiusGuardState

@@ -179,10 +179,47 @@ def topk_forward_kl(teacher_topk_logits: Array, teacher_topk_ids: Array,
   student softmax (T-tempered). Shapes: ``[..., k]``, ``[..., k]``, ``[..., V]`` -> ``[...]``.
   """
   log_t = numerics.log_softmax(teacher_topk_logits, temperature)
-  log_s = jnp.take_along_axis(numerics.log_softmax(student_logits, temperature),
-                              teacher_topk_ids, axis=-1)
+  # A gather of k ids from a vocabulary split over an Explicit axis has no unambiguous
+  # output sharding: gather_axis all-gathers the vocabulary first (the Auto partitioner
+  # does the same implicitly).
+  log_s = jnp.take_along_axis(
+      numerics.gather_axis(numerics.log_softmax(student_logits, temperature)),
+      teacher_topk_ids, axis=-1)
   p_t = jnp.exp(log_t)
   return jnp.sum(numerics.xlogy_probs(p_t, log_t) - numerics.xlogy_probs(p_t, log_s), -1)
+
+
+def tail_logprob(logits: Array, ids: Array, temperature: float = 1.0) -> Array:
+  """``log sum_{j not in ids} softmax(logits / T)_j`` ``[...]``: the exact log-mass outside
+  the (distinct) ``ids [..., k]``, computed as a log-sum-exp over the tail (-inf when
+  ``ids`` covers the vocabulary)."""
+  z = numerics.upcast(logits) / temperature
+  flat, flat_ids = z.reshape(-1, z.shape[-1]), ids.reshape(-1, ids.shape[-1])
+  tail = flat.at[jnp.arange(flat.shape[0])[:, None], flat_ids].set(-jnp.inf)
+  out = jax.nn.logsumexp(tail, axis=-1) - jax.nn.logsumexp(flat, axis=-1)
+  return out.reshape(z.shape[:-1])
+
+
+def topk_rest_forward_kl(teacher_topk_logits: Array, teacher_topk_ids: Array,
+                         teacher_rest_logprob: Array, student_logits: Array, *,
+                         temperature: float = 1.0) -> Array:
+  """Per-token KL over k + 1 buckets: the teacher's top-k ids and a "rest" bucket.
+
+  Teacher: ``p_i = softmax_k(t / T)_i (1 - p_rest)``, ``p_rest = exp(teacher_rest_logprob)``
+  (its exact tail mass at T, ``tail_logprob``). Student: ``q_i = softmax(s / T)[ids_i]``
+  and ``q_rest`` its own tail mass. The result is the KL of the two bucketed distributions:
+  exact when the teacher's tail is empty, otherwise a lower bound of the full KL missing
+  ``p_rest KL(p_tail || q_tail)`` (data processing inequality).
+  """
+  log_top = numerics.log_softmax(teacher_topk_logits, temperature)
+  rest = numerics.upcast(teacher_rest_logprob)
+  log_t = log_top + jnp.log(-jnp.expm1(rest))[..., None]
+  log_s = jnp.take_along_axis(numerics.log_softmax(student_logits, temperature),
+                              teacher_topk_ids, axis=-1)
+  log_s_rest = tail_logprob(student_logits, teacher_topk_ids, temperature)
+  p_t, p_rest = jnp.exp(log_t), jnp.exp(rest)
+  top = jnp.sum(numerics.xlogy_probs(p_t, log_t) - numerics.xlogy_probs(p_t, log_s), -1)
+  return top + numerics.xlogy_probs(p_rest, rest) - numerics.xlogy_probs(p_rest, log_s_rest)
 
 
 def _check_hidden(name: str, hidden: Array) -> None:
@@ -200,6 +237,7 @@ def chunked_distill_loss(
     teacher_logits_fn: LogitsFn | None = None,
     teacher_topk_logits: chex.Array | None = None,
     teacher_topk_ids: chex.Array | None = None,
+    teacher_rest_logprob: chex.Array | None = None,
     divergence: Divergence = "forward_kl",
     beta: float = 0.5,
     temperature: float = 1.0,
@@ -217,6 +255,9 @@ def chunked_distill_loss(
       the teacher side gets no gradient.
     teacher_topk_logits, teacher_topk_ids: alternatively a stored top-k teacher
       ``[B, T, k]`` (float logits, int ids); only with ``divergence="forward_kl"``.
+    teacher_rest_logprob: optional ``[B, T]`` log tail mass of the teacher outside its
+      top-k at ``temperature`` (``tail_logprob``): the KL then has a "rest" bucket
+      (``topk_rest_forward_kl``); None renormalizes the teacher over its top-k.
     divergence: "forward_kl" | "reverse_kl" | "jsd" (generalized JSD with ``beta``).
     temperature: softmax temperature T; the loss is scaled by T**2.
     chunk_size: tokens per chunk.
@@ -273,11 +314,21 @@ def chunked_distill_loss(
       raise ValueError(f"`teacher_topk_logits` must be [B, T, k] with [B, T] = {(b, t)}, got "
                        f"{teacher_topk_logits.shape}.")
 
-    def per_chunk(params, s_h, t_logits, t_ids):
-      return topk_forward_kl(t_logits, t_ids, student_logits(params, s_h),
-                             temperature=temperature)
-
     rest = (jax.lax.stop_gradient(teacher_topk_logits), teacher_topk_ids)
+    if teacher_rest_logprob is None:
+      def per_chunk(params, s_h, t_logits, t_ids):
+        return topk_forward_kl(t_logits, t_ids, student_logits(params, s_h),
+                               temperature=temperature)
+    else:
+      if jnp.shape(teacher_rest_logprob) != (b, t):
+        raise ValueError(f"`teacher_rest_logprob` must be [B, T] = {(b, t)}, got "
+                         f"{jnp.shape(teacher_rest_logprob)}.")
+
+      def per_chunk(params, s_h, t_logits, t_ids, t_rest):
+        return topk_rest_forward_kl(t_logits, t_ids, t_rest, student_logits(params, s_h),
+                                    temperature=temperature)
+
+      rest = rest + (jax.lax.stop_gradient(numerics.upcast(teacher_rest_logprob)),)
 
   # Global valid-token normalization: every valid token of the (accumulated) batch weighs
   # T^2 / N, so micro-batch losses add up to the full-batch loss.

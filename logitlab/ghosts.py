@@ -33,6 +33,7 @@ from typing import Any, Callable, NamedTuple
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from logitlab import numerics
 
@@ -155,7 +156,7 @@ def top2_radius(
   a = numerics.upcast(tangent) / temperature
   is_label = jax.nn.one_hot(labels, num_classes, dtype=bool)
   runner_up = jnp.argmax(jnp.where(is_label, -jnp.inf, z), axis=-1)
-  take = lambda x, i: jnp.take_along_axis(x, i[..., None], axis=-1)[..., 0]
+  take = numerics.take_class  # one-hot select: no gather on a sharded class axis
   rho = binary_radius(take(z, labels) - take(z, runner_up), take(a, labels) - take(a, runner_up))
   return numerics.nan_unless_positive(numerics.nan_unless(rho, ok), temperature)
 
@@ -196,8 +197,36 @@ def normalized_step(
   if spread.size == 0:
     raise ValueError(f"`step_tangent` must hold at least one example [..., K], got shape "
                      f"{jnp.shape(step_tangent)}.")
-  flat = spread.reshape(-1)
-  binding = jnp.argmax(flat)
-  ratio = numerics.nan_unless_positive(
-      flat[binding] / (jnp.pi * jnp.asarray(temperature, jnp.float32)), temperature)
-  return NormalizedStep(ratio=ratio, spread=spread, binding_index=binding)
+  return normalized_step_from_spread(spread, temperature=temperature)
+
+
+def normalized_step_from_spread(
+    spread: chex.Array,
+    *,
+    temperature: float | Array = 1.0,
+) -> NormalizedStep:
+  """:func:`normalized_step` from per-example spreads ``Delta_a(x; p) [...]`` (0 where masked).
+
+  For estimators that never build the full tangent (e.g. :mod:`logitlab.lm_head_radius`).
+  ``temperature > 0`` (traced ``T <= 0``: NaN ratio).
+  """
+  numerics.check_logits("spread", spread, min_rank=0)
+  numerics.check_positive("temperature", temperature)
+  spread = numerics.upcast(spread)
+  # Reductions only: indexing the spreads with the traced argmax (`flat[i]`) is a dynamic
+  # slice of a batch-sharded array, a sharding type error under Explicit axes.
+  ratio = jnp.max(spread) / (jnp.pi * jnp.asarray(temperature, jnp.float32))
+  return NormalizedStep(ratio=numerics.nan_unless_positive(ratio, temperature), spread=spread,
+                        binding_index=_flat_argmax(spread))
+
+
+def _flat_argmax(x: Array) -> Array:
+  """``argmax(x.reshape(-1))`` from elementwise ops and reductions (no reshape of a sharded
+  array): the smallest row-major index holding the maximum, or the first NaN's."""
+  if x.ndim == 0:
+    return jnp.zeros([], jnp.int32)
+  flat_index = sum(jax.lax.broadcasted_iota(jnp.int32, x.shape, d) * int(np.prod(x.shape[d + 1:]))
+                   for d in range(x.ndim))
+  is_nan = jnp.isnan(x)
+  hit = jnp.where(jnp.any(is_nan), is_nan, x == jnp.max(x))
+  return jnp.min(jnp.where(hit, flat_index, x.size))

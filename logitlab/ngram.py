@@ -200,7 +200,8 @@ def order_log_probs(model: NGramModel, context: chex.Array) -> tuple[Array, Arra
   """
   _check_context(model, context)
   batch_shape = context.shape[:-1]
-  flat = context.reshape(-1, context.shape[-1]).astype(jnp.int32)
+  # An explicit row count: with max_order 1 the context is empty and -1 cannot be inferred.
+  flat = context.reshape(math.prod(batch_shape), context.shape[-1]).astype(jnp.int32)
   log_probs, matched = jax.vmap(lambda c: _order_log_probs_single(model, c))(flat)
   return (log_probs.reshape(*batch_shape, *log_probs.shape[1:]),
           matched.reshape(*batch_shape, matched.shape[-1]))
@@ -212,6 +213,10 @@ def _combine_orders(log_probs: Array, matched: Array, order_weights: Sequence[fl
   if len(order_weights) != matched.shape[-1]:
     raise ValueError(f"`order_weights` must have {matched.shape[-1]} entries (one per order), "
                      f"got {len(order_weights)}.")
+  if not all(isinstance(w, (int, float)) and 0 <= w < math.inf for w in order_weights) or \
+      not sum(order_weights) > 0:
+    raise ValueError(f"`order_weights` must be finite numbers >= 0 with a positive sum, got "
+                     f"{tuple(order_weights)}.")
   weights = jnp.where(matched, jnp.asarray(order_weights, jnp.float32), 0.0)
   if normalize_weights:
     weights = weights / jnp.maximum(jnp.sum(weights, axis=-1, keepdims=True), 1e-30)
@@ -236,7 +241,9 @@ def inject_style(logits: chex.Array, model: NGramModel, context: chex.Array, *,
     logits: [..., V] LM next-token logits (any float dtype).
     model: the style ``NGramModel``.
     context: [..., N-1] last token ids, oldest first (ids < 0: none).
-    strength: lambda >= 0 (the paper sweeps [0, 1]); 0 returns the logits unchanged.
+    strength: lambda, a finite number >= 0 (the paper sweeps [0, 1]; values above 1 weight
+      the prior more than the paper does, see docs/ngram.md); 0 returns the logits unchanged.
+      Eager: a negative or NaN lambda raises; under jit it gives NaN logits.
     order_weights: w_1..w_N.
 
   Returns:
@@ -246,8 +253,15 @@ def inject_style(logits: chex.Array, model: NGramModel, context: chex.Array, *,
   if logits.shape[-1] != model.vocab_size:
     raise ValueError(f"`logits` must have shape [..., {model.vocab_size}] (the n-gram "
                      f"vocabulary), got {tuple(logits.shape)}.")
+  ok = _check_strength(strength)
   prior = style_log_prior(model, context, order_weights, normalize_weights=normalize_weights)
-  return numerics.upcast(logits) + strength * prior
+  return numerics.nan_unless(numerics.upcast(logits) + strength * prior, ok)
+
+
+def _check_strength(strength) -> Array:
+  return numerics.check_values("strength", jnp.isfinite(strength) & (strength >= 0),
+                               "a finite number >= 0 (lambda; the paper sweeps [0, 1])",
+                               strength)
 
 
 def shifted_contexts(model: NGramModel, tokens: chex.Array) -> Array:
@@ -301,11 +315,54 @@ def steering_js(logits: chex.Array, steered_logits: chex.Array,
   return numerics.masked_mean(js, where) if reduce else js
 
 
+def _ngrams(tokens: Array, where: Array | None, n: int) -> tuple[Array, Array]:
+  """The n-grams ``[B, K, n]`` of each row and whether each lies inside the mask ``[B, K]``."""
+  k = tokens.shape[1] - n + 1
+  grams = jnp.stack([tokens[:, i:i + k] for i in range(n)], axis=-1)
+  if where is None:
+    return grams, jnp.ones(grams.shape[:2], bool)
+  where = jnp.broadcast_to(jnp.asarray(where, bool), tokens.shape)
+  return grams, jnp.all(jnp.stack([where[:, i:i + k] for i in range(n)], axis=-1), axis=-1)
+
+
 def token_overlap(tokens: chex.Array, reference_tokens: chex.Array,
-                  where: chex.Array | None = None) -> Array:
-  """Fraction of masked positions where ``tokens`` equals ``reference_tokens`` ([B, T])."""
-  numerics.check_same_shape(("tokens", "reference_tokens"), tokens, reference_tokens)
-  return numerics.masked_mean(tokens == reference_tokens, where)
+                  where: chex.Array | None = None, reference_where: chex.Array | None = None,
+                  *, n: int = 2) -> Array:
+  """Clipped n-gram overlap of ``tokens`` with ``reference_tokens`` (BLEU's modified n-gram
+  precision, Papineni et al. 2002), pooled over the batch.
+
+  ``sum_rows sum_g min(c_tokens(g), c_reference(g)) / sum_rows sum_g c_tokens(g)`` over the
+  n-grams g of each row lying inside its mask (``where`` for ``tokens``, ``reference_where``
+  for the reference; default all True). Unlike a position-by-position match, one inserted
+  or deleted token changes at most ``n`` n-grams instead of every later position.
+  1 for identical rows, 0 when no n-gram is shared; 0 when no row has an n-gram.
+
+  Args:
+    tokens, reference_tokens: int ``[B, T]`` and ``[B, T']`` (rows compared pairwise).
+    where, reference_where: optional bool ``[B, T]`` / ``[B, T']`` masks (e.g. lengths).
+    n: n-gram order >= 1 (1: bag-of-tokens overlap).
+  """
+  if not isinstance(n, int) or n < 1:
+    raise ValueError(f"`n` must be an int >= 1, got {n!r}.")
+  for name, x in (("tokens", tokens), ("reference_tokens", reference_tokens)):
+    if jnp.ndim(x) != 2 or not jnp.issubdtype(jnp.asarray(x).dtype, jnp.integer):
+      raise ValueError(f"`{name}` must be an int array [B, T], got {jnp.shape(x)}.")
+  if reference_tokens.shape[0] != tokens.shape[0]:
+    raise ValueError(f"`reference_tokens` must have the batch size of `tokens` "
+                     f"({tokens.shape[0]}), got {reference_tokens.shape[0]}.")
+  numerics.check_mask("where", where, tokens.shape)
+  numerics.check_mask("reference_where", reference_where, reference_tokens.shape)
+  if min(tokens.shape[1], reference_tokens.shape[1]) < n:
+    return jnp.float32(0.0)
+  grams, valid = _ngrams(jnp.asarray(tokens), where, n)
+  ref_grams, ref_valid = _ngrams(jnp.asarray(reference_tokens), reference_where, n)
+  same = lambda a, b: jnp.all(a[:, :, None] == b[:, None], axis=-1)  # [B, K, K']
+  count_self = jnp.sum(same(grams, grams) & valid[:, None, :], axis=-1)  # c_tokens(g_i)
+  count_ref = jnp.sum(same(grams, ref_grams) & ref_valid[:, None, :], axis=-1)
+  # Each occurrence of g carries min(c_tok, c_ref) / c_tok: the sum over occurrences is clipped.
+  share = jnp.minimum(count_self, count_ref) / jnp.maximum(count_self, 1)
+  matches = jnp.sum(jnp.where(valid, share, 0.0))
+  return matches / jnp.maximum(jnp.sum(valid), 1)
 
 
 def style_vocab_overlap(model: NGramModel, tokens: chex.Array,
@@ -344,7 +401,8 @@ class NGramStylePolicy:
   def __call__(self, logits: Array, state: NGramStyleState, key: chex.PRNGKey):
     log_probs, matched = order_log_probs(state.model, state.context)
     prior = _combine_orders(log_probs, matched, self.order_weights, self.normalize_weights)
-    steered = numerics.upcast(logits) + state.strength * prior
+    steered = numerics.nan_unless(numerics.upcast(logits) + state.strength * prior,
+                                  _check_strength(state.strength))
     tokens = self.sampler(steered, None, key)[0]
     pick = lambda x: jnp.take_along_axis(x, tokens[:, None], axis=-1)[:, 0]
     extras = dict(js=steering_js(logits, steered, None, reduce=False),
@@ -369,6 +427,14 @@ def ngram_style_policy(model: NGramModel, prompt_tokens: chex.Array,
   if jnp.shape(prompt_lengths) != prompt_tokens.shape[:1]:
     raise ValueError(f"`prompt_lengths` must be [B] = ({prompt_tokens.shape[0]},), got "
                      f"{tuple(jnp.shape(prompt_lengths))}.")
+  if numerics.is_traced(prompt_lengths) or numerics.is_traced(strength):
+    raise TypeError("`prompt_lengths` and `strength` must be concrete (build the policy state "
+                    "outside jit; lambda is then traced state of the decode loop).")
+  prompt_lengths = jnp.asarray(prompt_lengths)
+  numerics.check_values("prompt_lengths",
+                        (prompt_lengths >= 1) & (prompt_lengths <= prompt_tokens.shape[1]),
+                        f"in [1, P={prompt_tokens.shape[1]}]", prompt_lengths)
+  _check_strength(jnp.float32(strength))
   prompt_tokens = prompt_tokens.astype(jnp.int32)
   offsets = jnp.asarray(prompt_lengths)[:, None] - width + jnp.arange(width)[None]
   context = jnp.where(offsets >= 0, jnp.take_along_axis(prompt_tokens, jnp.maximum(offsets, 0),

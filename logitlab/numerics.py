@@ -90,7 +90,8 @@ def check_positive(name: str, value) -> None:
   """
   if value is None or is_traced(value):
     return
-  v = np.asarray(value)  # NumPy: under a jit trace, jnp ops on a constant give tracers
+  # NumPy, not jnp: under an outer jit a jnp op on a Python number is staged (a tracer).
+  v = np.asarray(value, dtype=np.float64)
   if v.size and not bool(np.all(np.isfinite(v) & (v > 0))):
     raise ValueError(f"`{name}` must be a finite number > 0, got {value!r}.")
 
@@ -133,6 +134,41 @@ def nan_unless_positive(value: chex.Array, x) -> Array:
   return jnp.where(ok, upcast(value), jnp.nan)
 
 
+def take_class(values: chex.Array, index: chex.Array) -> Array:
+  """``values[..., index]`` per row: ``[..., C]`` and integer ``[...]`` -> ``[...]``.
+
+  A one-hot select and a sum over the class axis, not a gather: the result is exact (one
+  selected entry plus zeros, ``-inf`` kept) and it is sharding-agnostic, so rows split over
+  the batch axes and classes split over ``tensor`` need no all-gather and no
+  ``out_sharding`` under Explicit axes (a ``take_along_axis`` there is a sharding type
+  error; docs/scaling.md). An ``index`` outside ``[0, C)`` gives NaN (jit-value policy), never
+  a wrapped-around class.
+  """
+  index = jnp.asarray(index)
+  num_classes = values.shape[-1]
+  hit = jnp.arange(num_classes) == index[..., None]
+  picked = jnp.sum(jnp.where(hit, values, jnp.zeros((), values.dtype)), axis=-1)
+  return jnp.where((index >= 0) & (index < num_classes), picked, jnp.nan)
+
+
+def gather_axis(x: chex.Array, axis: int = -1) -> Array:
+  """``x`` with ``axis`` unsplit: a no-op unless it is sharded over an Explicit mesh axis.
+
+  Sorting ops (``lax.top_k``, ``argsort``) need the whole axis on one device. Under Auto
+  axes the partitioner inserts the all-gather itself; under Explicit axes the type system
+  requires it to be written, which this does with ``jax.sharding.reshard``.
+  """
+  x = jnp.asarray(x)
+  sharding = jax.typeof(x).sharding
+  spec = tuple(getattr(sharding, "spec", ())) + (None,) * x.ndim
+  axis = axis % x.ndim
+  if spec[axis] is None:
+    return x
+  spec = spec[:axis] + (None,) + spec[axis + 1:x.ndim]
+  return jax.sharding.reshard(
+      x, jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec(*spec)))
+
+
 def masked_mean(values: chex.Array, where: chex.Array | None = None, axis=None) -> Array:
   """Mean of ``values`` over ``axis`` counting only entries where ``where`` is true.
 
@@ -148,6 +184,17 @@ def masked_mean(values: chex.Array, where: chex.Array | None = None, axis=None) 
   total = jnp.sum(jnp.where(where, values, 0.0), axis=axis)
   count = jnp.sum(where, axis=axis).astype(jnp.float32)
   return total / jnp.maximum(count, 1.0)
+
+
+def soft_cap(logits: chex.Array, cap: float) -> Array:
+  """Soft-capping ``cap * tanh(logits / cap)`` in float32 (Gemma 2, arXiv:2408.00118).
+
+  Smoothly bounds logits to ``(-cap, cap)``; near 0 it is the identity (slope 1). Gemma 2
+  applies it to attention scores (cap 50) and to the final logits (cap 30).
+  """
+  if not (isinstance(cap, (int, float)) and cap > 0 and cap != float("inf")):
+    raise ValueError(f"`cap` must be a finite number > 0, got {cap!r}.")
+  return cap * jnp.tanh(upcast(logits) / cap)
 
 
 def log_softmax(logits: chex.Array, temperature: float | Array = 1.0, axis: int = -1) -> Array:

@@ -8,39 +8,65 @@ gives the logit tangent ``J_z p`` and hence the normalized step
     s = min(1, max_ratio / r),      update = s * p.
 
 Because ``Delta_a`` is linear in the step, the applied update has ``r(s p) = s r <= max_ratio``
-exactly (up to float rounding). A non-finite tangent or update skips the step (zero update)
-and is counted; the parameters never become NaN through the guard.
+in exact arithmetic. In low precision (bf16 updates or tangents) the guard makes it hold for
+the update it returns: the measured spread is raised by the rounding of the tangent's dtype,
+the scale keeps a margin of ``2**-8``, and the returned (cast) update is measured again and
+halved (exactly, a power of two) if the cast pushed it over the cap.
 
 Placement. optax applies a chain's stages in order and Adam is (nearly) invariant to the
 scale of its input, so a guard placed *before* Adam rescales the gradient and Adam undoes
-it: ``optax.chain(radius_guard(), optax.adam(lr))`` does not cap the step. Two correct forms:
+it. Two correct forms:
 
     radius_guard(optax.adam(lr))                      # wrapper: reads like the intent
     optax.chain(optax.adam(lr), radius_guard())       # stage after the optimizer
 
-The wrapper additionally keeps the inner optimizer's state unchanged on a skipped step, so
-a NaN gradient cannot poison Adam's moments (the chain form cannot do that; pair it with
-``optax.apply_if_finite`` if you need it).
+Any other placement (``optax.chain(radius_guard(), optax.adam(lr))``, or stages after the guard
+that change the update: ``add_decayed_weights``, ``scale(-lr)``, a schedule) is *detected* at
+the next step: the guard checks that ``params_t - params_{t-1}`` is the update it returned
+(a random projection, :mod:`logitlab.guard_placement`; no copy of the parameters). A mismatch
+raises (``on_mismatch="raise"``, default), warns (``"warn"``) or is only counted
+(``"ignore"``); ``num_mismatched`` and ``applied_factor`` report it in the metrics.
+
+Non-finite values. The wrapper skips a step whose proposal or tangent is non-finite (zero
+update) and keeps the inner optimizer's state, so a NaN gradient cannot poison Adam's moments.
+The stage form owns no optimizer state: a non-finite *proposal* is passed on unchanged (never
+hidden as a zero step while Adam's state before it stays NaN and freezes training); wrap the
+chain in ``optax.apply_if_finite`` to skip it with every state restored, or let the training
+loop's divergence check stop the run. A finite proposal with a non-finite tangent is skipped
+(zero update) in both forms. Under ``jit``, a traced ``max_ratio`` or ``temperature`` that is
+not a finite number > 0 makes the update NaN (jit-value policy, docs/architecture.md).
 
 Extra arguments of ``update`` (keyword-only; unknown ones are ignored):
   * ``logits_fn``: ``params -> logits [..., K]`` evaluated in eval mode, or
   * ``logits_jvp``: a linear map ``update pytree -> logit tangent [..., K]`` (e.g. from
     ``jax.linearize``), which saves the primal pass when you already have it;
-  * ``logits_mask`` (optional): valid examples/tokens, broadcastable to ``logits.shape[:-1]``.
+  * ``logits_mask`` (optional): valid examples/tokens, broadcastable to ``logits.shape[:-1]``;
+  * ``logits_spread``: a map ``update pytree -> per-example Delta_a [...]`` (masked entries 0)
+    for estimators that never build the tangent, e.g. the LM head's chunked per-token
+    spread (:func:`logitlab.lm_head_radius.lm_head_spread_fn`, no ``[B, T, V]`` tangent) or
+    every micro-batch of an accumulated step (:mod:`logitlab.batched_radius`).
 """
 
 from __future__ import annotations
 
+import functools
+import warnings
 from typing import Any, Callable, NamedTuple
 
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
-from logitlab import ghosts
+from logitlab import ghosts, guard_placement, numerics, radius_estimators
 
 PyTree = Any
+
+ON_MISMATCH = ("raise", "warn", "ignore")
+# Scale margin for low-precision updates: a bf16 cast moves r by up to ~0.6 %, so the
+# re-measure after the cast rarely has to halve the step.
+_LOW_PRECISION_MARGIN = 2.0**-8
 
 
 class RadiusGuardState(NamedTuple):
@@ -48,16 +74,61 @@ class RadiusGuardState(NamedTuple):
 
   Attributes:
     inner_state: state of the wrapped optimizer (``optax.EmptyState()`` for the stage form).
-    ratio: normalized step ``r`` of the tentative update at the last step (before capping).
+    ratio: normalized step ``r`` of the update the guard returned at the last step (the
+      applied step, unless ``num_mismatched`` says a later stage changed it).
+    ratio_proposed: ``r`` of the tentative update (the guard's input) at the last step.
     scale: the factor applied at the last step (0 when the step was skipped).
-    num_capped: steps whose update was scaled down (``r > max_ratio``).
-    num_skipped: steps skipped because the tangent or the update was non-finite.
+    num_capped: steps whose update was rescaled (``r > max_ratio``; every step with
+      ``r > 0`` in ``mode="radius_step"``).
+    num_skipped: steps whose proposal or tangent was non-finite (the wrapper skipped them;
+      the stage form passed a non-finite proposal on, see the module docstring).
+    num_mismatched: steps after which the parameters did not move by the returned update.
+    applied_factor: at the last check, (applied step) / (returned step) along a random
+      projection: 1 when placed correctly, ``-lr`` for a later ``scale(-lr)``.
+    check_params, check_update, has_previous: the placement check's fingerprints of the
+      parameters and the returned update at the last step (:mod:`logitlab.guard_placement`).
+    estimate: state of the ``estimator`` (windowed radii, per-component ratios; ``None``
+      with the default exact estimator).
   """
   inner_state: optax.OptState
   ratio: chex.Array
+  ratio_proposed: chex.Array
   scale: chex.Array
   num_capped: chex.Array
   num_skipped: chex.Array
+  num_mismatched: chex.Array
+  applied_factor: chex.Array
+  check_params: chex.Array
+  check_update: chex.Array
+  has_previous: chex.Array
+  estimate: Any = None
+
+
+class RadiusGuardPlacementError(RuntimeError):
+  """The update the radius guard returned is not the one that reached the parameters."""
+
+
+class RadiusGuardPlacementWarning(UserWarning):
+  """``on_mismatch="warn"`` form of :class:`RadiusGuardPlacementError`."""
+
+
+_PLACEMENT_MESSAGE = (
+    "radius_guard: the parameters moved by {factor:.4g} x the update the guard returned "
+    "(along a random projection), so the cap of r <= max_ratio did not hold for the step that "
+    "was applied. A stage after the guard changes the update: place the guard last, "
+    "`radius_guard(optax.adam(lr))` or `optax.chain(optax.adam(lr), radius_guard())`, not "
+    "`optax.chain(radius_guard(), optax.adam(lr))` and no `add_decayed_weights` / `scale` / "
+    "schedule after it. (on_mismatch='warn' or 'ignore' to continue; docs/radius_guard.md)")
+
+
+def _report_mismatch(mode: str, mismatch, factor) -> None:
+  mismatch, factor = np.asarray(mismatch), np.asarray(factor)
+  if not mismatch.any():
+    return
+  message = _PLACEMENT_MESSAGE.format(factor=float(factor[mismatch].reshape(-1)[0]))
+  if mode == "raise":
+    raise RadiusGuardPlacementError(message)
+  warnings.warn(message, RadiusGuardPlacementWarning, stacklevel=2)
 
 
 def _tangent_of(updates, params, logits_fn, logits_jvp):
@@ -65,9 +136,10 @@ def _tangent_of(updates, params, logits_fn, logits_jvp):
     return logits_jvp(updates)
   if logits_fn is None:
     raise ValueError(
-        "radius_guard needs the extra argument `logits_fn` (params -> logits [..., K]) or "
-        "`logits_jvp` (update -> logit tangent [..., K]) in `update(..., logits_fn=...)`. "
-        "With flax.nnx use logitlab.nnx_logits_fn(model, x) and pass it to "
+        "radius_guard needs the extra argument `logits_fn` (params -> logits [..., K]), "
+        "`logits_jvp` (update -> logit tangent [..., K]) or `logits_spread` (update -> "
+        "per-example spread) in `update(..., logits_fn=...)`. With flax.nnx use "
+        "logitlab.nnx_logits_fn(model, x) and pass it to "
         "`optimizer.update(model, grads, logits_fn=...)`.")
   if params is None:
     raise ValueError("radius_guard with `logits_fn` needs `params` in `update(..., params)`.")
@@ -75,9 +147,30 @@ def _tangent_of(updates, params, logits_fn, logits_jvp):
   return tangent
 
 
+def _spread_of(update, params, logits_fn, logits_jvp, logits_mask, logits_spread):
+  """Per-example ``Delta_a`` of ``update``, raised by the rounding of a low-precision tangent
+  (each of max and min is off by at most eps/2 of its magnitude)."""
+  if logits_spread is not None:
+    return numerics.upcast(logits_spread(update))
+  tangent = _tangent_of(update, params, logits_fn, logits_jvp)
+  numerics.check_logits("logits tangent", tangent)
+  numerics.check_mask("logits_mask", logits_mask, tangent.shape[:-1])
+  spread = ghosts.logit_spread(tangent, where=logits_mask)
+  if jnp.finfo(tangent.dtype).bits < 32:
+    rounding = jnp.finfo(tangent.dtype).eps * jnp.max(jnp.abs(numerics.upcast(tangent)), -1)
+    spread = spread + (rounding if logits_mask is None else
+                       jnp.where(jnp.asarray(logits_mask, bool), rounding, 0.0))
+  return spread
+
+
 def _all_finite(tree) -> jax.Array:
   leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
   return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
+def _is_low_precision(tree) -> bool:
+  return any(jnp.issubdtype(x.dtype, jnp.floating) and jnp.finfo(x.dtype).bits < 32
+             for x in jax.tree.leaves(tree))
 
 
 def radius_guard(
@@ -85,63 +178,147 @@ def radius_guard(
     *,
     max_ratio: float | jax.Array = 1.0,
     temperature: float | jax.Array = 1.0,
+    on_mismatch: str = "raise",
+    mode: str = "cap",
+    estimator: "radius_estimators.RatioEstimator | None" = None,
 ) -> optax.GradientTransformationExtraArgs:
   """Caps each update at normalized step ``r <= max_ratio`` (see module docstring).
 
   Args:
     inner: optimizer whose output is guarded (``radius_guard(optax.adam(lr))``). ``None``
       gives a stage to place *after* the optimizer in ``optax.chain``.
-    max_ratio: the cap on ``r = tau / rho_a``. ``1.0`` is the paper's controller; the bound
-      is conservative, so values up to a few still train safely in practice.
-    temperature: softmax temperature ``T`` of the loss the logits feed (``softmax(z / T)``).
+    max_ratio: the cap on ``r = tau / rho_a``, a finite number > 0. ``1.0`` is the paper's
+      controller; the bound is conservative, so values up to a few still train safely.
+    temperature: softmax temperature ``T`` of the loss the logits feed (``softmax(z / T)``),
+      a finite number > 0.
+    on_mismatch: what to do when the parameters did not move by the update the guard
+      returned (a stage after the guard changed it): ``"raise"`` a
+      :class:`RadiusGuardPlacementError`, ``"warn"`` or ``"ignore"`` (metrics only).
+    mode: ``"cap"`` scales down to ``r <= max_ratio``; ``"radius_step"`` (the reference
+      code's radius stepping, ``experiments/resnetnatural/run.py`` L235-296 of
+      piyush314/ghosts-of-softmax) scales every step to ``r = max_ratio``, up as well as
+      down, so the inner optimizer's learning rate does not matter (only its direction).
+      A proposal with ``r = 0`` (no logit moves) is applied unchanged.
+    estimator: how ``r`` is measured; ``None`` is the exact JVP over the batch (a bound).
+      :func:`logitlab.radius_estimators.step_ratio_estimator` gives the reference code's
+      finite-difference, quantile, windowed-minimum and attention/FFN variants. The bf16
+      re-measure after the cast uses the exact JVP only (an estimator is not a bound).
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` with :class:`RadiusGuardState`.
   """
-  inner = optax.with_extra_args_support(inner if inner is not None else optax.identity())
+  numerics.check_positive("max_ratio", max_ratio)
+  numerics.check_positive("temperature", temperature)
+  if on_mismatch not in ON_MISMATCH:
+    raise ValueError(f"`on_mismatch` must be one of {ON_MISMATCH}, got {on_mismatch!r}.")
+  if mode not in ("cap", "radius_step"):
+    raise ValueError(f"`mode` must be 'cap' or 'radius_step', got {mode!r}.")
+  is_wrapper = inner is not None
+  inner = optax.with_extra_args_support(inner if is_wrapper else optax.identity())
 
   def init_fn(params):
+    zero_f, zero_i = jnp.zeros([], jnp.float32), jnp.zeros([], jnp.int32)
     return RadiusGuardState(
-        inner_state=inner.init(params),
-        ratio=jnp.zeros([], jnp.float32),
-        scale=jnp.ones([], jnp.float32),
-        num_capped=jnp.zeros([], jnp.int32),
-        num_skipped=jnp.zeros([], jnp.int32),
-    )
+        inner_state=inner.init(params), ratio=zero_f, ratio_proposed=zero_f,
+        scale=jnp.ones([], jnp.float32), num_capped=zero_i, num_skipped=zero_i,
+        num_mismatched=zero_i, applied_factor=jnp.ones([], jnp.float32),
+        check_params=zero_f, check_update=zero_f, has_previous=jnp.zeros([], bool),
+        estimate=None if estimator is None else estimator.init())
 
   def update_fn(updates, state, params=None, *, logits_fn: Callable | None = None,
                 logits_jvp: Callable | None = None, logits_mask: chex.Array | None = None,
-                **extra_args):
+                logits_spread: Callable | None = None, **extra_args):
+    # Eager calls raise on bad values; traced ones poison the update below.
+    numerics.check_positive("max_ratio", max_ratio)
+    numerics.check_positive("temperature", temperature)
+    cap = jnp.asarray(max_ratio, jnp.float32)
+    temp = jnp.asarray(temperature, jnp.float32)
+    hyper_ok = jnp.isfinite(cap) & (cap > 0) & jnp.isfinite(temp) & (temp > 0)
+    measure = functools.partial(_spread_of, params=params, logits_fn=logits_fn,
+                                logits_jvp=logits_jvp, logits_mask=logits_mask,
+                                logits_spread=logits_spread)
+    ratio_of = lambda u: ghosts.normalized_step_from_spread(measure(u), temperature=temp).ratio
+
     # The guard's own arguments are not forwarded: stages such as
     # scale_by_backtracking_linesearch reject extras their value_fn does not take.
     proposal, inner_state = inner.update(updates, state.inner_state, params, **extra_args)
-    tangent = _tangent_of(proposal, params, logits_fn, logits_jvp)
-    ratio = ghosts.normalized_step(tangent, temperature=temperature, where=logits_mask).ratio
-    finite = jnp.isfinite(ratio) & _all_finite(proposal)
-    max_ratio_f32 = jnp.asarray(max_ratio, jnp.float32)
-    capped = finite & (ratio > max_ratio_f32)
-    # ratio > max_ratio > 0 inside the `capped` branch, so the division is safe there.
-    scale = jnp.where(capped, max_ratio_f32 / jnp.where(capped, ratio, 1.0), 1.0)
-    scale = jnp.where(finite, scale, 0.0)
+    estimate = state.estimate
+    if estimator is not None:
+      ratio, estimate = estimator.ratio(proposal, state.estimate, params, logits_fn=logits_fn,
+                                        logits_jvp=logits_jvp, logits_mask=logits_mask,
+                                        temperature=temperature)
+    else:
+      ratio = ratio_of(proposal)
+    proposal_finite = _all_finite(proposal)
+    finite = jnp.isfinite(ratio) & proposal_finite
+    capped = finite & ((ratio > 0) if mode == "radius_step" else (ratio > cap))
+    low_precision = _is_low_precision(proposal) and estimator is None
+    target = cap * (1.0 - _LOW_PRECISION_MARGIN) if low_precision else cap
+    # ratio > 0 inside the `capped` branch, so the division is safe there.
+    scale = jnp.where(capped, target / jnp.where(capped, ratio, 1.0), 1.0)
     # jnp.where rather than multiplication: 0 * NaN would still be NaN.
     guarded = jax.tree.map(
         lambda p: jnp.where(finite, p * scale.astype(p.dtype), jnp.zeros_like(p)), proposal)
+    applied_ratio = jnp.where(finite, scale * ratio, 0.0)
+    if low_precision:
+      # The cast of s * p rounds each entry; measure what is returned and halve (exactly)
+      # until the cap holds. Only capped steps are re-measured.
+      def remeasure(guarded):
+        r = ratio_of(guarded)
+        halvings = jnp.where(r > cap, jnp.ceil(jnp.log2(r / cap)), 0.0)
+        factor = jnp.exp2(-halvings)
+        return jax.tree.map(lambda u: u * factor.astype(u.dtype), guarded), r * factor
+
+      guarded, applied_ratio = jax.lax.cond(
+          capped, remeasure, lambda g: (g, applied_ratio), guarded)
+    if not is_wrapper:
+      # The stage form owns no optimizer state: never hide a non-finite proposal as a
+      # zero step (the optimizer before it is poisoned); pass it on.
+      guarded = jax.tree.map(lambda g, p: jnp.where(proposal_finite, g, p), guarded, proposal)
+    guarded = jax.tree.map(lambda g: jnp.where(hyper_ok, g, jnp.full_like(g, jnp.nan)), guarded)
     inner_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), inner_state,
                                state.inner_state)
+
+    check_params, check_update, has_previous = (state.check_params, state.check_update,
+                                                state.has_previous)
+    mismatch, factor = jnp.zeros([], bool), state.applied_factor
+    if params is not None:
+      now = guard_placement.fingerprint(params)
+      mismatch, factor = guard_placement.check(now, state.check_params, state.check_update,
+                                               state.has_previous)
+      if on_mismatch != "ignore":
+        # Under lax.cond the host callback runs only on a mismatch: no per-step host sync.
+        report = functools.partial(_report_mismatch, on_mismatch)
+        jax.lax.cond(mismatch, lambda m, f: jax.debug.callback(report, m, f),
+                     lambda m, f: None, mismatch, factor)
+      check_params = now.value
+      check_update = guard_placement.fingerprint(guarded).value
+      has_previous = jnp.ones([], bool)
+
     new_state = RadiusGuardState(
         inner_state=inner_state,
-        ratio=ratio.astype(jnp.float32),
-        scale=scale,
+        ratio=applied_ratio.astype(jnp.float32),
+        ratio_proposed=ratio.astype(jnp.float32),
+        scale=jnp.where(finite, scale, 0.0),
         num_capped=state.num_capped + capped.astype(jnp.int32),
         num_skipped=state.num_skipped + (~finite).astype(jnp.int32),
+        num_mismatched=state.num_mismatched + mismatch.astype(jnp.int32),
+        applied_factor=factor.astype(jnp.float32),
+        check_params=check_params, check_update=check_update, has_previous=has_previous,
+        estimate=estimate,
     )
     return guarded, new_state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
 
+_METRICS = ("ratio", "ratio_proposed", "scale", "num_capped", "num_skipped", "num_mismatched",
+            "applied_factor")
+
+
 def guard_metrics(opt_state: optax.OptState) -> dict[str, jax.Array]:
-  """Extracts ``ratio``, ``scale``, ``num_capped``, ``num_skipped`` from an optimizer state.
+  """``guard/<name>`` for ``ratio`` (of the returned step), ``ratio_proposed``, ``scale``,
+  ``num_capped``, ``num_skipped``, ``num_mismatched`` and ``applied_factor``.
 
   Works on any nesting (chain, inject_hyperparams, MultiSteps). With several guards the
   outermost one is reported. Returns ``{}`` when the state holds no guard.
@@ -160,5 +337,9 @@ def guard_metrics(opt_state: optax.OptState) -> dict[str, jax.Array]:
   s = found[0]
   # Inside nnx.Optimizer the leaves are nnx.OptArray variables; `[...]` reads their value.
   value = lambda x: x if isinstance(x, jax.Array) else jnp.asarray(x[...])
-  return {"guard/ratio": value(s.ratio), "guard/scale": value(s.scale),
-          "guard/num_capped": value(s.num_capped), "guard/num_skipped": value(s.num_skipped)}
+  metrics = {f"guard/{name}": value(getattr(s, name)) for name in _METRICS}
+  if s.estimate is not None:
+    parts = value(s.estimate.components)
+    for i, name in enumerate(radius_estimators.COMPONENTS):
+      metrics[f"guard/ratio_{name}"] = parts[i]
+  return metrics

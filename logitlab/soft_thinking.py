@@ -49,6 +49,18 @@ SoftMode = Literal["vanilla", "dirichlet", "gumbel"]
 _DIRICHLET_MIN_PROB = 1e-7
 
 
+def _check_temperature(temperature) -> None:
+  if not isinstance(temperature, (int, float)) or not 0 <= temperature < float("inf"):
+    raise ValueError(f"`temperature` must be a finite number >= 0 (0 = greedy), got "
+                     f"{temperature!r}.")
+
+
+def _check_max_topk(max_topk) -> None:
+  if not isinstance(max_topk, int) or max_topk < 1:
+    raise ValueError(f"`max_topk` must be an int >= 1 (components of a soft token), got "
+                     f"{max_topk!r}.")
+
+
 def _check_weights_ids(weights: chex.Array, ids: chex.Array) -> None:
   numerics.check_logits("weights", weights)
   if not jnp.issubdtype(ids.dtype, jnp.integer):
@@ -71,7 +83,7 @@ def filtered_top_k(
 
   Args:
     logits: [..., V] float logits (any float dtype).
-    temperature: softmax temperature T > 0.
+    temperature: softmax temperature T >= 0; T = 0 puts all the mass on the argmax (greedy).
     top_k: number of candidates (clipped to V).
     top_p: nucleus mass in (0, 1].
     min_p: relative threshold in [0, 1].
@@ -81,8 +93,11 @@ def filtered_top_k(
     descending order summing to 1 (0 where filtered) and int32 token ids.
   """
   numerics.check_logits("logits", logits)
-  if temperature <= 0:
-    raise ValueError(f"`temperature` must be > 0, got {temperature}.")
+  _check_temperature(temperature)
+  k = min(top_k, logits.shape[-1]) if isinstance(top_k, int) and top_k >= 1 else top_k
+  if temperature == 0:  # greedy: all the mass on the argmax (transformers / vLLM convention)
+    ids = jax.lax.top_k(numerics.upcast(logits), k)[1]
+    return jax.nn.one_hot(jnp.zeros(ids.shape[:-1], jnp.int32), k), ids.astype(jnp.int32)
   filtered = sampling.filter_logits(numerics.upcast(logits) / temperature, top_k=top_k,
                                     top_p=top_p, min_p=min_p)
   probs, ids = jax.lax.top_k(jnp.exp(numerics.log_softmax(filtered)),
@@ -102,6 +117,7 @@ def truncate_sorted(probs: chex.Array, ids: chex.Array, max_topk: int) -> tuple[
     (weights [..., m], ids [..., m]) with m = min(max_topk, n), weights summing to 1.
   """
   _check_weights_ids(probs, ids)
+  _check_max_topk(max_topk)
   weights, order = jax.lax.top_k(numerics.upcast(probs), min(max_topk, probs.shape[-1]))
   ids = jnp.take_along_axis(ids, order, axis=-1)
   return weights / jnp.sum(weights, axis=-1, keepdims=True), ids
@@ -218,6 +234,13 @@ class ColdStop:
 
   threshold: float = 0.01
   patience: int = 256
+  normalize_entropy: bool = False
+
+  def __post_init__(self):
+    if not isinstance(self.patience, int) or self.patience < 1:
+      raise ValueError(f"`patience` must be an int >= 1, got {self.patience!r}.")
+    if not (isinstance(self.threshold, (int, float)) and 0 <= self.threshold < float("inf")):
+      raise ValueError(f"`threshold` must be a finite number >= 0, got {self.threshold!r}.")
 
   def init(self, batch_shape: tuple[int, ...]) -> Array:
     return jnp.zeros(batch_shape, jnp.int32)
@@ -262,8 +285,8 @@ class SoftThinkingPolicy:
 
   ``__call__(logits [B, V], state, key) -> (token_ids [B] int32, inputs_embeds [B, D]
   float32, state, extras)``; extras: ``weights [B, m]`` and ``ids [B, m]`` (the soft token,
-  sorted), ``entropy [B]`` (nats, tempered) and ``soft [B]`` (True where a soft input was
-  fed).
+  sorted), ``entropy [B]`` (nats, tempered; divided by log V when the Cold Stop normalizes),
+  ``soft [B]`` (True where a soft input was fed) and ``random_js [B]`` (see ``soft_token``).
   """
 
   end_think_id: int
@@ -282,24 +305,55 @@ class SoftThinkingPolicy:
   def __post_init__(self):
     if self.mode not in ("vanilla", "dirichlet", "gumbel"):
       raise ValueError(f"`mode` must be 'vanilla', 'dirichlet' or 'gumbel', got {self.mode!r}.")
+    _check_temperature(self.temperature)
+    _check_max_topk(self.max_topk)
+    sampling._check_filter_args(self.top_k, self.top_p, self.min_p)
+    for name in ("end_think_id", "start_think_id"):
+      value = getattr(self, name)
+      if value is not None and (not isinstance(value, int) or value < 0):
+        raise ValueError(f"`{name}` must be a token id >= 0, got {value!r}.")
 
-  def soft_token(self, logits: Array, key: chex.PRNGKey) -> tuple[Array, Array]:
-    """This mode's (weights [B, m], ids [B, m]), sorted descending."""
-    probs, ids = filtered_top_k(logits, temperature=self.temperature, top_k=self.top_k,
-                                top_p=self.top_p, min_p=self.min_p)
+  def soft_token(self, logits: Array, key: chex.PRNGKey) -> tuple[Array, Array, Array]:
+    """This mode's (weights [B, m], ids [B, m]), sorted descending, and ``random_js [B]``.
+
+    ``random_js`` is the "random JS" probe of Randomized-Soft-Thinking: the JS divergence
+    (nats) between this mode's soft token and the vanilla one (the filtered probabilities
+    truncated to ``max_topk``), both as distributions over the vocabulary; 0 for "vanilla".
+    Deviation: the official code (``sampler.py``, ``calculate_js_divergence(new_probs,
+    original_probs)``) passes the randomized *probabilities* where it expects logits and so
+    compares ``softmax(new_probs)``; we compare the two weight vectors themselves.
+    """
+    probs, candidates = filtered_top_k(logits, temperature=self.temperature, top_k=self.top_k,
+                                       top_p=self.top_p, min_p=self.min_p)
+    vanilla, vanilla_ids = truncate_sorted(probs, candidates, self.max_topk)
+    if self.mode == "vanilla":
+      return vanilla, vanilla_ids, jnp.zeros(logits.shape[:-1], jnp.float32)
+    noisy = probs
     if self.mode == "dirichlet":
-      probs = dirichlet_resample(key, probs, alpha=self.dirichlet_alpha)
-    weights, ids = truncate_sorted(probs, ids, self.max_topk)
+      noisy = dirichlet_resample(key, probs, alpha=self.dirichlet_alpha)
+    weights, ids = truncate_sorted(noisy, candidates, self.max_topk)
     if self.mode == "gumbel":
       weights, ids = truncate_sorted(gumbel_softmax_weights(key, weights, tau=self.gumbel_tau),
                                      ids, self.max_topk)
-    return weights, ids
+    # Both tokens live on the sorted candidates: vanilla on the first m, the noisy one on
+    # the candidates its ids match.
+    m = vanilla.shape[-1]
+    on_candidates = jnp.einsum("...m,...mk->...k", weights,
+                               (ids[..., :, None] == candidates[..., None, :]).astype(
+                                   jnp.float32))
+    vanilla = jnp.pad(vanilla, [(0, 0)] * (vanilla.ndim - 1) + [(0, probs.shape[-1] - m)])
+    return weights, ids, numerics.js_divergence(on_candidates, vanilla)
 
   def __call__(self, logits: Array, state: SoftThinkingState, key: chex.PRNGKey):
     numerics.check_logits("logits", logits, min_rank=2)
     soft_key, discrete_key = jax.random.split(key)
-    weights, ids = self.soft_token(logits, soft_key)
-    entropy = numerics.entropy_from_logits(logits, self.temperature)
+    weights, ids, random_js = self.soft_token(logits, soft_key)
+    if self.temperature > 0:
+      entropy = numerics.entropy_from_logits(logits, self.temperature)
+    else:  # the greedy (T -> 0) distribution is one-hot
+      entropy = jnp.zeros(logits.shape[:-1], jnp.float32)
+    if self.cold_stop is not None and self.cold_stop.normalize_entropy:
+      entropy = entropy / jnp.log(jnp.float32(logits.shape[-1]))
     low_entropy_steps = state.low_entropy_steps
     end_think = ids[:, 0] == self.end_think_id
     if self.cold_stop is not None:
@@ -321,7 +375,7 @@ class SoftThinkingPolicy:
     if self.start_think_id is not None:
       thinking |= ~state.thinking & (token_ids == self.start_think_id)
     state = state._replace(thinking=thinking, low_entropy_steps=low_entropy_steps)
-    extras = dict(weights=weights, ids=ids, entropy=entropy, soft=soft)
+    extras = dict(weights=weights, ids=ids, entropy=entropy, soft=soft, random_js=random_js)
     return token_ids.astype(jnp.int32), inputs_embeds, state, extras
 
 
@@ -347,6 +401,12 @@ def soft_thinking_policy(embedding_matrix: chex.Array, batch_size: int, *, end_t
     raise ValueError(
         f"`embedding_matrix` must have shape [V, D], got {tuple(embedding_matrix.shape)}.")
   policy = SoftThinkingPolicy(end_think_id=end_think_id, mode=mode, **kwargs)
+  vocab = embedding_matrix.shape[0]
+  for name in ("end_think_id", "start_think_id"):
+    value = getattr(policy, name)
+    if value is not None and value >= vocab:
+      raise ValueError(f"`{name}` must be a token id in [0, {vocab}) (the rows of "
+                       f"`embedding_matrix`), got {value}.")
   state = SoftThinkingState(embedding_matrix=jnp.asarray(embedding_matrix),
                             thinking=jnp.full((batch_size,), thinking),
                             low_entropy_steps=jnp.zeros((batch_size,), jnp.int32))
@@ -363,6 +423,7 @@ def _candidate_log_probs(model: decoder_lm.DecoderLM, inputs_embeds: chex.Array,
   ``all_layers``; index 0/1/2 = soft / top-1 / top-2 input at ``position``.
   """
   _check_weights_ids(weights, ids)
+  numerics.check_positive("temperature", temperature)
   if ids.shape[-1] < 2:
     raise ValueError(f"`ids` must hold >= 2 components [B, k >= 2], got {tuple(ids.shape)}.")
   batch, length, _ = inputs_embeds.shape

@@ -4,12 +4,13 @@ Mitra & Ulukus, "Semantic Soft Bootstrapping: Long Context Reasoning in LLMs wit
 Reinforcement Learning", arXiv 2512.05105; reference code purbeshmitra/semantic-soft-bootstrapping.
 Per question:
 
-1. ``curate``: of R (= 4) rollouts at T = 0.8 keep questions with >= 1 correct and >= 1
-   incorrect final answer; pick the first correct rollout and a rollout with the most
-   common incorrect answer (ties broken at random).
+1. ``curate``: of R (= 4) rollouts (top-k 50 at T = 0.8) keep questions with >= 1 correct
+   and >= 1 incorrect final answer; a rollout without a final answer (e.g. truncated) is
+   neither (official logit_gen.py lines 138-139); pick the first correct rollout and a
+   rollout with the most common incorrect answer (ties broken at random).
 2. ``teacher_prompt``: the same model as teacher sees the problem plus both responses,
    labeled correct / incorrect, and an instruction to write a standalone robust solution;
-   it generates (T = 0.4) and replies whose final answer is correct are kept.
+   it generates (top-k 50, T = 0.4) and replies whose final answer is correct are kept.
 3. The teacher's logits on the kept reply tokens (in the hinted context) become soft
    targets; the student sees only the bare question followed by the same reply tokens:
 
@@ -19,11 +20,14 @@ Per question:
 4. Only LoRA adapters (r = 32, alpha = 32, all projections; lr 2e-4) are trained and saved
    (``lora_optimizer`` / ``lora_train_step``; ``save_lora`` / ``restore_lora``).
 
-Our choices (documented in docs/post_training.md): teacher targets are stored as the
-top-k teacher logits per reply token (``teacher_targets``; k = V keeps the full
-distribution exactly), because full-vocabulary logits for every reply token are ~600 KB
-per token at V = 151936; the teacher's top-k is taken and the loss runs chunk by chunk
-over T from hidden states (``logitlab.distill_chunked``), so no ``[B, T, V]`` logits exist.
+Teacher targets (docs/post_training.md): the official code stores the full-vocabulary
+teacher logits (~600 KB per token at V = 151936). Two exact-or-bounded alternatives here:
+``model_teacher_hidden`` stores the teacher's final hidden states (D floats per token) and
+the loss recomputes the full-vocabulary teacher logits chunk by chunk with the frozen LM
+head (exact, the official loss); ``model_teacher_targets`` stores the top-k teacher logits
+plus the exact log tail mass at the distillation temperature (a "rest" bucket), whose KL
+lower-bounds the full one (error measured in docs/post_training.md). The loss runs chunk by
+chunk over T from hidden states (``logitlab.distill_chunked``): no ``[B, T, V]`` logits.
 Teacher and student sequences are left-padded so reply tokens sit at the same positions in
 both, and ``nnx.LoRA`` wraps each projection with
 scale 1 (alpha / r = 1 as in the paper's r = alpha = 32).
@@ -48,12 +52,32 @@ from logitlab.rl import logprobs as rl_logprobs
 
 Array = jax.Array
 
+# The official teacher instruction (purbeshmitra/semantic-soft-bootstrapping logit_gen.py
+# lines 171-189, its source indentation removed); the official system prompt is
+# ``SYSTEM_PROMPT`` (line 91) for both teacher and student.
+SYSTEM_PROMPT = (
+    "**Role:** You are an expert math tutor. When you are given a problem to solve, you "
+    "provide detailed step-by-step reasoning in your solution. Your response is clear, "
+    "precise, and unambiguous. You do not skip any step. You put your final answer within "
+    "\\boxed{} at the end of your response.")
 DEFAULT_TEACHER_TEMPLATE = (
-    "Problem: {question}\n\nHere is a correct solution:\n{correct}\n\n"
-    "Here is an incorrect solution:\n{incorrect}\n\n"
-    "Using the correct solution as a guide and avoiding the mistake in the incorrect one, "
-    "write a standalone, robust, step-by-step solution to the problem that ends with the "
-    "correct final answer.\n\nSolution:\n")
+    "We have two sample responses from students for a math problem for you to observe. One "
+    "of the responses is correct and the other is incorrect. The students were asked to put "
+    "the final answer inside boxed in their responses. Only this final answer was checked by "
+    "an automatic evaluator. The following is the problem:\n---\n{question}\n---\n\n"
+    "This is the correct response from a student:\n---\n{correct}\n---\n\n"
+    "This is an attempt by another student which was labelled as incorrect by "
+    "auto-evaluator:\n---\n{incorrect}\n---\n\n"
+    "Write a coherent, step-by-step derivation of the solution. Do not skip any step in your "
+    "response and make it as detailed as posible. This should be a standalone solution of the "
+    "given problem since this solution will be used by the students for studying and "
+    "learning. Make the solution robust by cautioning about potential errors or wrong chain "
+    "of reasoning. However, do not mention in your response that you were provided attempted "
+    "responses by the students. There should not be a slightest mention or hint that you are "
+    "actually refining from correct or incorrect responses written by students.\n\n"
+    "Conclude the entire response with the final answer, enclosed in boxed, at the very end. "
+    "Make sure your enclosed final answer exactly matches the enclosed final answer in the "
+    "given correct response of the student.\n")
 
 
 def curate(correct: np.ndarray, answers: Sequence[Sequence[Hashable]],
@@ -62,19 +86,23 @@ def curate(correct: np.ndarray, answers: Sequence[Sequence[Hashable]],
 
   Args:
     correct: bool ``[N, R]`` correctness of R rollouts per question.
-    answers: ``N x R`` extracted final answers (None when missing; counted as an answer).
+    answers: ``N x R`` extracted final answers; None (no final answer) rollouts are
+      excluded, never picked as the incorrect solution.
     rng: tie-breaking among equally common incorrect answers.
 
   Returns:
-    For every question with >= 1 correct and >= 1 incorrect rollout: its index, the first
-    correct rollout and the first rollout carrying a most common incorrect answer.
+    For every question with >= 1 correct and >= 1 answered incorrect rollout: its index,
+    the first correct rollout and the first rollout carrying a most common incorrect answer.
   """
   correct = np.asarray(correct, bool)
+  if len(answers) != len(correct) or any(len(a) != correct.shape[1] for a in answers):
+    raise ValueError(f"`answers` must be N x R = {correct.shape} like `correct`.")
   triples = []
   for q, row in enumerate(correct):
-    if row.all() or not row.any():
+    answered = np.array([a is not None for a in answers[q]])
+    wrong = np.flatnonzero(~row & answered)
+    if not row.any() or not wrong.size:
       continue
-    wrong = np.flatnonzero(~row)
     counts = collections.Counter(answers[q][i] for i in wrong)
     top = max(counts.values())
     candidates = [a for a, c in counts.items() if c == top]
@@ -115,18 +143,25 @@ def align_replies(prefixes: Sequence[Sequence[int]], replies: Sequence[Sequence[
   return {"tokens": tokens, "attention_mask": attention, "reply_mask": reply_mask}
 
 
-def teacher_targets(teacher_logits: chex.Array, top_k: int | None = None
-                    ) -> tuple[Array, Array]:
-  """Stored teacher targets ``(logits [B, T, k], ids [B, T, k])``: the top-k logits
-  (``top_k`` None keeps all V, i.e. the exact full-vocabulary teacher)."""
+def teacher_targets(teacher_logits: chex.Array, top_k: int | None = None, *,
+                    temperature: float = 2.0) -> tuple[Array, Array, Array]:
+  """Stored teacher targets ``(logits [B, T, k], ids [B, T, k], rest [B, T])``: the top-k
+  logits and the exact log-mass of ``softmax(logits / temperature)`` outside them (the
+  "rest" bucket; -inf for ``top_k`` None, which keeps all V)."""
   numerics.check_logits("teacher_logits", teacher_logits, min_rank=3)
+  if not temperature > 0:
+    raise ValueError(f"`temperature` must be > 0, got {temperature!r}.")
   k = teacher_logits.shape[-1] if top_k is None else min(top_k, teacher_logits.shape[-1])
   values, ids = jax.lax.top_k(numerics.upcast(teacher_logits), k)
-  return values, ids.astype(jnp.int32)
+  rest = distill_chunked.tail_logprob(teacher_logits, ids, temperature)
+  return values, ids.astype(jnp.int32), rest
 
 
 def ssb_loss(student_hidden: chex.Array, logits_fn, reply_mask: chex.Array,
-             teacher_topk_logits: chex.Array, teacher_topk_ids: chex.Array, *,
+             teacher_topk_logits: chex.Array | None = None,
+             teacher_topk_ids: chex.Array | None = None,
+             teacher_rest_logprob: chex.Array | None = None, *,
+             teacher_hidden: chex.Array | None = None,
              temperature: float = 2.0, chunk_size: int = 128) -> Array:
   """``T^2 * mean_{reply} KL(softmax(t/T) || softmax(s/T))`` (module docstring).
 
@@ -135,27 +170,51 @@ def ssb_loss(student_hidden: chex.Array, logits_fn, reply_mask: chex.Array,
       (``logitlab.rl.logprobs.shift_right``).
     logits_fn: the student's output projection (``model.unembed``).
     reply_mask: bool ``[B, T]``, True on reply tokens; nothing else enters the loss.
-    teacher_topk_logits, teacher_topk_ids: ``[B, T, k]`` from ``teacher_targets``.
+    teacher_topk_logits, teacher_topk_ids, teacher_rest_logprob: ``[B, T, k]``, ``[B, T,
+      k]``, ``[B, T]`` from ``teacher_targets`` (rest None: renormalized top-k).
+    teacher_hidden: alternatively the teacher's shifted final states ``[B, T, D]``
+      (``model_teacher_hidden``): full-vocabulary targets through ``logits_fn``, exact.
   """
+  if teacher_hidden is not None:
+    return distill_chunked.chunked_distill_loss(
+        student_hidden, logits_fn, reply_mask, teacher_hidden=teacher_hidden,
+        teacher_logits_fn=logits_fn, temperature=temperature, chunk_size=chunk_size)
   return distill_chunked.chunked_distill_loss(
       student_hidden, logits_fn, reply_mask, teacher_topk_logits=teacher_topk_logits,
-      teacher_topk_ids=teacher_topk_ids, temperature=temperature, chunk_size=chunk_size)
+      teacher_topk_ids=teacher_topk_ids, teacher_rest_logprob=teacher_rest_logprob,
+      temperature=temperature, chunk_size=chunk_size)
 
 
 def model_ssb_loss(model, batch: dict[str, Array], *, temperature: float = 2.0,
                    chunk_size: int = 128) -> Array:
   """SSB loss of a ``DecoderLM`` student on an aligned batch with stored teacher targets
-  (keys ``tokens``, ``attention_mask``, ``reply_mask``, ``teacher_logits``,
-  ``teacher_ids``)."""
+  (keys ``tokens``, ``attention_mask``, ``reply_mask`` and either ``teacher_hidden`` or
+  ``teacher_logits``, ``teacher_ids`` with an optional ``teacher_rest``)."""
   hidden = rl_logprobs.shift_right(
       rl_logprobs.final_hidden(model, batch["tokens"], batch["attention_mask"]))
+  if "teacher_hidden" in batch:
+    return ssb_loss(hidden, model.unembed, batch["reply_mask"],
+                    teacher_hidden=batch["teacher_hidden"], temperature=temperature,
+                    chunk_size=chunk_size)
   return ssb_loss(hidden, model.unembed, batch["reply_mask"], batch["teacher_logits"],
-                  batch["teacher_ids"], temperature=temperature, chunk_size=chunk_size)
+                  batch["teacher_ids"], batch.get("teacher_rest"), temperature=temperature,
+                  chunk_size=chunk_size)
+
+
+def model_teacher_hidden(model, batch: dict[str, Array]) -> Array:
+  """The teacher's shifted final states ``[B, T, D]`` (index t predicts token t): stored
+  instead of logits, they give exact full-vocabulary targets (``ssb_loss(teacher_hidden=)``)
+  at D instead of V floats per token. The student's LM head must stay frozen (LoRA
+  training does not touch it), so it is the teacher's head too."""
+  return rl_logprobs.shift_right(
+      rl_logprobs.final_hidden(model, batch["tokens"], batch["attention_mask"]))
 
 
 def model_teacher_targets(model, batch: dict[str, Array], top_k: int | None, *,
-                          chunk_size: int = 128) -> tuple[Array, Array]:
-  """Teacher targets ``[B, T, k]`` aligned with token positions (index t scores token t).
+                          temperature: float = 2.0,
+                          chunk_size: int = 128) -> tuple[Array, Array, Array]:
+  """Teacher targets ``(logits [B, T, k], ids [B, T, k], rest [B, T])`` aligned with token
+  positions (index t scores token t; ``teacher_targets`` at ``temperature``).
 
   The teacher's logits are projected and reduced to their top-k chunk by chunk over T
   (``distill_chunked.map_token_chunks``), so ``[B, T, V]`` logits never exist at once:
@@ -164,7 +223,8 @@ def model_teacher_targets(model, batch: dict[str, Array], top_k: int | None, *,
   hidden = rl_logprobs.shift_right(
       rl_logprobs.final_hidden(model, batch["tokens"], batch["attention_mask"]))
   return distill_chunked.map_token_chunks(
-      lambda h: teacher_targets(model.unembed(h), top_k), (hidden,), chunk_size)
+      lambda h: teacher_targets(model.unembed(h), top_k, temperature=temperature),
+      (hidden,), chunk_size)
 
 
 def add_lora(model: nnx.Module, rank: int, *, rngs: nnx.Rngs) -> nnx.Module:

@@ -9,31 +9,66 @@ from logitlab import rl
 from logitlab.models import decoder_lm
 
 
-def _np_advantages(rewards, g, scale, eps=1e-6):
-  r = np.asarray(rewards, np.float64).reshape(-1, g)
-  c = r - r.mean(1, keepdims=True)
-  if scale == "group":
-    c = c / (r.std(1, keepdims=True) + eps)
-  elif scale == "batch":
-    c = c / (np.asarray(rewards, np.float64).std() + eps)
-  return c.reshape(-1)
+def _np_nanstd(x, axis=None, ddof=1):
+  """TRL ``trl/trainer/utils.py`` ``nanstd`` (lines 857-880 at f2cd577): NaN-ignoring std with
+  Bessel's correction, NaN when fewer than 2 values (ddof 0: population std)."""
+  mean = np.nanmean(x, axis=axis, keepdims=True)
+  var = np.nanmean((x - mean) ** 2, axis=axis, keepdims=True)
+  count = np.sum(~np.isnan(x), axis=axis, keepdims=True)
+  if ddof:
+    with np.errstate(divide="ignore", invalid="ignore"):
+      var = np.where(count > 1, var * count / (count - 1), np.nan)
+  return np.sqrt(var)
 
 
+def _np_advantages(rewards, g, scale, eps=1e-6, ddof=1):
+  """NumPy port of TRL ``GRPOTrainer._generate_and_score_completions`` (grpo_trainer.py lines
+  2676-2723 at f2cd577, ``sum_then_normalize``): unscorable (NaN) rewards are left out of the
+  nan-aware group mean / std and get advantage 0 (``nan_to_num``). ``ddof=1`` is also verl
+  (core_algos.py ``torch.std``). TRL's eps is 1e-4, verl's 1e-6 (ours)."""
+  r = np.asarray(rewards, np.float64)
+  grouped = r.reshape(-1, g)
+  with np.errstate(all="ignore"), __import__("warnings").catch_warnings():
+    __import__("warnings").simplefilter("ignore")
+    mean = np.repeat(np.nanmean(grouped, axis=1), g)
+    if scale == "batch":
+      std = np.full_like(r, _np_nanstd(r, ddof=ddof).item())
+    else:
+      std = np.repeat(_np_nanstd(grouped, axis=1, ddof=ddof)[:, 0], g)
+    adv = r - mean
+    if scale != "none":
+      adv = adv / (std + eps)
+    if scale == "none":  # TRL: std only for logging; a group of <2 scorable is still 0 here
+      adv = np.where(np.isnan(std), np.nan, adv)
+  return np.nan_to_num(adv, nan=0.0)
+
+
+@pytest.mark.parametrize("ddof", [0, 1])
 @pytest.mark.parametrize("scale", ["group", "batch", "none"])
-def test_advantages_zero_mean_per_group_and_match_reference(scale, rng):
+def test_advantages_match_trl_port_with_unscorable_rewards(scale, ddof, rng):
+  """NaN rewards are excluded from the statistics and get advantage 0 (TRL); before, a single
+  NaN reward made the whole group's advantages (and then every parameter) NaN."""
   rewards = rng.integers(0, 2, size=24).astype(np.float32) + rng.normal(size=24) * 0.1
-  adv = rl.group_advantages(jnp.asarray(rewards), 4, scale=scale)
-  np.testing.assert_allclose(np.asarray(adv).reshape(6, 4).mean(1), 0.0, atol=1e-5)
-  np.testing.assert_allclose(adv, _np_advantages(rewards, 4, scale), rtol=1e-4, atol=1e-5)
+  rewards[[1, 6, 7, 10]] = np.nan  # group 1 keeps 2 scorable, group 2 keeps 3
+  rewards[[20, 21, 22]] = np.nan  # group 5 keeps a single scorable completion
+  adv = np.asarray(rl.group_advantages(jnp.asarray(rewards), 4, scale=scale, ddof=ddof))
+  assert np.all(np.isfinite(adv))
+  np.testing.assert_array_equal(adv[np.isnan(rewards)], 0.0)
+  expected = _np_advantages(rewards, 4, scale, ddof=ddof)
+  if ddof == 0:  # the port's "lone scorable" NaN rule is for ddof 1; with ddof 0 it is 0 anyway
+    expected[20:24] = 0.0
+  np.testing.assert_allclose(adv, expected, rtol=1e-4, atol=1e-5)
+  clean = np.nan_to_num(rewards, nan=0.5)
+  adv = np.asarray(rl.group_advantages(jnp.asarray(clean), 4, scale=scale, ddof=ddof))
+  np.testing.assert_allclose(adv.reshape(6, 4).mean(1), 0.0, atol=1e-5)
+  np.testing.assert_allclose(adv, _np_advantages(clean, 4, scale, ddof=ddof), rtol=1e-4,
+                             atol=1e-5)
 
 
-def test_advantages_constant_group_is_zero_and_bad_size_raises():
-  adv = rl.group_advantages(jnp.array([1., 1., 1., 0., 1., 0.], jnp.bfloat16), 3)
-  assert adv.dtype == jnp.float32
-  np.testing.assert_allclose(adv[:3], 0.0)
-  assert adv[4] > 0 > adv[3]
-  with pytest.raises(ValueError, match="group_size"):
-    rl.group_advantages(jnp.ones(5), 2)
+def test_unbiased_std_is_the_default_ratio_at_g8(rng):
+  rewards = jnp.asarray(rng.integers(0, 2, size=16).astype(np.float32) + 0.01 * np.arange(16))
+  ratio = rl.group_advantages(rewards, 8, ddof=0) / rl.group_advantages(rewards, 8)
+  np.testing.assert_allclose(ratio, np.sqrt(8 / 7), rtol=1e-4)  # 1.069
 
 
 def _np_ppo(logp, old, adv, el, eh, c):
@@ -74,6 +109,59 @@ def test_k3_kl_matches_formula_and_is_nonnegative(rng):
   d = ref - lp
   np.testing.assert_allclose(got, np.exp(d) - d - 1, rtol=1e-4, atol=1e-6)
   assert np.all(np.asarray(got) >= 0)
+
+
+def test_k3_kl_clamp_as_verl(rng):
+  """verl-0.4.x core_algos.py:598 (SofT-GRPO repo): ``torch.clamp(kld, min=-10, max=10)``."""
+  lp = jnp.asarray([[0.0, -20.0, -1.0]], jnp.float32)
+  ref = jnp.asarray([[0.0, -5.0, -1.5]], jnp.float32)
+  d = np.asarray(ref - lp)
+  np.testing.assert_allclose(rl.k3_kl(lp, ref, clamp=10.0), np.clip(np.expm1(d) - d, -10, 10),
+                             rtol=1e-5)
+  assert float(rl.k3_kl(lp, ref)[0, 1]) > 1e6  # no clamp by default in k3_kl itself
+  assert rl.GRPOLossConfig().kl_clamp == 10.0  # the SofT-GRPO (verl) reference default
+
+
+def test_gspo_sequence_ratio_matches_trl_port(rng):
+  """TRL grpo_trainer.py lines 3055-3060 / 3083-3091 / 3125 at f2cd577 with
+  ``importance_sampling_level="sequence"`` and ``loss_type="grpo"`` (sequence mean)."""
+  b, t = 4, 6
+  old = rng.normal(size=(b, t)) - 2
+  logp = old + rng.normal(size=(b, t)) * 0.3
+  mask = np.ones((b, t), bool)
+  mask[0, 4:] = mask[2, 2:] = False
+  adv = np.array([1.0, -0.5, 0.3, -1.2])
+  lw = (((logp - old) * mask).sum(-1) / np.maximum(mask.sum(-1), 1))[:, None]
+  c1 = np.exp(lw)
+  per_tok = -np.minimum(c1 * adv[:, None], np.clip(c1, 0.8, 1.2) * adv[:, None])
+  per_tok = np.broadcast_to(per_tok, (b, t))
+  expected = ((per_tok * mask).sum(-1) / mask.sum(-1)).mean()
+  cfg = rl.GRPOLossConfig(importance_sampling="sequence", aggregation="sequence_mean",
+                          dual_clip=None, kl_coef=0.0)
+  loss, _ = rl.grpo_loss(jnp.asarray(logp, jnp.float32), jnp.asarray(old, jnp.float32),
+                         jnp.asarray(adv, jnp.float32), jnp.asarray(mask), None, cfg)
+  np.testing.assert_allclose(loss, expected, rtol=1e-5)
+  # The token-level ratio gives a different objective on the same data.
+  token, _ = rl.grpo_loss(jnp.asarray(logp, jnp.float32), jnp.asarray(old, jnp.float32),
+                          jnp.asarray(adv, jnp.float32), jnp.asarray(mask), None,
+                          rl.GRPOLossConfig(aggregation="sequence_mean", dual_clip=None))
+  assert abs(float(token) - expected) > 1e-4
+
+
+def test_loss_validation_rejects_bad_clip_and_masks():
+  """A [B] mask with B == T used to broadcast along T silently; eps_low < 0 is rejected."""
+  logp = jnp.zeros((4, 4))
+  adv = jnp.zeros(4)
+  with pytest.raises(ValueError, match="`mask`"):
+    rl.grpo_loss(logp, logp, adv, jnp.ones(4, bool))
+  with pytest.raises(ValueError, match="`eps_low`"):
+    rl.GRPOLossConfig(eps_low=-0.1)
+  with pytest.raises(ValueError, match="`eps_low`"):
+    rl.ppo_clipped_loss(logp, logp, adv, eps_low=-0.1)
+  with pytest.raises(ValueError, match="`advantages`"):
+    rl.ppo_clipped_loss(logp, logp, jnp.zeros(3))
+  with pytest.raises(ValueError, match="`importance_sampling`"):
+    rl.GRPOLossConfig(importance_sampling="seq")
 
 
 def test_aggregation_modes(rng):

@@ -40,7 +40,8 @@ def test_save_load_round_trip(tmp_path, fields, shard_bytes):
 def test_load_bf16_and_errors(tmp_path):
   model = random_model(LMConfig(**LLAMA))
   hf_checkpoint.save_hf_checkpoint(model, None, tmp_path)
-  bf16, tokenizer = hf_checkpoint.load_hf_checkpoint(tmp_path, dtype=jnp.bfloat16)
+  bf16, tokenizer = hf_checkpoint.load_hf_checkpoint(tmp_path, dtype=jnp.bfloat16,
+                                                    require_tokenizer=False)
   assert tokenizer is None
   assert bf16.layers[1].self_attn.k_proj.kernel[...].dtype == jnp.bfloat16
   np.testing.assert_array_equal(
@@ -50,11 +51,11 @@ def test_load_bf16_and_errors(tmp_path):
   config = json.loads((tmp_path / "config.json").read_text())
   (tmp_path / "config.json").write_text(json.dumps({**config, "intermediate_size": 50}))
   with pytest.raises(ValueError, match=r"mlp\.\w+_proj\.weight.*config.json implies"):
-    hf_checkpoint.load_hf_checkpoint(tmp_path)
+    hf_checkpoint.load_hf_checkpoint(tmp_path, require_tokenizer=False)
   # Qwen2 expects q/k/v biases that a Llama checkpoint lacks.
   (tmp_path / "config.json").write_text(json.dumps({**config, "model_type": "qwen2"}))
   with pytest.raises(KeyError, match="q_proj.bias"):
-    hf_checkpoint.load_hf_checkpoint(tmp_path)
+    hf_checkpoint.load_hf_checkpoint(tmp_path, require_tokenizer=False)
 
 
 def test_name_mapping_round_trips():
@@ -62,8 +63,12 @@ def test_name_mapping_round_trips():
       ("layers", 3, "mlp", "down_proj", "kernel"), True)
   assert hf_checkpoint.hf_name_to_path("model.layers.0.self_attn.v_proj.bias") == (
       ("layers", 0, "self_attn", "v_proj", "bias"), False)
+  assert hf_checkpoint.hf_name_to_path("model.layers.0.self_attn.q_norm.weight") == (
+      ("layers", 0, "self_attn", "q_norm", "weight"), False)
+  assert hf_checkpoint.hf_name_to_path("model.layers.2.post_feedforward_layernorm.weight") == (
+      ("layers", 2, "post_feedforward_layernorm", "weight"), False)
   with pytest.raises(KeyError, match="Unexpected tensor"):
-    hf_checkpoint.hf_name_to_path("model.layers.0.self_attn.q_norm.weight")
+    hf_checkpoint.hf_name_to_path("model.layers.0.self_attn.q_layernorm.weight")
 
 
 # Llama 3.1 RoPE scaling; on these 8 positions it moves the logits by ~0.1 vs plain RoPE.
@@ -99,7 +104,7 @@ def test_loads_checkpoint_written_by_transformers(tmp_path):
     for param in reference.parameters():
       param.normal_(0.0, 0.3)
   reference.save_pretrained(tmp_path)
-  model, _ = hf_checkpoint.load_hf_checkpoint(tmp_path)
+  model, _ = hf_checkpoint.load_hf_checkpoint(tmp_path, require_tokenizer=False)
   assert model.config.rope_theta == 1e6 and model.config.tie_word_embeddings
   with torch.no_grad():
     ref_logits = reference(torch.as_tensor(TOKENS)).logits.numpy()
@@ -178,7 +183,7 @@ def test_loads_foreign_bf16_sharded_qwen2_folder(tmp_path):
 
   model, loaded_tokenizer = hf_checkpoint.load_hf_checkpoint(tmp_path)
   cfg = model.config
-  assert (cfg.head_dim, cfg.num_kv_heads, cfg.eos_token_id) == (hd, kv_heads, 256)
+  assert (cfg.head_dim, cfg.num_kv_heads, cfg.eos_token_id) == (hd, kv_heads, (256, 257))
   assert cfg.qkv_bias and cfg.tie_word_embeddings and model.lm_head is None
   f32 = {name: np.asarray(t, np.float32) for name, t in tensors.items()}
   np.testing.assert_array_equal(model.embed_tokens.embedding[...],

@@ -136,7 +136,8 @@ PER_EXAMPLE = {
 # Losses returning (total, parts) means.
 TOTALS = {
     "uskd": lambda zs, zt, y, **kw: losses.uskd(zs, zt, y, alpha=0.1, beta=0.1, mu=0.1, **kw)[0],
-    "dhkd": lambda zs, zt, y, **kw: losses.dhkd(zs, zs, zt, y, gamma=1.0, alpha=2.0, **kw)[0],
+    "dhkd": lambda zs, zt, y, **kw: losses.dhkd(zs, zt, y, aux_logits=zs, gamma=1.0, alpha=2.0,
+                                                **kw)[0],
 }
 ALL_MEANS = {**{k: f for k, (f, _) in PER_EXAMPLE.items()}, **TOTALS}
 # Jitted once per test: eager dispatch of the many small ops is slower than one compile.
@@ -244,12 +245,14 @@ def test_nkd_non_target_ignores_target_logits(batch, rng):
 def test_dhkd_total_is_weighted_sum_of_head_losses(batch, rng):
   head1, teacher, y = batch
   head2 = rng.normal(size=(N, C)).astype(np.float32)
-  total, parts = losses.dhkd(head1, head2, teacher, y, gamma=0.5, alpha=2.0, temperature=3.0)
+  total, parts = losses.dhkd(head1, teacher, y, aux_logits=head2, gamma=0.5, alpha=2.0,
+                             temperature=3.0)
   want_ce, want_bkl = ref_cross_entropy(head1, y).mean(), ref_binary_kl(head2, teacher, 3.0).mean()
   np.testing.assert_allclose([parts["ce"], parts["binary_kl"]], [want_ce, want_bkl], rtol=1e-5)
   np.testing.assert_allclose(total, 0.5 * want_ce + 2.0 * want_bkl, rtol=1e-5)
   # Each head gets only its own loss's gradient: CE never reaches head 2.
-  grad_head2 = jax.grad(lambda h2: losses.dhkd(head1, h2, teacher, y, alpha=0.0)[0])(head2)
+  grad_head2 = jax.grad(lambda h2: losses.dhkd(head1, teacher, y, aux_logits=h2,
+                                               alpha=0.0)[0])(head2)
   assert np.all(np.asarray(grad_head2) == 0)
 
 
@@ -365,12 +368,12 @@ def test_errors_name_the_argument(batch):
     losses.kd(zs, zt[:, :-1])
   with pytest.raises(ValueError, match="labels"):
     losses.dkd(zs, zt, y[:-1])
-  with pytest.raises(TypeError, match="labels"):
+  with pytest.raises(ValueError, match="labels"):  # float labels are soft labels [N, C]
     losses.nkd(zs, zt, y.astype(np.float32))
   with pytest.raises(ValueError, match="aux_logits"):
     losses.uskd(zs, zt[:3], y)
-  with pytest.raises(ValueError, match="head2_logits"):
-    losses.dhkd(zs, zs[:, :3], zt, y)
+  with pytest.raises(ValueError, match="aux_logits"):
+    losses.dhkd(zs, zt, y, aux_logits=zs[:, :3])
   with pytest.raises(ValueError, match="where"):
     losses.kd(zs, zt, where=np.ones(N + 1, bool))
   with pytest.raises(ValueError, match="reduction"):

@@ -129,7 +129,11 @@ def test_base_perplexity_and_steering_metrics(rng):
 
   other = targets.copy()
   other[0, 0] = (other[0, 0] + 1) % VOCAB
-  np.testing.assert_allclose(ngram.token_overlap(targets, other, where), 7 / 8)
+  # Unigram overlap: the changed token is the only unmatched one among 8 masked tokens
+  # (unless it also occurs elsewhere in the row).
+  changed_elsewhere = other[0, 0] in targets[0, 1:3]
+  np.testing.assert_allclose(ngram.token_overlap(targets, other, where, where, n=1),
+                             (8 - (not changed_elsewhere)) / 8)
 
 
 def test_style_vocab_overlap_counts_tokens_seen_in_corpus(corpus):

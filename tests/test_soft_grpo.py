@@ -129,3 +129,37 @@ def test_trainer_step_smoke(soft, key):
   moved = [np.abs(np.asarray(a) - b).max() for a, b in
            zip(jax.tree.leaves(nnx.state(model, nnx.Param)), jax.tree.leaves(before))]
   assert max(moved) > 0
+
+
+def test_after_think_sampling_stays_in_official_top_k_top_p_support(key):
+  """After </think> the reference samples from top-k 5 / top-p 0.95 renormalized
+  (SofT-GRPO-deepscaler-8k-*.sh: ``after_thinking_top_k=5``, ``after_thinking_top_p=0.95``);
+  before, the full softmax was used and many tokens fell outside that support."""
+  rng = np.random.default_rng(1)
+  logits = jnp.asarray(rng.normal(size=(512, 40)), jnp.float32)  # flat: wide tail
+  state = soft_grpo.SoftGRPOState(thinking=jnp.zeros((512,), bool),
+                                  embedding_matrix=jnp.zeros((40, 4)))
+  tokens, _, _, extras = soft_grpo.SoftGRPOPolicy(end_think_id=3)(logits, state, key)
+  allowed = np.isfinite(np.asarray(sampling.filter_logits(logits, top_k=5, top_p=0.95)))
+  assert np.all(allowed[np.arange(512), np.asarray(tokens)])
+  assert not np.any(np.asarray(extras["soft"]))
+  loose = soft_grpo.SoftGRPOPolicy(end_think_id=3, after_think_top_k=None, after_think_top_p=None)
+  tokens = np.asarray(loose(logits, state, key)[0])
+  assert np.mean(~allowed[np.arange(512), tokens]) > 0.5  # the old behaviour, now an option
+
+
+def test_soft_inputs_are_detached_by_default(rng):
+  """The reference detaches the re-created soft inputs (verl-0.4.x/verl/workers/actor/
+  dp_actor.py:210 ``inputs_embeds=topk_embs.unsqueeze(0).detach()``)."""
+  logits, ids, gp = _inputs(rng, shape=(1, 4), v=12)
+  emb = jnp.asarray(rng.normal(size=(12, 3)), jnp.float32)
+  tokens = jnp.asarray(ids[..., 0])
+  soft = jnp.array([[True, True, False, True]])
+
+  def total(e, detach):
+    return jnp.sum(soft_grpo.soft_input_embeddings(e, tokens, jnp.asarray(ids), jnp.asarray(gp),
+                                                   soft, detach=detach) ** 2)
+
+  np.testing.assert_array_equal(jax.grad(total)(emb, True), 0.0)
+  assert np.abs(np.asarray(jax.grad(total)(emb, False))).max() > 0
+  assert trainer.RLConfig().detach_soft_inputs

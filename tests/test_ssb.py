@@ -21,6 +21,51 @@ def test_curate_picks_first_correct_and_most_common_incorrect(rng):
   assert picks <= {0, 1, 3} and len(picks) > 1
 
 
+def test_curate_excludes_unanswered_rollouts_as_official(rng):
+  """logit_gen.py lines 138-142: ``incorrect_rollouts`` need ``r["answer"] is not None``; a
+  question whose only non-correct rollouts have no final answer is skipped. Before, None
+  counted as an incorrect answer (and a truncated reply could be shown as "incorrect")."""
+  correct = np.array([[1, 0, 0, 0], [1, 0, 0, 1], [0, 0, 1, 0]], bool)
+  answers = [[3, None, None, None], [2, None, 5, 2], [None, 7, 4, None]]
+  assert ssb.curate(correct, answers, rng) == [(1, 0, 2), (2, 2, 1)]
+  with pytest.raises(ValueError, match="`answers`"):
+    ssb.curate(correct, answers[:2], rng)
+
+
+def _np_bucket_kl(teacher, student, k, temp):
+  """float64: KL over the teacher's top-k ids + one "rest" bucket, both sides' exact tails."""
+  def softmax(x):
+    e = np.exp(x / temp - (x / temp).max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+  p, q = softmax(teacher), softmax(student)
+  ids = np.argsort(-teacher, -1)[..., :k]
+  pk, qk = np.take_along_axis(p, ids, -1), np.take_along_axis(q, ids, -1)
+  pr, qr = 1 - pk.sum(-1), 1 - qk.sum(-1)
+  return (pk * np.log(pk / qk)).sum(-1) + pr * np.log(pr / qr)
+
+
+def test_rest_bucket_and_full_vocabulary_targets(rng):
+  """Top-k + rest bucket equals the float64 bucketed KL; the hidden-state ("full") targets
+  give the exact full-vocabulary loss the official code computes (ssb_train.py)."""
+  b, t, d, v, k = 2, 5, 6, 40, 4
+  w = jnp.asarray(rng.normal(size=(d, v)), jnp.float32)
+  s_h = jnp.asarray(rng.normal(size=(b, t, d)), jnp.float32)
+  t_h = jnp.asarray(rng.normal(size=(b, t, d)) * 1.5, jnp.float32)
+  mask = np.ones((b, t), bool)
+  proj = lambda x: x @ w
+  teacher, student = np.asarray(proj(t_h), np.float64), np.asarray(proj(s_h), np.float64)
+  full = ssb.ssb_loss(s_h, proj, mask, teacher_hidden=t_h, chunk_size=2)
+  np.testing.assert_allclose(full, _np_kl_t2(teacher, student, mask), rtol=1e-4)
+  values, ids, rest = ssb.teacher_targets(proj(t_h), top_k=k, temperature=2.0)
+  bucket = ssb.ssb_loss(s_h, proj, mask, values, ids, rest, chunk_size=2)
+  np.testing.assert_allclose(bucket, 4.0 * _np_bucket_kl(teacher, student, k, 2.0).mean(),
+                             rtol=1e-4)
+  renorm = ssb.ssb_loss(s_h, proj, mask, values, ids, chunk_size=2)
+  # The bucketed KL lower-bounds the full one; dropping the tail mass is further off here.
+  assert float(bucket) <= float(full) + 1e-6
+  assert abs(float(renorm) - float(full)) > abs(float(bucket) - float(full))
+
+
 def test_align_replies_puts_reply_at_same_positions():
   batch = ssb.align_replies([[9, 9, 9], [8]], [[1, 2], [3, 4, 5]], reply_start=3, width=7)
   np.testing.assert_array_equal(batch["tokens"], [[9, 9, 9, 1, 2, 0, 0], [0, 0, 8, 3, 4, 5, 0]])
@@ -47,7 +92,8 @@ def test_ssb_loss_reference_and_ignores_prompt_tokens(rng):
   teacher = rng.normal(size=(b, t, v)) * 3
   reply = np.zeros((b, t), bool)
   reply[:, 4:] = True
-  t_logits, t_ids = ssb.teacher_targets(jnp.asarray(teacher, jnp.float32))  # full vocabulary
+  t_logits, t_ids, t_rest = ssb.teacher_targets(jnp.asarray(teacher, jnp.float32))  # full V
+  assert np.all(np.isneginf(np.asarray(t_rest)))  # no tail
   loss_fn = jax.jit(lambda h: ssb.ssb_loss(h, lambda x: x @ jnp.asarray(w, jnp.float32), reply,
                                            t_logits, t_ids, chunk_size=3))
   loss = loss_fn(jnp.asarray(hidden, jnp.float32))
@@ -59,7 +105,7 @@ def test_ssb_loss_reference_and_ignores_prompt_tokens(rng):
   changed_reply[:, 5] += 1.0
   assert abs(float(loss_fn(jnp.asarray(changed_reply, jnp.float32))) - float(loss)) > 1e-3
   # Top-k targets: the k largest teacher logits, exact KL over the truncated teacher.
-  k_logits, k_ids = ssb.teacher_targets(jnp.asarray(teacher, jnp.float32), top_k=4)
+  k_logits, k_ids, _ = ssb.teacher_targets(jnp.asarray(teacher, jnp.float32), top_k=4)
   np.testing.assert_allclose(k_logits, -np.sort(-teacher, -1)[..., :4], rtol=1e-6)
 
 
@@ -70,7 +116,7 @@ def test_lora_training_updates_only_adapters_and_checkpoints(tmp_path):
   student = ssb.add_lora(decoder_lm.DecoderLM(cfg, rngs=nnx.Rngs(0)), 4, rngs=nnx.Rngs(2))
   teacher_batch = ssb.align_replies([[5, 6, 7, 8], [9, 10, 11]], [[3, 4, 5], [6, 7]], 4, 8)
   student_batch = ssb.align_replies([[5, 6], [9]], [[3, 4, 5], [6, 7]], 4, 8)
-  t_logits, t_ids = ssb.model_teacher_targets(
+  t_logits, t_ids, _ = ssb.model_teacher_targets(
       teacher, {k: jnp.asarray(v) for k, v in teacher_batch.items()}, top_k=8)
   batch = {k: jnp.asarray(v) for k, v in student_batch.items()}
   batch.update(teacher_logits=t_logits, teacher_ids=t_ids)
@@ -109,7 +155,11 @@ def test_teacher_targets_chunked_equal_full_logits(rng):
            ssb.align_replies([[5, 6, 7], [9]], [[3, 4, 5, 6], [6, 7]], 3, 9).items()}
   logits = model(batch["tokens"], attention_mask=batch["attention_mask"]).logits
   for top_k in (5, None):
-    values, ids = ssb.model_teacher_targets(model, batch, top_k, chunk_size=2)
+    values, ids, rest = ssb.model_teacher_targets(model, batch, top_k, chunk_size=2)
+    np.testing.assert_allclose(  # the rest bucket is the exact tail mass at T = 2
+        np.exp(rest[:, 1:]), 1 - np.sum(np.asarray(jax.nn.softmax(logits[:, :-1] / 2.0))
+                                         * np.asarray(jax.nn.one_hot(ids[:, 1:], cfg.vocab_size)
+                                                      ).sum(-2), -1), atol=1e-5)
     k = top_k or cfg.vocab_size
     assert values.shape == (2, 9, k) and ids.dtype == jnp.int32
     want_values, want_ids = jax.lax.top_k(logits[:, :-1], k)  # index t scores token t

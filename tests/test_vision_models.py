@@ -145,7 +145,7 @@ def test_wrong_input_rank_names_the_argument(bn_model_parts):
 def test_unknown_model_and_bad_aux_head_raise():
   with pytest.raises(ValueError, match="Unknown model 'resnet9'"):
     vision.build("resnet9", 10, rngs=nnx.Rngs(0))
-  with pytest.raises(ValueError, match="`aux_head` must be None, 'linear' or 'mlp'"):
+  with pytest.raises(ValueError, match="`aux_head` must be None, 'linear', 'mlp' or 'dhkd_mlp'"):
     nnx.eval_shape(lambda: vision.build("mlp", 10, rngs=nnx.Rngs(0), in_features=4,
                                         aux_head="conv"))
 

@@ -23,7 +23,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.responses_per_question = 20
   c.select_k = 5
   c.sample_temperature = 1.0  # 1.2 gave a 37% correct pool and worse fine-tunes
-  c.num_head_tokens = 1  # ASLEC-DROP skips the first token of each step
+  c.num_head_tokens = 2  # official --skip_token default (merge_cal_limo_ours.py)
   c.max_new_tokens = 56
   c.methods = ("random", "avg_logp", "drop", "casl")
   # Fine-tuning on each selection, then held-out evaluation.
@@ -33,5 +33,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.num_eval_problems = 256
   c.eval_seed = 100  # held-out problems and sampling key (fixed across training seeds)
   c.eval_k = 8
+  # The same evaluation sampling as experiments/configs/grpo.py (T 0.6, top-k 5, top-p 0.95),
+  # so the three demos' tables compare.
+  c.eval_temperature = 0.6
+  c.eval_top_k = 5
+  c.eval_top_p = 0.95
   c.chunk_size = 32
   return c

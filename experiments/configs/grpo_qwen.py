@@ -35,7 +35,8 @@ def get_config():
   c.tokens.think_open = "<think>"
   c.tokens.think_close = "</think>"
   c.num_steps = 500
-  c.prompts_per_step = 32
+  c.prompts_per_step = 64  # data.train_batch_size=64 (SofT-GRPO-deepscaler-8k-*.sh)
+  c.num_minibatches = 2  # ppo_mini_batch_size=32 -> 2 updates per rollout batch
   c.group_size = 8
   c.max_new_tokens = 8192
   c.learning_rate = 1e-6

@@ -1,5 +1,6 @@
-"""R56 -> R20, KD (paper: 70.66% CIFAR-100 top-1).
+"""resnet56 -> resnet20, kd (paper: 70.66% CIFAR-100 top-1). Not run here.
 
+Official setting: mdistiller configs/cifar100/kd.yaml.
 Run:  python -m experiments.kd --config=experiments/configs/kd_cifar100_teacher.py:resnet56 --config.data_dir=/data/tfds
       python -m experiments.kd --config=experiments/configs/kd_cifar100_r56_r20_kd.py --config.data_dir=/data/tfds
 """

@@ -1,5 +1,6 @@
-"""VGG13 -> VGG8, DKD (paper: 74.68% CIFAR-100 top-1).
+"""vgg13 -> vgg8, dkd (paper: 74.68% CIFAR-100 top-1). Not run here.
 
+Official setting: mdistiller configs/cifar100/dkd/vgg13_vgg8.yaml.
 Run:  python -m experiments.kd --config=experiments/configs/kd_cifar100_teacher.py:vgg13 --config.data_dir=/data/tfds
       python -m experiments.kd --config=experiments/configs/kd_cifar100_vgg13_vgg8_dkd.py --config.data_dir=/data/tfds
 """

@@ -1,5 +1,6 @@
-"""ImageNet R34 -> R18, KD (paper: 71.03% ImageNet top-1).
+"""resnet34 -> resnet18, kd (paper: 71.03% ImageNet top-1). Not run here.
 
+Official setting: mdistiller configs/imagenet/r34_r18/kd.yaml.
 Run:  python -m experiments.kd --config=experiments/configs/kd_imagenet_teacher.py --config.data_dir=/data/tfds
       python -m experiments.kd --config=experiments/configs/kd_imagenet_r34_r18_kd.py --config.data_dir=/data/tfds
 """

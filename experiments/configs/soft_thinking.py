@@ -31,6 +31,14 @@ def get_config() -> ml_collections.ConfigDict:
   c.dirichlet_alpha = 4.0
   c.gumbel_tau = 0.5
   # The discrete sampling baseline uses the same temperature/top-k/top-p.
+  # After </think> the official eval scripts sample with T 0.6, top-k 30, top-p 0.95
+  # (WJMacro/Randomized-Soft-Thinking scripts/st/naive_st.sh: --after_thinking_temperature 0.6
+  # --after_thinking_top_p 0.95 --after_thinking_top_k 30).
+  c.after_think_temperature = 0.6
+  c.after_think_top_k = 30
+  c.after_think_top_p = 0.95
+  # Probes compare next-token distributions at the decoding temperature (as the
+  # Randomized-Soft-Thinking sampler does), not at T = 1.
   # Probes: vanilla soft-thinking trajectories, the `probes_per_row` most uncertain soft steps.
   c.num_probe_problems = 128
   c.probes_per_row = 4

@@ -35,7 +35,11 @@ def get_config() -> ml_collections.ConfigDict:
   c.teacher_samples = 4
   c.teacher_temperature = 0.4
   c.template = TINY_TEMPLATE
-  c.teacher_top_k = 16  # stored teacher logits per reply token (None: full vocabulary)
+  c.sampling_top_k = 50  # rollouts and teacher generation (official: top_k=50)
+  # "full": teacher hidden states -> exact full-vocabulary KL (official); "topk_rest": top-k
+  # logits + exact tail mass; "topk": renormalized top-k (docs/post_training.md).
+  c.teacher_targets = "full"
+  c.teacher_top_k = 16  # for "topk_rest" / "topk"
   c.distill_temperature = 2.0
   c.lora_rank = 32
   c.learning_rate = 2e-4
@@ -45,5 +49,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.num_eval_problems = 256
   c.eval_seed = 100  # held-out problems and sampling key (fixed across training seeds)
   c.eval_k = 8
+  # The same evaluation sampling as experiments/configs/grpo.py (T 0.6, top-k 5, top-p 0.95),
+  # so the three demos' tables compare.
+  c.eval_temperature = 0.6
+  c.eval_top_k = 5
+  c.eval_top_p = 0.95
   c.chunk_size = 32
   return c

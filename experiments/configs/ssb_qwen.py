@@ -11,18 +11,19 @@ Run:  python -m experiments.ssb --config=experiments/configs/ssb_qwen.py \
         --config.data.path=/path/to/gsm8k_train.jsonl \
         --config.data.eval_path=/path/to/math500.jsonl
 
-Prompts are Qwen's chat format written out with the math system prompt (final answer in
-\\boxed{}); the instruct model has no think block (tokens.think_* empty). The teacher
-context is ssb.DEFAULT_TEACHER_TEMPLATE (question + correct + incorrect solution +
-instruction) inside the same chat format; correctness is the last \\boxed{} (or "#### x")
+Prompts are Qwen's chat format written out with the official system prompt (final answer
+in \\boxed{}); the instruct model has no think block (tokens.think_* empty). The teacher
+context is ssb.DEFAULT_TEACHER_TEMPLATE (the official instruction with question, correct and
+incorrect solution) inside the same chat format; sampling is top-k 50 (T 0.8 / 0.4); correctness is the last \\boxed{} (or "#### x")
 answer after normalization (logitlab.rl.rewards.math_correctness).
 """
 from experiments.configs import ssb
 from logitlab import ssb as ssb_lib
 
-QWEN_MATH_TEMPLATE = (
-    "<|im_start|>system\nPlease reason step by step, and put your final answer within "
-    "\\boxed{}.<|im_end|>\n<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n")
+# Qwen's chat format with the official system prompt (logit_gen.py line 91), as
+# tokenizer.apply_chat_template writes it.
+QWEN_MATH_TEMPLATE = ("<|im_start|>system\n" + ssb_lib.SYSTEM_PROMPT + "<|im_end|>\n"
+                      "<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n")
 
 
 def get_config():
@@ -41,8 +42,9 @@ def get_config():
   c.template = ssb_lib.DEFAULT_TEACHER_TEMPLATE
   c.num_questions = 7473
   c.teacher_samples = 1
-  c.teacher_top_k = 64
-  c.max_new_tokens = 1024
+  c.teacher_targets = "full"  # official: full-vocabulary teacher logits
+  c.teacher_top_k = 64  # only for teacher_targets = "topk_rest" / "topk"
+  c.max_new_tokens = 8192  # official max_new_tokens (rollouts and teacher)
   c.train_steps = 1000
   c.batch_size = 16
   c.num_eval_problems = 500

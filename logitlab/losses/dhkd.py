@@ -27,8 +27,10 @@ def _log_cosh(x: jax.Array) -> jax.Array:
 def binary_kl_norm(
     aux_logits: chex.Array,
     teacher_logits: chex.Array,
+    labels: chex.Array | None = None,
     *,
     temperature: float = 2.0,
+    sigmoid_eps: float | None = None,
     where: chex.Array | None = None,
     weights: chex.Array | None = None,
     reduction: str = "mean",
@@ -44,56 +46,81 @@ def binary_kl_norm(
   per-sample shift), with gradient ``(T / 2) tanh((z_s - z_t) / (2T))`` bounded by
   ``T / 2`` per logit. The teacher is a constant.
 
+  ``sigmoid_eps=None`` (default) evaluates the log-cosh form: exact and finite for every
+  finite gap. The official code (penghui-yang/DHKD distiller_zoo/BinaryKLNorm.py:15-19)
+  clamps ``sigma`` to ``[eps, 1 - eps]`` with ``eps = 1e-8`` and takes ``log``; the clamp
+  zeroes the gradient once ``gap / T < -18.4``, and in float32 ``1 - 1e-8`` rounds to 1, so
+  a gap above about ``+17.3 T`` gives ``log 0`` and an infinite loss.
+  ``sigmoid_eps=1e-8`` reproduces that float32 computation exactly (for reproduction only).
+
   Args:
     aux_logits: ``[..., C]`` logits of the auxiliary head (bf16 accepted; float32 math).
     teacher_logits: ``[..., C]``, same shape.
-    temperature: ``T > 0`` (reference CIFAR quick start: 2).
+    labels: optional labels, checked by the common label policy and not used.
+    temperature: ``T > 0`` (official CIFAR and ImageNet commands: 2).
+    sigmoid_eps: ``None`` (exact) or the official clamp ``eps``.
     where, weights, reduction: as in :func:`logitlab.losses.kd`.
   """
   _common.check_logit_pair("aux_logits", aux_logits, "teacher_logits", teacher_logits)
   _common.check_positive("temperature", temperature)
+  if sigmoid_eps is not None and not 0.0 < sigmoid_eps < 0.5:
+    raise ValueError(f"`sigmoid_eps` must be None or in (0, 0.5), got {sigmoid_eps}.")
+  ok = _common.check_any_labels(labels, "aux_logits", aux_logits, where)
   gap = (numerics.upcast(aux_logits)
          - numerics.upcast(jax.lax.stop_gradient(teacher_logits))) / temperature
-  per_example = temperature**2 * jnp.sum(_log_cosh(0.5 * gap), axis=-1)
-  return _common.reduce_loss(per_example, where=where, weights=weights, reduction=reduction)
+  if sigmoid_eps is None:
+    per_class = _log_cosh(0.5 * gap)
+  else:
+    prob = jnp.clip(jax.nn.sigmoid(gap), jnp.float32(sigmoid_eps), jnp.float32(1 - sigmoid_eps))
+    half = jnp.log(jnp.float32(0.5))
+    per_class = 0.5 * (half - jnp.log(prob)) + 0.5 * (half - jnp.log(1.0 - prob))
+  per_example = temperature**2 * jnp.sum(per_class, axis=-1)
+  return _common.reduce_loss(_common.poison(per_example, ok), where=where, weights=weights,
+                             reduction=reduction)
 
 
 def dhkd(
-    head1_logits: chex.Array,
-    head2_logits: chex.Array,
+    student_logits: chex.Array,
     teacher_logits: chex.Array,
     labels: chex.Array,
     *,
+    aux_logits: chex.Array,
     gamma: float = 1.0,
     alpha: float = 1.0,
     temperature: float = 2.0,
+    sigmoid_eps: float | None = None,
     where: chex.Array | None = None,
     weights: chex.Array | None = None,
+    reduction: str = "mean",
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
   r"""DHKD total ``gamma CE(head1, y) + alpha BinaryKLNorm(head2, z_t)`` and its parts.
 
+  The official objective (penghui-yang/DHKD helper/loops.py:105-114): head 1 (the one
+  evaluated) gets only CE, head 2 only the logit-level loss; no KD term on head 1.
+  Gradient alignment (``--ga``) combines the two terms' gradients, so it lives in the
+  recipe (``logitlab.kd_recipes``), which needs the parts separately.
+
   Args:
-    head1_logits: ``[..., C]`` logits of the main head (evaluated at test time).
-    head2_logits: ``[..., C]`` logits of the auxiliary head on the same backbone feature.
+    student_logits: ``[..., C]`` logits of the main head (head 1, evaluated at test time).
     teacher_logits: ``[..., C]`` teacher logits (a constant).
-    labels: ``[...]`` integer target classes.
+    labels: ``[...]`` integer target classes (out of range: ValueError when concrete, NaN
+      for that example under jit).
+    aux_logits: ``[..., C]`` logits of the auxiliary head (head 2) on the same feature.
     gamma: CE weight (reference flag ``-r``).
     alpha: logit-level loss weight (reference flag ``-a``).
-    temperature: ``T`` of :func:`binary_kl_norm`.
-    where, weights: as in :func:`logitlab.losses.kd`; every term is a mean over valid
-      examples.
+    temperature, sigmoid_eps: of :func:`binary_kl_norm`.
+    where, weights, reduction: as in :func:`logitlab.losses.kd`, applied to both parts.
 
   Returns:
-    ``(total, parts)``: float32 scalars; ``parts`` has keys ``ce`` and ``binary_kl``
-    (unweighted).
+    ``(total, parts)``: float32 scalars (``[...]`` for ``reduction="none"``); ``parts`` has
+    keys ``ce`` and ``binary_kl`` (unweighted).
   """
-  _common.check_logit_pair("head1_logits", head1_logits, "head2_logits", head2_logits)
-  _common.check_labels("labels", labels, "head1_logits", head1_logits)
-  reduce = dict(where=where, weights=weights, reduction="mean")
+  _common.check_logit_pair("student_logits", student_logits, "aux_logits", aux_logits)
+  reduce = dict(where=where, weights=weights, reduction=reduction)
   parts = {
-      "ce": cross_entropy(head1_logits, labels, **reduce),
-      "binary_kl": binary_kl_norm(head2_logits, teacher_logits, temperature=temperature,
-                                  **reduce),
+      "ce": cross_entropy(student_logits, labels, **reduce),
+      "binary_kl": binary_kl_norm(aux_logits, teacher_logits, labels, temperature=temperature,
+                                  sigmoid_eps=sigmoid_eps, **reduce),
   }
   return gamma * parts["ce"] + alpha * parts["binary_kl"], parts
 

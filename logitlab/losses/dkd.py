@@ -32,10 +32,25 @@ def _binary_log_probs(logits: chex.Array, labels: chex.Array, temperature) -> ja
   return jnp.stack([log_target, log_non_target], axis=-1)
 
 
-def _check(student_logits, teacher_logits, labels, temperature):
+def _check(student_logits, teacher_logits, labels, temperature, where) -> jax.Array:
   _common.check_logit_pair("student_logits", student_logits, "teacher_logits", teacher_logits)
-  _common.check_labels("labels", labels, "student_logits", student_logits)
   _common.check_positive("temperature", temperature)
+  return _common.valid_labels("labels", labels, "student_logits", student_logits, where)
+
+
+def _tckd(student_logits, teacher_logits, labels, temperature) -> jax.Array:
+  teacher_logits = jax.lax.stop_gradient(teacher_logits)
+  # The inputs are log-probabilities, so log_softmax inside the KL helper is the identity.
+  return temperature**2 * numerics.kl_divergence_from_logits(
+      _binary_log_probs(teacher_logits, labels, temperature),
+      _binary_log_probs(student_logits, labels, temperature))
+
+
+def _nckd(student_logits, teacher_logits, labels, temperature) -> jax.Array:
+  teacher_logits = jax.lax.stop_gradient(teacher_logits)
+  return temperature**2 * numerics.kl_divergence_from_logits(
+      _common.drop_target(teacher_logits, labels), _common.drop_target(student_logits, labels),
+      temperature)
 
 
 def tckd(
@@ -52,13 +67,10 @@ def tckd(
 
   Arguments as in :func:`dkd`; ``labels`` are ``[...]`` integer target classes.
   """
-  _check(student_logits, teacher_logits, labels, temperature)
-  teacher_logits = jax.lax.stop_gradient(teacher_logits)
-  # The inputs are log-probabilities, so log_softmax inside the KL helper is the identity.
-  per_example = temperature**2 * numerics.kl_divergence_from_logits(
-      _binary_log_probs(teacher_logits, labels, temperature),
-      _binary_log_probs(student_logits, labels, temperature))
-  return _common.reduce_loss(per_example, where=where, weights=weights, reduction=reduction)
+  ok = _check(student_logits, teacher_logits, labels, temperature, where)
+  per_example = _tckd(student_logits, teacher_logits, labels, temperature)
+  return _common.reduce_loss(_common.poison(per_example, ok), where=where, weights=weights,
+                             reduction=reduction)
 
 
 def nckd(
@@ -76,12 +88,10 @@ def nckd(
   ``\hat p = softmax(z / T)`` over the ``C - 1`` non-target classes (target excluded
   exactly, see :func:`logitlab.losses._common.drop_target`). Arguments as in :func:`dkd`.
   """
-  _check(student_logits, teacher_logits, labels, temperature)
-  teacher_logits = jax.lax.stop_gradient(teacher_logits)
-  per_example = temperature**2 * numerics.kl_divergence_from_logits(
-      _common.drop_target(teacher_logits, labels), _common.drop_target(student_logits, labels),
-      temperature)
-  return _common.reduce_loss(per_example, where=where, weights=weights, reduction=reduction)
+  ok = _check(student_logits, teacher_logits, labels, temperature, where)
+  per_example = _nckd(student_logits, teacher_logits, labels, temperature)
+  return _common.reduce_loss(_common.poison(per_example, ok), where=where, weights=weights,
+                             reduction=reduction)
 
 
 def dkd(
@@ -98,15 +108,18 @@ def dkd(
 ) -> jax.Array:
   r"""Decoupled KD: ``alpha TCKD + beta NCKD`` (arXiv 2203.08679).
 
-  The paper's training loss is ``CE + min(epoch / warmup, 1) * dkd(...)``; the CE term and
-  the warmup factor (:func:`dkd_warmup`) are applied by the trainer. CIFAR-100 defaults
-  (mdistiller): ``alpha=1, beta=8, T=4, warmup=20`` epochs (``beta=2`` for R56->R20 and
-  R110->R32, ``beta=6`` for VGG13->VGG8 and WRN pairs). The teacher is a constant.
+  The paper's training loss is ``CE + min(epoch / warmup, 1) * dkd(...)`` with ``epoch``
+  counted from 1 (:func:`dkd_warmup`; the recipe is ``logitlab.kd_recipes``). CIFAR-100
+  defaults (mdistiller): ``alpha=1, beta=8, T=4, warmup=20`` epochs (``beta=2`` for
+  R56->R20 and R110->R32, ``beta=6`` for VGG13->VGG8 and WRN pairs). With logit
+  standardization the official script multiplies ``alpha`` and ``beta`` by the kd weight
+  (logit-standardization-KD tools/train.py:115-118). The teacher is a constant.
 
   Args:
     student_logits: ``[..., C]`` float logits (bf16 accepted; math in float32).
     teacher_logits: ``[..., C]``, same shape.
-    labels: ``[...]`` integer target classes.
+    labels: ``[...]`` integer target classes in ``[0, C)`` (out of range: ValueError when
+      concrete, NaN for that example under jit).
     alpha: TCKD weight.
     beta: NCKD weight.
     temperature: ``T > 0``.
@@ -114,18 +127,22 @@ def dkd(
     weights: optional per-example weights broadcastable to ``[...]``.
     reduction: ``"mean"`` over valid examples (default), ``"sum"`` or ``"none"`` (``[...]``).
   """
-  parts = dict(temperature=temperature, reduction="none")
-  per_example = (alpha * tckd(student_logits, teacher_logits, labels, **parts)
-                 + beta * nckd(student_logits, teacher_logits, labels, **parts))
-  return _common.reduce_loss(per_example, where=where, weights=weights, reduction=reduction)
+  ok = _check(student_logits, teacher_logits, labels, temperature, where)
+  per_example = (alpha * _tckd(student_logits, teacher_logits, labels, temperature)
+                 + beta * _nckd(student_logits, teacher_logits, labels, temperature))
+  return _common.reduce_loss(_common.poison(per_example, ok), where=where, weights=weights,
+                             reduction=reduction)
 
 
-def dkd_warmup(step_or_epoch: chex.Numeric, warmup: chex.Numeric = 20) -> jax.Array:
-  """Linear warmup factor ``min(step_or_epoch / warmup, 1)`` multiplying the DKD term.
+def dkd_warmup(epoch: chex.Numeric, warmup: chex.Numeric = 20) -> jax.Array:
+  """Linear warmup factor ``min(epoch / warmup, 1)`` multiplying the DKD term.
 
-  mdistiller counts epochs (``warmup=20``); pass steps and a step count equally well.
-  ``warmup <= 0`` means no warmup (factor 1).
+  mdistiller passes the epoch counted from 1 and constant within the epoch
+  (mdistiller/engine/trainer.py: ``epoch = 1``; DKD.py:80 ``min(kwargs["epoch"] /
+  self.warmup, 1.0)``), so the first epoch already has weight ``1 / warmup`` and ImageNet's
+  ``warmup=1`` gives full weight from the first step. Pass that epoch
+  (``logitlab.kd_recipes.mdistiller_epoch``). ``warmup <= 0`` means no warmup (factor 1).
   """
-  progress = jnp.asarray(step_or_epoch, jnp.float32) / jnp.maximum(
+  progress = jnp.asarray(epoch, jnp.float32) / jnp.maximum(
       jnp.asarray(warmup, jnp.float32), 1e-12)
   return jnp.where(jnp.asarray(warmup) > 0, jnp.minimum(progress, 1.0), 1.0)

@@ -16,6 +16,28 @@ from logitlab.losses import _common
 from logitlab.losses.cross_entropy import soft_cross_entropy
 
 
+def _target_term(student_logits, teacher_logits, labels) -> jax.Array:
+  teacher_target_prob = jnp.exp(_common.take_class(
+      numerics.log_softmax(jax.lax.stop_gradient(teacher_logits)), labels))
+  return -teacher_target_prob * _common.take_class(numerics.log_softmax(student_logits), labels)
+
+
+def _non_target_term(student_logits, teacher_logits, labels, temperature) -> jax.Array:
+  teacher_non_target = jnp.exp(numerics.log_softmax(
+      _common.drop_target(jax.lax.stop_gradient(teacher_logits), labels), temperature))
+  return temperature**2 * soft_cross_entropy(
+      _common.drop_target(student_logits, labels) / temperature, teacher_non_target,
+      reduction="none")
+
+
+def _check(student_logits, teacher_logits, labels, where, temperature=1.0):
+  """Validity mask and the integer labels NKD uses (the argmax class of soft labels)."""
+  _common.check_logit_pair("student_logits", student_logits, "teacher_logits", teacher_logits)
+  _common.check_positive("temperature", temperature)
+  ok = _common.check_any_labels(labels, "student_logits", student_logits, where)
+  return ok, _common.hard_labels(labels)
+
+
 def nkd_target(
     student_logits: chex.Array,
     teacher_logits: chex.Array,
@@ -29,13 +51,10 @@ def nkd_target(
 
   Arguments as in :func:`nkd`.
   """
-  _common.check_logit_pair("student_logits", student_logits, "teacher_logits", teacher_logits)
-  _common.check_labels("labels", labels, "student_logits", student_logits)
-  teacher_target_prob = jnp.exp(_common.take_class(
-      numerics.log_softmax(jax.lax.stop_gradient(teacher_logits)), labels))
-  per_example = -teacher_target_prob * _common.take_class(
-      numerics.log_softmax(student_logits), labels)
-  return _common.reduce_loss(per_example, where=where, weights=weights, reduction=reduction)
+  ok, labels = _check(student_logits, teacher_logits, labels, where)
+  per_example = _target_term(student_logits, teacher_logits, labels)
+  return _common.reduce_loss(_common.poison(per_example, ok), where=where, weights=weights,
+                             reduction=reduction)
 
 
 def nkd_non_target(
@@ -56,15 +75,10 @@ def nkd_non_target(
   cross-entropy, as in the reference code (it differs from the KL by the teacher's
   non-target entropy, a constant in the student). ``gamma`` is applied by :func:`nkd`.
   """
-  _common.check_logit_pair("student_logits", student_logits, "teacher_logits", teacher_logits)
-  _common.check_labels("labels", labels, "student_logits", student_logits)
-  _common.check_positive("temperature", temperature)
-  teacher_non_target = jnp.exp(numerics.log_softmax(
-      _common.drop_target(teacher_logits, labels), temperature))
-  per_example = temperature**2 * soft_cross_entropy(
-      _common.drop_target(student_logits, labels) / temperature, teacher_non_target,
-      reduction="none")
-  return _common.reduce_loss(per_example, where=where, weights=weights, reduction=reduction)
+  ok, labels = _check(student_logits, teacher_logits, labels, where, temperature)
+  per_example = _non_target_term(student_logits, teacher_logits, labels, temperature)
+  return _common.reduce_loss(_common.poison(per_example, ok), where=where, weights=weights,
+                             reduction=reduction)
 
 
 def nkd(
@@ -85,21 +99,24 @@ def nkd(
 
   with ``p, q`` the student/teacher softmax at temperature 1 and ``\hat p^T, \hat q^T``
   the softmax of ``z / T`` over the non-target classes. The paper's training loss is
-  ``CE + nkd(...)``; the CE term is added by the trainer. Defaults are the ImageNet
-  setting (``T=1, gamma=1.5``); CIFAR-100 R34->R18 uses ``T=3, gamma=3.5``.
+  ``CE + nkd(...)`` (recipe: ``logitlab.kd_recipes``). Defaults are the ImageNet setting
+  (``T=1, gamma=1.5``); CIFAR-100 R34->R18 uses ``T=3, gamma=3.5``.
 
   Args:
     student_logits: ``[..., C]`` float logits (bf16 accepted; math in float32).
     teacher_logits: ``[..., C]``, same shape; a constant (``stop_gradient``).
-    labels: ``[...]`` integer target classes.
+    labels: ``[...]`` integer target classes, or ``[..., C]`` soft / mixed labels whose
+      argmax class is the target (as cls_KD, mmcls/models/dis_losses/nkd.py:25-26).
+      Out-of-range labels: ValueError when concrete, NaN for that example under jit.
     temperature: ``T > 0`` of the non-target term.
     gamma: weight of the non-target term.
     where: optional bool mask broadcastable to ``[...]``; False drops an example.
     weights: optional per-example weights broadcastable to ``[...]``.
     reduction: ``"mean"`` over valid examples (default), ``"sum"`` or ``"none"`` (``[...]``).
   """
-  per_example = (
-      nkd_target(student_logits, teacher_logits, labels, reduction="none")
-      + gamma * nkd_non_target(student_logits, teacher_logits, labels, temperature=temperature,
-                               reduction="none"))
-  return _common.reduce_loss(per_example, where=where, weights=weights, reduction=reduction)
+  ok, labels = _check(student_logits, teacher_logits, labels, where, temperature)
+  per_example = (_target_term(student_logits, teacher_logits, labels)
+                 + gamma * _non_target_term(student_logits, teacher_logits, labels,
+                                            temperature))
+  return _common.reduce_loss(_common.poison(per_example, ok), where=where, weights=weights,
+                             reduction=reduction)

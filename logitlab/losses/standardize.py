@@ -55,22 +55,31 @@ def standardize(logits: chex.Array, *, axis: int = -1, eps: float = 1e-7,
   return centered / (eps + std)
 
 
-def with_standardized_logits(loss_fn: Callable[..., jax.Array], **standardize_kwargs
-                             ) -> Callable[..., jax.Array]:
+def with_standardized_logits(loss_fn: Callable[..., jax.Array], *,
+                             temperature: float | None = 2.0,
+                             **standardize_kwargs) -> Callable[..., jax.Array]:
   """Wraps a ``loss_fn(student_logits, teacher_logits, *args, **kwargs)`` so both logit
   arguments are standardized first (arXiv 2403.01427), e.g.
-  ``with_standardized_logits(dkd)(z_s, z_t, labels, temperature=2.0)``.
+  ``with_standardized_logits(dkd)(z_s, z_t, labels)``.
 
-  ``standardize_kwargs`` (``eps``, ``ddof``) are forwarded to :func:`standardize`.
+  ``temperature`` (default 2, the paper's base temperature, ``--base-temp 2`` in
+  logit-standardization-KD tools/train.py:103) becomes the default ``temperature=`` of the
+  wrapped call; a call that passes ``temperature`` overrides it, and ``None`` passes
+  nothing (for losses without a temperature). ``standardize_kwargs`` (``eps``, ``ddof``) are
+  forwarded to :func:`standardize`.
   """
   if not callable(loss_fn):
     raise TypeError(f"`loss_fn` must be a callable loss, got {type(loss_fn).__name__}.")
   unknown = set(standardize_kwargs) - {"axis", "eps", "ddof"}
   if unknown:
     raise TypeError(f"`standardize_kwargs` may hold axis, eps, ddof; got {sorted(unknown)}.")
+  if temperature is not None:
+    numerics.check_positive("temperature", temperature)
 
   @functools.wraps(loss_fn)
   def standardized_loss(student_logits, teacher_logits, *args, **kwargs):
+    if temperature is not None:
+      kwargs.setdefault("temperature", temperature)
     return loss_fn(standardize(student_logits, **standardize_kwargs),
                    standardize(teacher_logits, **standardize_kwargs), *args, **kwargs)
 

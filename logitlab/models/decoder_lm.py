@@ -1,4 +1,4 @@
-"""Decoder-only transformer LM covering the Llama and Qwen2 families (Flax NNX).
+"""Decoder-only transformer LMs: Llama, Mistral, Qwen2, Qwen3, Gemma 2, Gemma 3 (Flax NNX).
 
 Architecture (Touvron et al. 2023, arXiv:2302.13971; Qwen2, arXiv:2407.10671):
 
@@ -14,8 +14,23 @@ Architecture (Touvron et al. 2023, arXiv:2302.13971; Qwen2, arXiv:2407.10671):
   load without permutation.
 * Grouped-query attention (Ainslie et al. 2023, arXiv:2305.13245): ``num_heads`` query heads
   share ``num_kv_heads`` key/value heads.
-* Qwen2 adds biases to the q/k/v projections (``qkv_bias=True``) and usually ties
-  embeddings.
+
+Family differences (``LMConfig.model_type``):
+
+* ``qwen2``: biases on the q/k/v projections; usually tied embeddings.
+* ``qwen3`` (arXiv:2505.09388): no biases; RMSNorm over ``head_dim`` on each query and key
+  head before RoPE (``q_norm``, ``k_norm``).
+* ``mistral`` (arXiv:2310.06825): Llama with sliding-window attention: a query at slot i
+  sees slots ``(i - W, i]``.
+* ``gemma2`` (arXiv:2408.00118): tied embeddings scaled by ``sqrt(D)`` (rounded to the
+  parameter dtype); norms ``x_hat * (1 + w)``; sandwich norms (the attention and MLP outputs
+  are normalized before the residual add, and the MLP input gets its own pre-norm);
+  GeGLU with the tanh GELU; scores scaled by ``query_pre_attn_scalar^(-1/2)``; attention
+  and final-logit soft-capping ``c tanh(x / c)`` (``numerics.soft_cap``); layers alternate
+  sliding-window (even) and global (odd) attention.
+* ``gemma3_text`` (arXiv:2503.19786): Gemma 2 without soft-capping, plus q/k norms; five
+  local layers per global one, local layers with their own RoPE base (``local_rope_theta``),
+  global ones with optional linear RoPE scaling.
 
 Dtype policy: parameters and activations use ``config.param_dtype`` (float32 or bf16);
 attention scores, softmax and RMSNorm are float32; logits are always float32.
@@ -28,15 +43,18 @@ model on any mesh with a subset of those axes. Consecutive kernels alternate Meg
 q/k/v ``(embed, heads|kv_heads)`` then o ``(heads, embed)``; gate/up ``(embed, mlp)`` then down
 ``(mlp, embed)``; the embedding is ``(vocab, embed)`` and an untied head ``(embed, vocab)``.
 
-KV cache: ``init_cache`` allocates ``[num_layers, B, max_len, num_kv_heads, head_dim]`` key
-and value buffers plus a per-slot validity mask; every row writes the same slots (the
-sampler left-aligns prompts), padding slots are masked out of attention, and per-row RoPE
-positions count only valid tokens, so a left-padded row behaves exactly like the unpadded
-sequence.
+KV cache: ``init_cache`` allocates per-layer ``[B, num_kv_heads, max_len, head_dim]`` key and
+value buffers (the layout the attention einsum reads, so a decode step updates them in place
+with one ``dynamic_update_slice`` and no transpose or stack) plus a per-slot validity mask;
+every row writes the same slots (the sampler left-aligns prompts), padding slots are masked
+out of attention, and per-row RoPE positions count only valid tokens, so a left-padded row
+behaves exactly like the unpadded sequence. The cache is full length for every layer (no
+ring buffer for sliding-window layers); windows count cache slots, as in transformers.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import chex
@@ -48,21 +66,39 @@ from flax import nnx
 # One source of truth for logical -> mesh axes, shared with the training core: 'embed' is
 # sharded over fsdp (parameters only), the wide dimensions over tensor (Megatron-style
 # column/row split).
+from logitlab import numerics
 from logitlab.training.mesh import LOGICAL_AXIS_RULES, divisible_spec
 
 Array = jax.Array
 
-_SUPPORTED_MODEL_TYPES = ("llama", "qwen2")
+_SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text")
+_ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
+                  "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM",
+                  "gemma2": "Gemma2ForCausalLM", "gemma3_text": "Gemma3ForCausalLM"}
+_GEMMA = ("gemma2", "gemma3_text")
+FULL, SLIDING = "full_attention", "sliding_attention"
 
 
 @dataclasses.dataclass(frozen=True)
 class LMConfig:
-  """Hyper-parameters of a Llama/Qwen2-style decoder (names follow HF where they exist).
+  """Hyper-parameters of a decoder of one of the supported families (names follow HF).
 
   ``head_dim`` defaults to ``hidden_size // num_heads``. ``qkv_bias`` is Qwen2's q/k/v
   projection bias. ``param_dtype`` is the parameter/activation dtype (logits stay float32).
   ``llama3_rope_scaling`` = (factor, low_freq_factor, high_freq_factor,
-  original_max_position_embeddings) enables Llama 3.1+ frequency scaling (None: plain RoPE).
+  original_max_position_embeddings) enables Llama 3.1+ frequency scaling; ``linear_rope_factor``
+  divides the frequencies (HF ``rope_type: linear``, Gemma 3's global layers).
+
+  Family features follow from ``model_type`` (see the module docstring): q/k RMSNorm (qwen3,
+  gemma3_text), Gemma's ``(1 + w)`` norms, sandwich norms, ``sqrt(D)`` embedding scale and
+  tanh-GELU (gemma2, gemma3_text). Per-layer attention: ``layer_types[i]`` is
+  ``"full_attention"`` or ``"sliding_attention"`` (a query attends to the ``sliding_window``
+  most recent slots, itself included); None means all sliding when ``sliding_window`` is set
+  (Mistral), else all full. ``local_rope_theta`` is the RoPE base of sliding layers (Gemma 3;
+  None: the same RoPE as full layers). ``query_pre_attn_scalar``: scores are scaled by its
+  ``-1/2`` power (default ``head_dim``). ``attn_logit_softcapping`` /
+  ``final_logit_softcapping``: ``c tanh(x / c)`` on attention scores / output logits (Gemma 2).
+  ``eos_token_id`` is an int or a tuple of every end-of-sequence id.
   """
   vocab_size: int
   hidden_size: int
@@ -80,8 +116,15 @@ class LMConfig:
   model_type: str = "llama"
   param_dtype: Any = jnp.float32
   bos_token_id: int | None = None
-  eos_token_id: int | None = None
+  eos_token_id: int | tuple[int, ...] | None = None
   pad_token_id: int | None = None
+  sliding_window: int | None = None
+  layer_types: tuple[str, ...] | None = None
+  query_pre_attn_scalar: float | None = None
+  attn_logit_softcapping: float | None = None
+  final_logit_softcapping: float | None = None
+  local_rope_theta: float | None = None
+  linear_rope_factor: float | None = None
 
   def __post_init__(self):
     if self.head_dim is None:
@@ -94,70 +137,144 @@ class LMConfig:
     if self.model_type not in _SUPPORTED_MODEL_TYPES:
       raise ValueError(f"`model_type` must be one of {_SUPPORTED_MODEL_TYPES}, got "
                        f"{self.model_type!r}.")
+    if self.qkv_bias != (self.model_type == "qwen2"):
+      raise ValueError(f"`qkv_bias` must be {self.model_type == 'qwen2'} for model_type "
+                       f"{self.model_type!r} (only Qwen2 has q/k/v biases), got {self.qkv_bias}.")
+    if isinstance(self.eos_token_id, (list, tuple)):  # hashable, plain ints
+      object.__setattr__(self, "eos_token_id", tuple(int(i) for i in self.eos_token_id))
+    layer_types = self.layer_types
+    if layer_types is None:
+      layer_types = (SLIDING if self.sliding_window else FULL,) * self.num_layers
+    layer_types = tuple(layer_types)
+    object.__setattr__(self, "layer_types", layer_types)
+    if len(layer_types) != self.num_layers or not set(layer_types) <= {FULL, SLIDING}:
+      raise ValueError(f"`layer_types` must hold {self.num_layers} entries of {FULL!r} / "
+                       f"{SLIDING!r}, got {layer_types}.")
+    if SLIDING in layer_types and (not isinstance(self.sliding_window, int)
+                                   or self.sliding_window < 1):
+      raise ValueError(f"`sliding_window` must be a positive int when a layer is "
+                       f"{SLIDING!r}, got {self.sliding_window!r}.")
+    for name in ("query_pre_attn_scalar", "attn_logit_softcapping", "final_logit_softcapping",
+                 "local_rope_theta", "linear_rope_factor"):
+      value = getattr(self, name)
+      if value is not None and not (math.isfinite(value) and value > 0):
+        raise ValueError(f"`{name}` must be None or a finite number > 0, got {value!r}.")
+
+  @property
+  def qk_norm(self) -> bool:
+    """RMSNorm over ``head_dim`` on queries and keys before RoPE (Qwen3, Gemma 3)."""
+    return self.model_type in ("qwen3", "gemma3_text")
+
+  @property
+  def gemma_style(self) -> bool:
+    """Gemma 2/3: ``(1 + w)`` norms, sandwich norms, ``sqrt(D)`` embedding scale, tanh-GELU."""
+    return self.model_type in _GEMMA
+
+  @property
+  def attention_scale(self) -> float:
+    return float(self.query_pre_attn_scalar or self.head_dim) ** -0.5
+
+  @property
+  def eos_token_ids(self) -> tuple[int, ...]:
+    """Every end-of-sequence id (``eos_token_id`` as a tuple; empty when unset)."""
+    eos = self.eos_token_id
+    return () if eos is None else (int(eos),) if isinstance(eos, int) else tuple(eos)
 
   @classmethod
   def from_hf_dict(cls, hf: dict[str, Any], *, param_dtype: Any = jnp.float32) -> "LMConfig":
-    """Builds a config from a Hugging Face ``config.json`` dict (Llama or Qwen2).
+    """Builds a config from a Hugging Face ``config.json`` dict.
 
-    Reads both the transformers v4 layout (top-level ``rope_theta`` / ``rope_scaling``) and
-    the v5 one (``rope_parameters``). Raises NotImplementedError for features this
-    implementation does not model (rope scaling other than 'llama3', sliding-window
-    attention, Llama attention/MLP biases), rather than loading a checkpoint that would
-    silently produce different logits.
+    Families: ``llama``, ``mistral``, ``qwen2``, ``qwen3``, ``gemma2``, ``gemma3_text``. Reads
+    both the transformers v4 layout (top-level ``rope_theta`` / ``rope_scaling``,
+    ``rope_local_base_freq``) and the v5 one (``rope_parameters``, flat or per layer type).
+    Raises NotImplementedError for anything else this implementation does not model (other
+    families, RoPE types other than default/linear/llama3, attention/MLP biases outside
+    Qwen2, other activations), rather than loading a checkpoint that would silently produce
+    different logits.
     """
     model_type = hf.get("model_type", "llama")
     if model_type not in _SUPPORTED_MODEL_TYPES:
       raise NotImplementedError(f"model_type {model_type!r} is not supported; expected one of "
                                 f"{_SUPPORTED_MODEL_TYPES}.")
-    rope = {**(hf.get("rope_scaling") or {}), **(hf.get("rope_parameters") or {})}
-    rope_theta = float(hf.get("rope_theta") or rope.get("rope_theta", 10000.0))
-    rope_type = rope.get("rope_type", rope.get("type", "default"))
-    if rope_type == "llama3":
-      llama3 = (float(rope["factor"]), float(rope["low_freq_factor"]),
-                float(rope["high_freq_factor"]), int(rope["original_max_position_embeddings"]))
-    elif rope_type == "default":
-      llama3 = None
+    gemma = model_type in _GEMMA
+    num_layers = hf["num_hidden_layers"]
+    params = hf.get("rope_parameters") or {}
+    if FULL in params or SLIDING in params:  # per layer type (Gemma 3, transformers v5)
+      full, local = params.get(FULL) or {}, params.get(SLIDING) or {}
     else:
-      raise NotImplementedError(f"RoPE type {rope_type!r} ({rope}) is not supported.")
-    if model_type == "llama" and (hf.get("attention_bias") or hf.get("mlp_bias")):
-      raise NotImplementedError("Llama attention_bias/mlp_bias checkpoints are not supported.")
-    if model_type == "qwen2" and hf.get("use_sliding_window"):
-      raise NotImplementedError("Qwen2 sliding-window attention is not supported.")
-    if hf.get("hidden_act", "silu") != "silu":
-      raise NotImplementedError(f"hidden_act={hf['hidden_act']!r} is not supported (silu only).")
+      full, local = {**(hf.get("rope_scaling") or {}), **params}, {}
+    theta, llama3, linear = _parse_rope(full, hf.get("rope_theta"))
+    local_theta = None
+    if local or hf.get("rope_local_base_freq"):
+      local_theta, local_llama3, local_linear = _parse_rope(local, hf.get("rope_local_base_freq"))
+      if local_llama3 or local_linear:
+        raise NotImplementedError(f"RoPE scaling on sliding layers ({local}) is not supported.")
+
+    activation = hf.get("hidden_activation") or hf.get("hidden_act") or (
+        "gelu_pytorch_tanh" if gemma else "silu")
+    if activation != ("gelu_pytorch_tanh" if gemma else "silu"):
+      raise NotImplementedError(f"hidden_act={activation!r} is not supported for {model_type}.")
+    if model_type != "qwen2" and (hf.get("attention_bias") or hf.get("mlp_bias")):
+      raise NotImplementedError(f"{model_type} attention_bias/mlp_bias checkpoints are not "
+                                f"supported.")
+
+    sliding_window, layer_types = None, None
+    if model_type == "mistral":
+      sliding_window = hf.get("sliding_window")
+    elif model_type in ("qwen2", "qwen3"):
+      if hf.get("use_sliding_window"):
+        sliding_window = hf["sliding_window"]
+        first = hf.get("max_window_layers", num_layers)
+        layer_types = hf.get("layer_types") or [SLIDING if i >= first else FULL
+                                                for i in range(num_layers)]
+    elif gemma:
+      sliding_window = hf.get("sliding_window")
+      period = 2 if model_type == "gemma2" else hf.get("sliding_window_pattern", 6)
+      layer_types = hf.get("layer_types") or [FULL if (i + 1) % period == 0 else SLIDING
+                                              for i in range(num_layers)]
+      if sliding_window is None:
+        layer_types = [FULL] * num_layers
     eos = hf.get("eos_token_id")
-    if isinstance(eos, (list, tuple)):
-      eos = eos[0]
     return cls(
         vocab_size=hf["vocab_size"],
         hidden_size=hf["hidden_size"],
         intermediate_size=hf["intermediate_size"],
-        num_layers=hf["num_hidden_layers"],
+        num_layers=num_layers,
         num_heads=hf["num_attention_heads"],
         num_kv_heads=hf.get("num_key_value_heads") or hf["num_attention_heads"],
         head_dim=hf.get("head_dim"),
-        rope_theta=rope_theta,
+        rope_theta=theta,
         llama3_rope_scaling=llama3,
+        linear_rope_factor=linear,
+        local_rope_theta=local_theta,
         rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
-        tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
+        tie_word_embeddings=bool(hf.get("tie_word_embeddings", gemma)),
         qkv_bias=model_type == "qwen2",
         max_position_embeddings=hf.get("max_position_embeddings", 2048),
         model_type=model_type,
         param_dtype=param_dtype,
         bos_token_id=hf.get("bos_token_id"),
-        eos_token_id=eos,
+        eos_token_id=tuple(eos) if isinstance(eos, (list, tuple)) else eos,
         pad_token_id=hf.get("pad_token_id"),
+        sliding_window=sliding_window,
+        layer_types=None if layer_types is None else tuple(layer_types),
+        query_pre_attn_scalar=hf.get("query_pre_attn_scalar") if gemma else None,
+        attn_logit_softcapping=hf.get("attn_logit_softcapping") if gemma else None,
+        final_logit_softcapping=hf.get("final_logit_softcapping") if gemma else None,
     )
 
   def to_hf_dict(self) -> dict[str, Any]:
     """The Hugging Face ``config.json`` dict for this config (inverse of ``from_hf_dict``)."""
-    if self.model_type == "llama" and self.qkv_bias:
-      raise ValueError("A llama config cannot have qkv_bias; use model_type='qwen2'.")
-    if self.model_type == "qwen2" and not self.qkv_bias:
-      raise ValueError("A qwen2 config must have qkv_bias=True.")
-    architecture = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}[self.model_type]
-    return {
-        "architectures": [architecture],
+    rope_scaling = None
+    if self.llama3_rope_scaling is not None:
+      rope_scaling = dict(zip(("factor", "low_freq_factor", "high_freq_factor",
+                               "original_max_position_embeddings"), self.llama3_rope_scaling),
+                          rope_type="llama3")
+    elif self.linear_rope_factor is not None:
+      rope_scaling = {"rope_type": "linear", "factor": self.linear_rope_factor}
+    eos = self.eos_token_id
+    hf = {
+        "architectures": [_ARCHITECTURES[self.model_type]],
         "model_type": self.model_type,
         "vocab_size": self.vocab_size,
         "hidden_size": self.hidden_size,
@@ -167,20 +284,57 @@ class LMConfig:
         "num_key_value_heads": self.num_kv_heads,
         "head_dim": self.head_dim,
         "rope_theta": self.rope_theta,
-        "rope_scaling": None if self.llama3_rope_scaling is None else dict(
-            zip(("factor", "low_freq_factor", "high_freq_factor",
-                 "original_max_position_embeddings"), self.llama3_rope_scaling),
-            rope_type="llama3"),
+        "rope_scaling": rope_scaling,
         "rms_norm_eps": self.rms_norm_eps,
         "tie_word_embeddings": self.tie_word_embeddings,
         "max_position_embeddings": self.max_position_embeddings,
-        "hidden_act": "silu",
+        "hidden_act": "gelu_pytorch_tanh" if self.gemma_style else "silu",
+        "attention_bias": False,
         "attention_dropout": 0.0,
         "torch_dtype": jnp.dtype(self.param_dtype).name,
         "bos_token_id": self.bos_token_id,
-        "eos_token_id": self.eos_token_id,
+        "eos_token_id": list(eos) if isinstance(eos, tuple) else eos,
         "pad_token_id": self.pad_token_id,
+        "sliding_window": self.sliding_window,
+        "layer_types": list(self.layer_types),
     }
+    if self.model_type == "llama":
+      hf["mlp_bias"] = False
+    if self.model_type in ("qwen2", "qwen3"):
+      hf["use_sliding_window"] = SLIDING in self.layer_types
+      hf["max_window_layers"] = (self.layer_types + (SLIDING,)).index(SLIDING)
+      hf["attention_bias"] = self.qkv_bias
+    if self.gemma_style:
+      hf.update(hidden_activation="gelu_pytorch_tanh",
+                query_pre_attn_scalar=self.query_pre_attn_scalar or self.head_dim,
+                attn_logit_softcapping=self.attn_logit_softcapping,
+                final_logit_softcapping=self.final_logit_softcapping)
+    if self.model_type == "gemma3_text":
+      full = {"rope_type": "default", "rope_theta": self.rope_theta, **(rope_scaling or {})}
+      local = {"rope_type": "default",
+               "rope_theta": self.local_rope_theta or self.rope_theta}
+      hf.update(rope_parameters={FULL: full, SLIDING: local}, rope_scaling=None)
+      hf.pop("rope_theta")
+    elif self.local_rope_theta is not None:
+      raise ValueError(f"`local_rope_theta` is a Gemma 3 setting; {self.model_type} has one "
+                       f"RoPE for every layer.")
+    return hf
+
+
+def _parse_rope(params: dict[str, Any], theta: float | None
+                ) -> tuple[float, tuple[float, float, float, int] | None, float | None]:
+  """(theta, llama3 scaling, linear factor) of one HF RoPE parameter dict."""
+  theta = float(theta or params.get("rope_theta") or 10000.0)
+  rope_type = params.get("rope_type", params.get("type", "default"))
+  if rope_type == "llama3":
+    return theta, (float(params["factor"]), float(params["low_freq_factor"]),
+                   float(params["high_freq_factor"]),
+                   int(params["original_max_position_embeddings"])), None
+  if rope_type == "linear":
+    return theta, None, float(params["factor"])
+  if rope_type == "default":
+    return theta, None, None
+  raise NotImplementedError(f"RoPE type {rope_type!r} ({params}) is not supported.")
 
 
 @flax.struct.dataclass
@@ -188,16 +342,22 @@ class KVCache:
   """Decoding state shared by all layers.
 
   Attributes:
-    k, v: ``[num_layers, B, max_len, num_kv_heads, head_dim]`` cached keys/values.
+    k, v: tuples of ``num_layers`` per-layer buffers ``[B, num_kv_heads, max_len, head_dim]``
+      (the layout attention contracts over, so a step writes T new slots in place and reads
+      the buffer without a transpose or a copy).
     key_mask: ``[B, max_len]`` bool, True where a slot holds a real (non-padding) token.
     next_position: ``[B]`` int32, RoPE position of the row's next real token.
     index: int32 scalar, number of slots written (the same for every row).
   """
-  k: Array
-  v: Array
+  k: tuple[Array, ...]
+  v: tuple[Array, ...]
   key_mask: Array
   next_position: Array
   index: Array
+
+  @property
+  def max_len(self) -> int:
+    return self.key_mask.shape[1]
 
 
 @flax.struct.dataclass
@@ -217,12 +377,18 @@ class LMOutput:
 
 
 def init_cache(config: LMConfig, batch: int, max_len: int, dtype: Any = None) -> KVCache:
-  """Empty KV cache for ``batch`` rows and ``max_len`` slots (``dtype`` defaults to params)."""
+  """Empty KV cache for ``batch`` rows and ``max_len`` slots (``dtype`` defaults to params).
+
+  Feeding more than ``max_len`` tokens in total raises (eager) or gives NaN logits (jit).
+  """
+  for name, value in (("batch", batch), ("max_len", max_len)):
+    if not isinstance(value, int) or value < 1:
+      raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
   dtype = config.param_dtype if dtype is None else dtype
-  shape = (config.num_layers, batch, max_len, config.num_kv_heads, config.head_dim)
+  shape = (batch, config.num_kv_heads, max_len, config.head_dim)
   return KVCache(
-      k=jnp.zeros(shape, dtype),
-      v=jnp.zeros(shape, dtype),
+      k=tuple(jnp.zeros(shape, dtype) for _ in range(config.num_layers)),
+      v=tuple(jnp.zeros(shape, dtype) for _ in range(config.num_layers)),
       key_mask=jnp.zeros((batch, max_len), bool),
       next_position=jnp.zeros((batch,), jnp.int32),
       index=jnp.zeros((), jnp.int32),
@@ -241,16 +407,23 @@ def positions_from_mask(mask: Array, start: Array | int = 0) -> Array:
   return start + jnp.maximum(jnp.cumsum(mask.astype(jnp.int32), axis=-1) - 1, 0)
 
 
-def rope_frequencies(config: LMConfig) -> Array:
-  """float32 ``[head_dim / 2]`` RoPE frequencies ``theta^(-2i/hd)``, Llama-3-scaled if set.
+def rope_frequencies(config: LMConfig, sliding: bool = False) -> Array:
+  """float32 ``[head_dim / 2]`` RoPE frequencies ``theta^(-2i/hd)``, scaled if configured.
 
   Llama 3.1 scaling (wavelength ``w = 2 pi / f``, original context ``L``): frequencies with
   ``w > L / low_freq_factor`` are divided by ``factor``, those with
   ``w < L / high_freq_factor`` are kept, and in between they are interpolated with
-  ``s = (L / w - low) / (high - low)``: ``f' = (1 - s) f / factor + s f``.
+  ``s = (L / w - low) / (high - low)``: ``f' = (1 - s) f / factor + s f``. Linear scaling
+  divides every frequency by ``linear_rope_factor``. ``sliding=True`` gives the frequencies
+  of sliding-window layers: plain RoPE with ``local_rope_theta`` when that is set (Gemma 3).
   """
   half = config.head_dim // 2
-  inv_freq = config.rope_theta ** (-jnp.arange(half, dtype=jnp.float32) / half)
+  exponent = -jnp.arange(half, dtype=jnp.float32) / half
+  if sliding and config.local_rope_theta is not None:
+    return jnp.float32(config.local_rope_theta) ** exponent
+  inv_freq = jnp.float32(config.rope_theta) ** exponent
+  if config.linear_rope_factor is not None:
+    return inv_freq / config.linear_rope_factor
   if config.llama3_rope_scaling is None:
     return inv_freq
   factor, low, high, original = config.llama3_rope_scaling
@@ -275,21 +448,33 @@ def rope(x: Array, positions: Array, inv_freq: Array) -> Array:
 
 
 class RMSNorm(nnx.Module):
-  """``x / sqrt(mean(x^2) + eps) * w`` over the last axis, in float32 (arXiv:1910.07467)."""
+  """``x / sqrt(mean(x^2) + eps) * (offset + w)`` over the last axis, in float32.
 
-  def __init__(self, dim: int, eps: float, *, param_dtype: Any, rngs: nnx.Rngs):
+  Zhang & Sennrich 2019 (arXiv:1910.07467); ``offset`` is 1 for Gemma (weights stored as
+  ``w - 1``, initialized to 0) and 0 otherwise.
+  """
+
+  def __init__(self, dim: int, eps: float, *, param_dtype: Any, rngs: nnx.Rngs,
+               offset: float = 0.0, axis_name: str | None = "embed"):
     del rngs  # deterministic init; kept for the uniform constructor signature
     self.eps = eps
-    self.weight = nnx.Param(
-        _partitioned(nnx.initializers.ones, ("embed",))(None, (dim,), param_dtype))
+    self.offset = offset
+    init = nnx.initializers.zeros if offset else nnx.initializers.ones
+    self.weight = nnx.Param(_partitioned(init, (axis_name,))(None, (dim,), param_dtype))
 
   def __call__(self, x: Array) -> Array:
     x32 = x.astype(jnp.float32)
     normed = x32 * jax.lax.rsqrt(jnp.mean(jnp.square(x32), axis=-1, keepdims=True) + self.eps)
-    return (normed * self.weight[...].astype(jnp.float32)).astype(x.dtype)
+    return (normed * (self.offset + self.weight[...].astype(jnp.float32))).astype(x.dtype)
 
 
-def _partitioned(init, axes: tuple[str, ...]):
+def _norm(config: LMConfig, dim: int, rngs: nnx.Rngs, axis_name: str | None = "embed"
+          ) -> RMSNorm:
+  return RMSNorm(dim, config.rms_norm_eps, param_dtype=config.param_dtype, rngs=rngs,
+                 offset=1.0 if config.gemma_style else 0.0, axis_name=axis_name)
+
+
+def _partitioned(init, axes: tuple[str | None, ...]):
   # Annotate only: placement happens in `shard_model` (or under the caller's mesh), so a
   # model can be built without an active mesh.
   return nnx.with_partitioning(init, axes, eager_sharding=False)
@@ -304,10 +489,11 @@ def _linear(in_dim: int, out_dim: int, axes: tuple[str, str], *, bias: bool, con
 
 
 class Attention(nnx.Module):
-  """Causal grouped-query self-attention with RoPE and an optional KV cache."""
+  """Causal grouped-query self-attention with RoPE, an optional KV cache and sliding window."""
 
-  def __init__(self, config: LMConfig, *, rngs: nnx.Rngs):
+  def __init__(self, config: LMConfig, layer_index: int, *, rngs: nnx.Rngs):
     self.config = config
+    self.sliding = config.layer_types[layer_index] == SLIDING
     d, hd = config.hidden_size, config.head_dim
     bias = config.qkv_bias
     self.q_proj = _linear(d, config.num_heads * hd, ("embed", "heads"), bias=bias,
@@ -318,13 +504,16 @@ class Attention(nnx.Module):
                           config=config, rngs=rngs)
     self.o_proj = _linear(config.num_heads * hd, d, ("heads", "embed"), bias=False,
                           config=config, rngs=rngs)
+    if config.qk_norm:
+      self.q_norm = _norm(config, hd, rngs, axis_name=None)
+      self.k_norm = _norm(config, hd, rngs, axis_name=None)
 
   def __call__(self, x: Array, positions: Array, key_mask: Array, query_slots: Array,
                kv: tuple[Array, Array] | None, write_index: Array | None
                ) -> tuple[Array, tuple[Array, Array] | None]:
     """x: [B, T, D]; key_mask: [B, S]; query_slots: [T] slot of each query (for causality).
 
-    With ``kv`` (this layer's cache buffers ``[B, S, KV, hd]``), new keys/values are written
+    With ``kv`` (this layer's cache buffers ``[B, KV, S, hd]``), new keys/values are written
     at ``write_index`` and attention runs over all S slots; otherwise S = T.
     """
     cfg = self.config
@@ -332,61 +521,85 @@ class Attention(nnx.Module):
     q = self.q_proj(x).reshape(b, t, cfg.num_heads, cfg.head_dim)
     k = self.k_proj(x).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
     v = self.v_proj(x).reshape(b, t, cfg.num_kv_heads, cfg.head_dim)
-    inv_freq = rope_frequencies(cfg)
+    if cfg.qk_norm:
+      q, k = self.q_norm(q), self.k_norm(k)
+    inv_freq = rope_frequencies(cfg, sliding=self.sliding)
     q, k = rope(q, positions, inv_freq), rope(k, positions, inv_freq)
+    k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)  # [B, KV, T, hd]: the cache layout
     if kv is not None:
       k_cache, v_cache = kv
-      k = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), (0, write_index, 0, 0))
-      v = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), (0, write_index, 0, 0))
+      k = jax.lax.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), (0, 0, write_index, 0))
+      v = jax.lax.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), (0, 0, write_index, 0))
       new_kv = (k, v)
     else:
       new_kv = None
-    s = k.shape[1]
+    s = k.shape[2]
     groups = cfg.num_heads // cfg.num_kv_heads
     q = q.reshape(b, t, cfg.num_kv_heads, groups, cfg.head_dim)
-    scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
-    scores = scores / jnp.sqrt(jnp.float32(cfg.head_dim))
-    causal = jnp.arange(s)[None, :] <= query_slots[:, None]  # [T, S]
-    allowed = causal[None] & key_mask[:, None, :]  # [B, T, S]
+    scores = jnp.einsum("btkgd,bksd->bkgts", q, k, preferred_element_type=jnp.float32)
+    scores = scores * jnp.float32(cfg.attention_scale)
+    if cfg.attn_logit_softcapping is not None:
+      scores = numerics.soft_cap(scores, cfg.attn_logit_softcapping)
+    slot_distance = query_slots[:, None] - jnp.arange(s)[None, :]  # [T, S]
+    allowed = slot_distance >= 0
+    if self.sliding:  # HF: kv_idx > q_idx - sliding_window, counted in cache slots
+      allowed &= slot_distance < cfg.sliding_window
+    allowed = allowed[None] & key_mask[:, None, :]  # [B, T, S]
     # A finite floor (not -inf) keeps all-padding query rows finite instead of NaN.
     scores = jnp.where(allowed[:, None, None], scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(b, t, cfg.num_heads * cfg.head_dim)
+    out = jnp.einsum("bkgts,bksd->btkgd", probs, v).reshape(b, t, cfg.num_heads * cfg.head_dim)
     return self.o_proj(out), new_kv
 
 
 class MLP(nnx.Module):
-  """SwiGLU feed-forward: ``W_down (silu(W_gate x) * W_up x)`` (Shazeer 2020, arXiv:2002.05202)."""
+  """Gated feed-forward ``W_down (act(W_gate x) * W_up x)`` (Shazeer 2020, arXiv:2002.05202):
+  SwiGLU (SiLU), or GeGLU with the tanh GELU for Gemma."""
 
   def __init__(self, config: LMConfig, *, rngs: nnx.Rngs):
     d, f = config.hidden_size, config.intermediate_size
+    self.gemma_style = config.gemma_style
     self.gate_proj = _linear(d, f, ("embed", "mlp"), bias=False, config=config, rngs=rngs)
     self.up_proj = _linear(d, f, ("embed", "mlp"), bias=False, config=config, rngs=rngs)
     self.down_proj = _linear(f, d, ("mlp", "embed"), bias=False, config=config, rngs=rngs)
 
   def __call__(self, x: Array) -> Array:
-    return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+    gate = self.gate_proj(x)
+    gate = jax.nn.gelu(gate, approximate=True) if self.gemma_style else jax.nn.silu(gate)
+    return self.down_proj(gate * self.up_proj(x))
 
 
 class DecoderLayer(nnx.Module):
-  """Pre-norm block: attention and SwiGLU MLP, each with a residual connection."""
+  """Pre-norm block: attention and gated MLP, each with a residual connection.
 
-  def __init__(self, config: LMConfig, *, rngs: nnx.Rngs):
-    kw = dict(param_dtype=config.param_dtype, rngs=rngs)
-    self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, **kw)
-    self.self_attn = Attention(config, rngs=rngs)
-    self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps, **kw)
+  Gemma 2/3 also normalize each branch's output before adding it (sandwich norms):
+  ``h + N_post(Attn(N_in h))``, then ``a + N_post_ff(MLP(N_pre_ff a))``.
+  """
+
+  def __init__(self, config: LMConfig, layer_index: int, *, rngs: nnx.Rngs):
+    d = config.hidden_size
+    self.input_layernorm = _norm(config, d, rngs)
+    self.self_attn = Attention(config, layer_index, rngs=rngs)
+    self.post_attention_layernorm = _norm(config, d, rngs)
     self.mlp = MLP(config, rngs=rngs)
+    self.sandwich = config.gemma_style
+    if self.sandwich:
+      self.pre_feedforward_layernorm = _norm(config, d, rngs)
+      self.post_feedforward_layernorm = _norm(config, d, rngs)
 
   def __call__(self, x, positions, key_mask, query_slots, kv, write_index):
     attn, new_kv = self.self_attn(self.input_layernorm(x), positions, key_mask, query_slots, kv,
                                   write_index)
+    if self.sandwich:
+      x = x + self.post_attention_layernorm(attn)
+      return x + self.post_feedforward_layernorm(
+          self.mlp(self.pre_feedforward_layernorm(x))), new_kv
     x = x + attn
     return x + self.mlp(self.post_attention_layernorm(x)), new_kv
 
 
 class DecoderLM(nnx.Module):
-  """Llama/Qwen2 decoder LM. See the module docstring for the math and conventions."""
+  """Decoder LM of the supported families. See the module docstring for math and conventions."""
 
   def __init__(self, config: LMConfig, *, rngs: nnx.Rngs):
     self.config = config
@@ -395,9 +608,9 @@ class DecoderLM(nnx.Module):
         param_dtype=config.param_dtype,
         embedding_init=_partitioned(nnx.initializers.normal(0.02), ("vocab", "embed")),
         rngs=rngs)
-    self.layers = nnx.List([DecoderLayer(config, rngs=rngs) for _ in range(config.num_layers)])
-    self.final_norm = RMSNorm(config.hidden_size, config.rms_norm_eps,
-                              param_dtype=config.param_dtype, rngs=rngs)
+    self.layers = nnx.List([DecoderLayer(config, i, rngs=rngs)
+                            for i in range(config.num_layers)])
+    self.final_norm = _norm(config, config.hidden_size, rngs)
     if config.tie_word_embeddings:
       self.lm_head = None
     else:
@@ -405,30 +618,50 @@ class DecoderLM(nnx.Module):
           nnx.initializers.normal(0.02), ("embed", "vocab"))(
               rngs.params(), (config.hidden_size, config.vocab_size), config.param_dtype))
 
+  def _embedding_scale(self) -> Array | None:
+    # Gemma multiplies by sqrt(D) rounded to the parameter dtype, as HF does.
+    if not self.config.gemma_style:
+      return None
+    return jnp.asarray(self.config.hidden_size ** 0.5, self.config.param_dtype)
+
   def embed(self, tokens: Array) -> Array:
-    """Token embeddings ``[B, T, D]`` (param dtype) for int ``tokens: [B, T]``."""
-    return self.embed_tokens(tokens)
+    """Input embeddings ``[B, T, D]`` (param dtype) for int ``tokens: [B, T]``."""
+    x = self.embed_tokens(tokens)
+    scale = self._embedding_scale()
+    return x if scale is None else x * scale
 
   def embedding_matrix(self) -> Array:
-    """The input embedding matrix ``E: [V, D]`` (soft inputs are ``weights @ E``)."""
-    return self.embed_tokens.embedding[...]
+    """The input embedding matrix ``E: [V, D]`` (soft inputs are ``weights @ E``).
+
+    Includes Gemma's ``sqrt(D)`` scale, so ``E[i] == embed(i)`` for every family.
+    """
+    table = self.embed_tokens.embedding[...]
+    scale = self._embedding_scale()
+    return table if scale is None else table * scale
 
   def unembed(self, hidden: Array) -> Array:
-    """float32 logits ``[..., V]`` of residual-stream states ``[..., D]`` (final norm applied)."""
+    """float32 logits ``[..., V]`` of residual-stream states ``[..., D]`` (final norm applied,
+    then Gemma 2's final soft-cap when configured)."""
     normed = self.final_norm(hidden)
     if self.lm_head is None:
-      return jnp.einsum("...d,vd->...v", normed, self.embedding_matrix(),
-                        preferred_element_type=jnp.float32)
-    return jnp.einsum("...d,dv->...v", normed, self.lm_head[...],
-                      preferred_element_type=jnp.float32)
+      logits = jnp.einsum("...d,vd->...v", normed, self.embed_tokens.embedding[...],
+                          preferred_element_type=jnp.float32)
+    else:
+      logits = jnp.einsum("...d,dv->...v", normed, self.lm_head[...],
+                          preferred_element_type=jnp.float32)
+    if self.config.final_logit_softcapping is not None:
+      logits = numerics.soft_cap(logits, self.config.final_logit_softcapping)
+    return logits
 
   def __call__(self, tokens: Array | None = None, *, inputs_embeds: Array | None = None,
                positions: Array | None = None, attention_mask: Array | None = None,
-               cache: KVCache | None = None, return_hidden_states: bool = False) -> LMOutput:
+               cache: KVCache | None = None, return_hidden_states: bool = False,
+               last_logits_only: bool = False) -> LMOutput:
     """Causal forward pass.
 
     Args:
-      tokens: int ``[B, T]``; exactly one of ``tokens`` / ``inputs_embeds [B, T, D]``.
+      tokens: int ``[B, T]`` ids in ``[0, vocab_size)`` (padding positions may hold any id);
+        exactly one of ``tokens`` / ``inputs_embeds [B, T, D]``.
       positions: int ``[B, T]`` RoPE positions; default counts valid tokens
         (``positions_from_mask``), continuing from ``cache.next_position``.
       attention_mask: bool ``[B, T]``, False on padding tokens (keys masked out); default
@@ -436,37 +669,55 @@ class DecoderLM(nnx.Module):
       cache: a ``KVCache``; the T new tokens are written at slots
         ``[cache.index, cache.index + T)`` and attend to every valid earlier slot.
       return_hidden_states: also return the per-layer residual streams.
+      last_logits_only: unembed only the last position (logits ``[B, 1, V]``): a prefill
+        that only needs the next-token distribution skips the ``[B, T, V]`` head matmul.
 
     Returns:
       ``LMOutput`` with float32 ``logits [B, T, V]``, the updated cache and optional
       hidden states.
+
+    Raises (eager) / NaN logits (under jit, for the affected rows): a real token id outside
+    ``[0, vocab_size)``; more tokens than the cache has slots left.
     """
+    cfg = self.config
     if (tokens is None) == (inputs_embeds is None):
       raise ValueError("Pass exactly one of `tokens` [B, T] or `inputs_embeds` [B, T, D].")
     if tokens is not None:
       if tokens.ndim != 2 or not jnp.issubdtype(tokens.dtype, jnp.integer):
         raise ValueError(f"`tokens` must be an int array [B, T], got {tokens.dtype} "
                          f"{tokens.shape}.")
-      x = self.embed(tokens)
+      b, t = tokens.shape
     else:
       chex.assert_rank(inputs_embeds, 3)
-      if inputs_embeds.shape[-1] != self.config.hidden_size:
-        raise ValueError(f"`inputs_embeds` must be [B, T, {self.config.hidden_size}], got "
+      if inputs_embeds.shape[-1] != cfg.hidden_size:
+        raise ValueError(f"`inputs_embeds` must be [B, T, {cfg.hidden_size}], got "
                          f"{inputs_embeds.shape}.")
-      x = inputs_embeds.astype(self.config.param_dtype)
-    b, t, _ = x.shape
+      b, t, _ = inputs_embeds.shape
     mask = jnp.ones((b, t), bool) if attention_mask is None else attention_mask.astype(bool)
     if mask.shape != (b, t):
       raise ValueError(f"`attention_mask` must be [B, T] = {(b, t)}, got {mask.shape}.")
     if positions is not None and positions.shape != (b, t):
       raise ValueError(f"`positions` must be [B, T] = {(b, t)}, got {positions.shape}.")
+    row_ok = jnp.ones((b,), bool)
+    if tokens is not None:
+      in_vocab = (tokens >= 0) & (tokens < cfg.vocab_size)
+      row_ok = numerics.check_values("tokens", jnp.all(in_vocab | ~mask, axis=-1),
+                                     f"ids in [0, {cfg.vocab_size}) at unmasked positions")
+      x = self.embed(jnp.where(in_vocab, tokens, 0))
+    else:
+      x = inputs_embeds.astype(cfg.param_dtype)
 
     if cache is None:
       start_position, write_index, key_mask = 0, None, mask
       query_slots = jnp.arange(t)
     else:
-      if cache.k.shape[1] != b:
-        raise ValueError(f"`cache` was built for batch {cache.k.shape[1]}, got batch {b}.")
+      if cache.key_mask.shape[0] != b or len(cache.k) != cfg.num_layers:
+        raise ValueError(f"`cache` was built for batch {cache.key_mask.shape[0]} and "
+                         f"{len(cache.k)} layers, got batch {b} and {cfg.num_layers} layers.")
+      row_ok &= numerics.check_values(
+          "cache", cache.index + t <= cache.max_len,
+          f"a KVCache with room for {t} more tokens (init_cache max_len={cache.max_len})",
+          f"index {cache.index}")
       start_position, write_index = cache.next_position, cache.index
       key_mask = jax.lax.dynamic_update_slice(cache.key_mask, mask, (0, write_index))
       query_slots = write_index + jnp.arange(t)
@@ -482,12 +733,13 @@ class DecoderLM(nnx.Module):
         new_k.append(layer_kv[0])
         new_v.append(layer_kv[1])
       hidden_states.append(x)
-    logits = self.unembed(x)
+    logits = numerics.nan_unless(self.unembed(x[:, -1:] if last_logits_only else x),
+                                 row_ok[:, None, None])
 
     new_cache = None
     if cache is not None:
       new_cache = KVCache(
-          k=jnp.stack(new_k), v=jnp.stack(new_v), key_mask=key_mask,
+          k=tuple(new_k), v=tuple(new_v), key_mask=key_mask,
           next_position=cache.next_position + jnp.sum(mask, axis=-1, dtype=jnp.int32),
           index=cache.index + t)
     return LMOutput(logits=logits, cache=new_cache,

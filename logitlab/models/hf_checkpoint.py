@@ -1,9 +1,12 @@
-"""Load and save Hugging Face Llama / Qwen2 checkpoint folders for ``DecoderLM``.
+"""Load and save Hugging Face checkpoint folders for ``DecoderLM``.
 
+Families: Llama, Mistral, Qwen2, Qwen3, Gemma 2, Gemma 3 text (``decoder_lm.LMConfig``).
 A folder holds ``config.json``, ``model.safetensors`` (or shards listed in
-``model.safetensors.index.json``) and ``tokenizer.json`` (read with the ``tokenizers``
-package). Parameter names map one-to-one (HF stores ``nn.Linear`` weights as
-``[out, in]``; NNX kernels are ``[in, out]``, hence the transposes):
+``model.safetensors.index.json``), ``tokenizer.json`` (read with the ``tokenizers``
+package), optionally ``generation_config.json`` (``load_generation_config``) and
+``tokenizer_config.json`` (chat template: ``logitlab.models.chat_template``). Parameter
+names map one-to-one (HF stores ``nn.Linear`` weights as ``[out, in]``; NNX kernels are
+``[in, out]``, hence the transposes):
 
   model.embed_tokens.weight                    [V, D]   embed_tokens.embedding
   model.layers.{i}.input_layernorm.weight      [D]      layers.{i}.input_layernorm.weight
@@ -11,6 +14,8 @@ package). Parameter names map one-to-one (HF stores ``nn.Linear`` weights as
   model.layers.{i}.self_attn.{q,k,v}_proj.bias          (Qwen2 only)
   model.layers.{i}.post_attention_layernorm.weight
   model.layers.{i}.mlp.{gate,up,down}_proj.weight^T
+  model.layers.{i}.self_attn.{q,k}_norm.weight          (Qwen3, Gemma 3)
+  model.layers.{i}.{pre,post}_feedforward_layernorm.weight   (Gemma 2/3)
   model.norm.weight                                     final_norm.weight
   lm_head.weight^T                             [D, V]   lm_head (absent when tied)
 
@@ -31,6 +36,7 @@ import tokenizers
 from flax import nnx
 from safetensors import flax as safetensors_flax
 
+from logitlab import sampling
 from logitlab.models import decoder_lm
 
 _LAYER_RULES = (
@@ -42,6 +48,10 @@ _LAYER_RULES = (
     (r"model\.layers\.(\d+)\.self_attn\.([qkv])_proj\.bias", ("self_attn", "{}_proj", "bias"),
      False),
     (r"model\.layers\.(\d+)\.mlp\.(gate|up|down)_proj\.weight", ("mlp", "{}_proj", "kernel"), True),
+    (r"model\.layers\.(\d+)\.self_attn\.([qk])_norm\.weight", ("self_attn", "{}_norm", "weight"),
+     False),
+    (r"model\.layers\.(\d+)\.(pre|post)_feedforward_layernorm\.weight",
+     ("{}_feedforward_layernorm", "weight"), False),
 )
 _GLOBAL_RULES = {
     "model.embed_tokens.weight": (("embed_tokens", "embedding"), False),
@@ -86,21 +96,37 @@ def _read_tensors(path: Path) -> dict[str, jax.Array]:
   return tensors
 
 
-def load_hf_checkpoint(path: str | Path, *, dtype: Any = jnp.float32
+def load_hf_checkpoint(path: str | Path, *, dtype: Any = jnp.float32,
+                       require_tokenizer: bool = True
                        ) -> tuple[decoder_lm.DecoderLM, tokenizers.Tokenizer | None]:
-  """Loads ``(model, tokenizer)`` from a local HF Llama/Qwen2 folder.
+  """Loads ``(model, tokenizer)`` from a local HF checkpoint folder.
 
   Args:
     path: folder with ``config.json``, safetensors weights (single file or sharded with an
-      index) and optionally ``tokenizer.json`` (tokenizer is None when absent).
+      index) and ``tokenizer.json``.
     dtype: parameter dtype (float32 or bfloat16); weights are cast on load.
+    require_tokenizer: when False, a folder without ``tokenizer.json`` gives tokenizer None.
 
   Raises:
-    KeyError / ValueError when a tensor is unexpected, missing or has the wrong shape.
+    FileNotFoundError naming ``tokenizer.json`` when it is missing (and required);
+    ValueError when the tokenizer has more ids than the model's ``vocab_size`` (its tokens
+    would index past the embedding); KeyError / ValueError when a tensor is unexpected,
+    missing or has the wrong shape.
   """
   path = Path(path)
   config = decoder_lm.LMConfig.from_hf_dict(json.loads((path / "config.json").read_text()),
                                             param_dtype=dtype)
+  tokenizer_file = path / "tokenizer.json"
+  tokenizer = None
+  if tokenizer_file.exists():
+    tokenizer = tokenizers.Tokenizer.from_file(str(tokenizer_file))
+    size = tokenizer.get_vocab_size(with_added_tokens=True)
+    if size > config.vocab_size:
+      raise ValueError(f"{tokenizer_file} has {size} token ids but config.json's vocab_size is "
+                       f"{config.vocab_size}: the tokenizer does not belong to this model.")
+  elif require_tokenizer:
+    raise FileNotFoundError(f"{tokenizer_file} not found: the checkpoint folder needs its "
+                            f"tokenizer (or pass require_tokenizer=False).")
   abstract = nnx.eval_shape(lambda: decoder_lm.DecoderLM(config, rngs=nnx.Rngs(0)))
   graphdef, state = nnx.split(abstract)
   expected = {tuple(p): v for p, v in nnx.to_flat_state(state)}
@@ -128,10 +154,18 @@ def load_hf_checkpoint(path: str | Path, *, dtype: Any = jnp.float32
   for target, var in expected.items():
     var.set_value(loaded[target])
   model = nnx.merge(graphdef, nnx.from_flat_state(expected))
-  tokenizer_file = path / "tokenizer.json"
-  tokenizer = tokenizers.Tokenizer.from_file(str(tokenizer_file)) if tokenizer_file.exists() \
-      else None
   return model, tokenizer
+
+
+def load_generation_config(path: str | Path) -> sampling.GenerationConfig:
+  """The folder's decoding defaults: ``generation_config.json`` (every EOS id, sampling
+  settings), with token ids it lacks taken from ``config.json``, as transformers does.
+  Without ``generation_config.json``: greedy decoding stopping at ``config.json``'s EOS ids."""
+  path = Path(path)
+  model_config = json.loads((path / "config.json").read_text())
+  file = path / "generation_config.json"
+  generation = json.loads(file.read_text()) if file.exists() else {}
+  return sampling.GenerationConfig.from_hf_dict(generation, fallback=model_config)
 
 
 def save_hf_checkpoint(model: decoder_lm.DecoderLM, tokenizer: tokenizers.Tokenizer | None,
@@ -180,7 +214,9 @@ def save_hf_checkpoint(model: decoder_lm.DecoderLM, tokenizer: tokenizers.Tokeni
     total = sum(v.nbytes for v in tensors.values())
     (path / SAFETENSORS_INDEX).write_text(json.dumps(
         {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
-  generation = {"bos_token_id": config.bos_token_id, "eos_token_id": config.eos_token_id,
+  eos = config.eos_token_ids
+  generation = {"bos_token_id": config.bos_token_id,
+                "eos_token_id": list(eos) if len(eos) > 1 else (eos[0] if eos else None),
                 "pad_token_id": config.pad_token_id}
   (path / "generation_config.json").write_text(json.dumps(generation, indent=2))
   if tokenizer is not None:

@@ -8,7 +8,9 @@ Rollout (reference: zz1358m/SofT-GRPO-master). Inside the think block each step 
 
 feeds the soft input ``sum_i y_i E[ids_i]`` and stores ``ids`` and ``g'``. The visible token
 is the heaviest component ``ids[argmax g']``. After the end-of-think token decoding is
-discrete (ordinary sampling), stored as a one-hot position.
+discrete, sampled from the top-k 5 / top-p 0.95 renormalized distribution at T = 1 (the
+reference's ``after_thinking_top_k`` / ``after_thinking_top_p`` / ``after_thinking_temperature``,
+SofT-GRPO-deepscaler-8k-*.sh), stored as a one-hot position.
 
 Training log-prob of a soft position (the Gumbel(lq, 1) log-density of the stored g',
 reparameterized through the model's top-k log-probs):
@@ -17,7 +19,10 @@ reparameterized through the model's top-k log-probs):
   z  = clip(g' - lq, -1.5, 3),    ll = -z - exp(-z)
   log pi = sum_i ll_i [lq_i > -3] / sum_i [lq_i > -3]
 
-``g'`` is a constant (``stop_gradient``): the gradient flows only through ``lq``. Discrete
+``g'`` is a constant (``stop_gradient``): the gradient flows only through ``lq``. The
+re-created input embeddings are detached by default, as the reference
+(verl-0.4.x/verl/workers/actor/dp_actor.py:210, ``inputs_embeds=topk_embs.detach()``), so the
+embedding table learns only through the output side; ``detach=False`` is the option. Discrete
 positions use ``log_softmax(logits / T)[token]``. Both plug into the GRPO objective of
 ``logitlab.rl.grpo`` unchanged (PPO clip, dual clip 3, k3 KL 0.001, token mean, G = 8).
 """
@@ -35,6 +40,7 @@ from logitlab import distill_chunked
 from logitlab import numerics
 from logitlab import sampling
 from logitlab import soft_thinking
+from logitlab.rl import logprobs as rl_logprobs
 
 Array = jax.Array
 
@@ -76,11 +82,17 @@ def mixed_logprob(logits: chex.Array, tokens: chex.Array, ids: chex.Array,
 def mixed_logprobs_from_hidden(hidden: chex.Array, tokens: chex.Array, ids: chex.Array,
                                perturbed: chex.Array, soft: chex.Array,
                                logits_fn: Callable[[Array], Array], *,
-                               temperature: float = 1.0, chunk_size: int = 128) -> Array:
+                               temperature: float = 1.0, chunk_size: int = 128,
+                               return_entropy: bool = False):
   """``mixed_logprob`` of ``[B, T]`` positions from ``hidden [B, T, D]``, chunked over T
-  (``distill_chunked.map_token_chunks``) so ``[B, T, V]`` logits never exist at once."""
+  (``distill_chunked.map_token_chunks``) so ``[B, T, V]`` logits never exist at once.
+  ``return_entropy``: also the entropy ``[B, T]`` of ``softmax(logits / T)`` (a tuple)."""
   def per_chunk(h, tok, i, g, s):
-    return mixed_logprob(logits_fn(h), tok, i, g, s, temperature=temperature)
+    logits = logits_fn(h)
+    logp = mixed_logprob(logits, tok, i, g, s, temperature=temperature)
+    if not return_entropy:
+      return logp
+    return logp, rl_logprobs.entropy(logits, temperature)
 
   return distill_chunked.map_token_chunks(per_chunk, (hidden, tokens, ids, perturbed, soft),
                                           chunk_size)
@@ -106,6 +118,8 @@ class SoftGRPOPolicy:
   top_p: float = 0.95
   tau: float = 0.1
   after_think_temperature: float = 1.0
+  after_think_top_k: int | None = 5
+  after_think_top_p: float | None = 0.95
 
   def __call__(self, logits: Array, state: SoftGRPOState, key: chex.PRNGKey):
     numerics.check_logits("logits", logits, min_rank=2)
@@ -118,7 +132,8 @@ class SoftGRPOPolicy:
     perturbed, order = jax.lax.top_k(perturbed, perturbed.shape[-1])
     ids = jnp.take_along_axis(ids, order, axis=-1)
     soft = state.thinking & (ids[:, 0] != self.end_think_id)
-    discrete = sampling.sample_token(logits, discrete_key, temperature=self.after_think_temperature)
+    discrete = sampling.sample_token(logits, discrete_key, temperature=self.after_think_temperature,
+                                     top_k=self.after_think_top_k, top_p=self.after_think_top_p)
     token_ids = jnp.where(state.thinking, ids[:, 0], discrete).astype(jnp.int32)
     weights = jax.nn.softmax(perturbed / self.tau, axis=-1)
     one_hot = jax.nn.one_hot(0, ids.shape[-1], dtype=weights.dtype)
@@ -130,9 +145,13 @@ class SoftGRPOPolicy:
 
 
 def soft_input_embeddings(embedding_matrix: chex.Array, tokens: chex.Array, ids: chex.Array,
-                          perturbed: chex.Array, soft: chex.Array, *, tau: float = 0.1) -> Array:
+                          perturbed: chex.Array, soft: chex.Array, *, tau: float = 0.1,
+                          detach: bool = True) -> Array:
   """Re-creates the rollout's inputs ``[B, T, D]``: ``sum_i softmax(g'/tau)_i E[ids_i]`` at
-  soft positions, ``E[tokens]`` elsewhere (gradient reaches ``E``, never ``g'``)."""
+  soft positions, ``E[tokens]`` elsewhere. The gradient never reaches ``g'``; it reaches
+  ``E`` only with ``detach=False`` (the reference detaches, module docstring)."""
+  if detach:
+    embedding_matrix = jax.lax.stop_gradient(embedding_matrix)
   weights = jax.nn.softmax(jax.lax.stop_gradient(numerics.upcast(perturbed)) / tau, axis=-1)
   mixed = soft_thinking.soft_embedding(weights, ids, embedding_matrix)
   hard = numerics.upcast(jnp.take(embedding_matrix, tokens, axis=0))

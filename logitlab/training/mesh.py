@@ -17,9 +17,14 @@ next); two consecutive ``P("fsdp", "tensor")`` kernels trigger wrong gradients i
 partitioner on a 3-axis CPU mesh (jax 0.10.2; docs/scaling.md, "Known issue"). Two names of one
 parameter must not map to the same mesh axis (``("mlp", "vocab")`` gives ``P("tensor",
 "tensor")``, which JAX rejects with a ``DuplicateSpecError``); a classifier after an ``mlp``
-feature is annotated ``("mlp", None)``. Every mesh axis is created with an explicit
-``AxisType.Auto`` (``jax.make_mesh`` defaults to Explicit in recent JAX): sharding is then
-propagated by the XLA partitioner from the ``in_shardings``/``out_shardings`` of ``jax.jit``.
+feature is annotated ``("mlp", None)``.
+
+Axis types. ``make_mesh`` creates ``AxisType.Auto`` axes by default (sharding propagated by
+the XLA partitioner from the ``in_shardings``/``out_shardings`` of ``jax.jit``); pass
+``axis_types="explicit"`` for the current ``jax.make_mesh`` default. Any mesh works with the
+training step: axes that are Explicit are switched to Auto for the body of the step
+(``auto_axes``), so models need only logical annotations, never ``out_sharding``
+(docs/scaling.md, "Sharding modes").
 """
 
 from __future__ import annotations
@@ -52,14 +57,20 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
 )
 
 
+AXIS_TYPES = {"auto": jax.sharding.AxisType.Auto, "explicit": jax.sharding.AxisType.Explicit}
+
+
 def make_mesh(shape: Mapping[str, int] | None = None,
-              devices: Sequence[jax.Device] | None = None) -> jax.sharding.Mesh:
-  """Builds a ``(data, fsdp, tensor)`` mesh with Auto axis types.
+              devices: Sequence[jax.Device] | None = None,
+              axis_types: str | Sequence[jax.sharding.AxisType] = "auto") -> jax.sharding.Mesh:
+  """Builds a ``(data, fsdp, tensor)`` mesh.
 
   Args:
     shape: sizes per axis name in ``MESH_AXES``; missing axes are 1 and at most one axis may
       be -1 (it absorbs the remaining devices). ``None`` means all devices on ``data``.
     devices: devices to use (default: all global devices, i.e. every host's).
+    axis_types: ``"auto"`` (default), ``"explicit"``, or one ``jax.sharding.AxisType`` per
+      axis of ``MESH_AXES`` (mixed meshes).
 
   Returns:
     A ``jax.sharding.Mesh`` with axes ``MESH_AXES`` in that order.
@@ -81,9 +92,46 @@ def make_mesh(shape: Mapping[str, int] | None = None,
   if math.prod(sizes) != len(devices):
     raise ValueError(f"`shape` {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices, "
                      f"got {len(devices)}.")
+  if isinstance(axis_types, str):
+    if axis_types not in AXIS_TYPES:
+      raise ValueError(f"`axis_types` must be one of {sorted(AXIS_TYPES)} or a sequence of "
+                       f"{len(MESH_AXES)} jax.sharding.AxisType, got {axis_types!r}.")
+    axis_types = (AXIS_TYPES[axis_types],) * len(MESH_AXES)
+  axis_types = tuple(axis_types)
+  if len(axis_types) != len(MESH_AXES) or not all(
+      isinstance(t, jax.sharding.AxisType) for t in axis_types):
+    raise ValueError(f"`axis_types` must name one jax.sharding.AxisType per axis of "
+                     f"{MESH_AXES}, got {axis_types!r}.")
   # jax.make_mesh orders devices for the physical topology (ICI rings on TPU).
-  return jax.make_mesh(tuple(sizes), MESH_AXES, devices=devices,
-                       axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES))
+  return jax.make_mesh(tuple(sizes), MESH_AXES, devices=devices, axis_types=axis_types)
+
+
+def explicit_axes(mesh: jax.sharding.Mesh) -> tuple[str, ...]:
+  """Names of the mesh axes whose type is ``AxisType.Explicit``."""
+  return tuple(name for name, kind in zip(mesh.axis_names, mesh.axis_types)
+               if kind == jax.sharding.AxisType.Explicit)
+
+
+def auto_axes(fn, mesh: jax.sharding.Mesh, out_shardings):
+  """``fn`` with the mesh's Explicit axes switched to Auto inside (``fn`` itself on an
+  all-Auto mesh). ``out_shardings`` (a pytree prefix of ``fn``'s outputs) gives the
+  Explicit types of the results. Models written for propagation (logical annotations, no
+  ``out_sharding`` on their matmuls) then trace on any mesh."""
+  axes = explicit_axes(mesh)
+  if not axes:
+    return fn
+
+  def explicit_part(sharding: NamedSharding) -> NamedSharding:
+    # auto_axes states only the Explicit axes of a result; the jit's out_shardings place
+    # the rest (a spec naming an Auto axis is rejected there).
+    keep = lambda entry: tuple(a for a in ((entry,) if isinstance(entry, str) else entry or ())
+                               if a in axes)
+    entries = [keep(entry) for entry in sharding.spec]
+    return NamedSharding(sharding.mesh, PartitionSpec(*[e if e else None for e in entries]))
+
+  out = jax.tree.map(explicit_part, out_shardings,
+                     is_leaf=lambda x: isinstance(x, NamedSharding))
+  return jax.sharding.auto_axes(fn, axes=axes, out_sharding=out)
 
 
 def batch_sharding(mesh: jax.sharding.Mesh) -> NamedSharding:

@@ -3,7 +3,10 @@
 A step is ``jax.jit`` with explicit ``in_shardings``/``out_shardings`` (the state's sharding
 tree and ``mesh.batch_sharding``) and the state donated, so parameters and optimizer state are
 updated in place on every device. The same function runs on 1 CPU, 8 fake CPU devices, a GPU
-box or a TPU pod slice; only the mesh changes.
+box or a TPU pod slice; only the mesh changes. On a mesh with Explicit axes (the
+``jax.make_mesh`` default) the body runs with those axes switched to Auto
+(``mesh.auto_axes``): the model and the loss are traced as on an Auto mesh, and the state
+and metrics come back with the mesh's shardings.
 
 Optimizers that need more than gradients (optax ``GradientTransformationExtraArgs``: the
 radius guard's ``logits_fn=``, a line search's ``value_fn=``) get their keyword arguments from
@@ -98,8 +101,10 @@ def make_train_step(
     return new_state, metrics
 
   replicated = mesh_lib.replicated(mesh)
-  return jax.jit(train_step, in_shardings=(shardings, mesh_lib.batch_sharding(mesh)),
-                 out_shardings=(shardings, replicated), donate_argnums=0)
+  out_shardings = (shardings, replicated)
+  return jax.jit(mesh_lib.auto_axes(train_step, mesh, out_shardings),
+                 in_shardings=(shardings, mesh_lib.batch_sharding(mesh)),
+                 out_shardings=out_shardings, donate_argnums=0)
 
 
 def make_eval_step(
@@ -120,5 +125,7 @@ def make_eval_step(
     model.eval()
     return metrics_fn(model, batch)
 
-  return jax.jit(eval_step, in_shardings=(shardings, mesh_lib.batch_sharding(mesh)),
-                 out_shardings=mesh_lib.replicated(mesh))
+  replicated = mesh_lib.replicated(mesh)
+  return jax.jit(mesh_lib.auto_axes(eval_step, mesh, replicated),
+                 in_shardings=(shardings, mesh_lib.batch_sharding(mesh)),
+                 out_shardings=replicated)

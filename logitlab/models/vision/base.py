@@ -10,7 +10,7 @@ Every model is a `VisionClassifier`:
   - ``"middle_feature"``: the USKD middle feature, ``[N, middle_dim]``: global average pool of the
     second-to-last stage for CNNs, the class token after block ``depth // 2`` for ViTs
     (USKD, arXiv:2303.13005);
-  - ``"aux_logits"`` (only with ``aux_head="linear" | "mlp"``): the DHKD second head on the same
+  - ``"aux_logits"`` (only with ``aux_head="linear" | "mlp" | "dhkd_mlp"``): the DHKD second head on the same
     final feature (Dual-Head KD, arXiv:2411.08937): the KD loss goes on this head, CE on ``logits``;
   - ``"middle_logits"`` (only with ``middle_head=True``): USKD's auxiliary linear classifier on
     the middle feature (the weak head whose logits rank the non-target classes).
@@ -42,7 +42,7 @@ from flax import nnx
 
 from logitlab import numerics
 
-AuxHead = Literal["linear", "mlp"] | None
+AuxHead = Literal["linear", "mlp", "dhkd_mlp"] | None
 
 # PyTorch BatchNorm defaults (momentum 0.1 on the new statistic = flax momentum 0.9).
 _BN_MOMENTUM = 0.9
@@ -155,6 +155,26 @@ class MLPHead(nnx.Module):
     return self.out(jax.nn.relu(self.hidden(x)))
 
 
+class DHKDNonlinearHead(nnx.Module):
+  """The official DHKD CIFAR auxiliary head (``--nonlinear``): Linear(d, 200) -> Dropout(0.1)
+  -> BatchNorm(200) -> ReLU -> Linear(200, C) (penghui-yang/DHKD models/classifier.py:4-18).
+
+  The hidden width is replicated (200 is not a sharded axis); the output kernel is
+  ``(None, "vocab")``.
+  """
+
+  def __init__(self, in_features: int, num_classes: int, *, in_axis: FeatureAxis = "embed",
+               hidden: int = 200, dropout: float = 0.1, rngs: nnx.Rngs):
+    self.hidden = dense(in_features, hidden, axes=(in_axis, None), rngs=rngs)
+    self.dropout = nnx.Dropout(dropout, rngs=rngs)
+    self.bn = nnx.BatchNorm(hidden, momentum=_BN_MOMENTUM, epsilon=_BN_EPSILON, rngs=rngs)
+    self.out = dense(hidden, num_classes, axes=(None, "vocab"), rngs=rngs)
+
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    h = self.dropout(self.hidden(x), deterministic=not train)
+    return self.out(jax.nn.relu(self.bn(h, use_running_average=not train)))
+
+
 class VisionClassifier(nnx.Module):
   """Base class: subclasses build a backbone, call `_init_heads` and implement `embed`."""
 
@@ -182,8 +202,12 @@ class VisionClassifier(nnx.Module):
                             rngs=rngs)
     elif aux_head == "mlp":
       self.aux_head = MLPHead(feature_dim, num_classes, in_axis=feature_axis, rngs=rngs)
+    elif aux_head == "dhkd_mlp":
+      self.aux_head = DHKDNonlinearHead(feature_dim, num_classes, in_axis=feature_axis,
+                                        rngs=rngs)
     else:
-      raise ValueError(f"`aux_head` must be None, 'linear' or 'mlp', got {aux_head!r}.")
+      raise ValueError(f"`aux_head` must be None, 'linear', 'mlp' or 'dhkd_mlp', got "
+                       f"{aux_head!r}.")
     self.middle_head = (dense(middle_dim, num_classes, axes=classifier_axes(middle_axis),
                               rngs=rngs) if middle_head else None)
 
@@ -200,7 +224,9 @@ class VisionClassifier(nnx.Module):
     middle, feature = self.embed(numerics.upcast(x), train=train)
     out = {"logits": self.head(feature), "feature": feature, "middle_feature": middle}
     if self.aux_head is not None:
-      out["aux_logits"] = self.aux_head(feature)
+      out["aux_logits"] = (self.aux_head(feature, train=train)
+                           if isinstance(self.aux_head, DHKDNonlinearHead)
+                           else self.aux_head(feature))
     if self.middle_head is not None:
       out["middle_logits"] = self.middle_head(middle)
     return out

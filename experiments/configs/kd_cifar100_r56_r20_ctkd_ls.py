@@ -1,0 +1,11 @@
+"""resnet56 -> resnet20, ctkd_ls (paper: 71.34% CIFAR-100 top-1). Not run here.
+
+Official setting: LS log ctkd,resnet56,resnet20,2,9.
+Run:  python -m experiments.kd --config=experiments/configs/kd_cifar100_teacher.py:resnet56 --config.data_dir=/data/tfds
+      python -m experiments.kd --config=experiments/configs/kd_cifar100_r56_r20_ctkd_ls.py --config.data_dir=/data/tfds
+"""
+from experiments.configs import kd_tfds_base
+
+
+def get_config():
+  return kd_tfds_base.cifar100("resnet56", "resnet20", "ctkd_ls", paper_top1=71.34, kd_weight=9.0)

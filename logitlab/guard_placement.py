@@ -1,0 +1,100 @@
+"""Did the update a transform returned reach the parameters? (radius guard placement check)
+
+optax gives a stage no way to know its position in a chain, so a guard placed before a
+rescaling stage (``optax.chain(radius_guard(), optax.adam(lr))``, or any stage after it such as
+``add_decayed_weights``, ``scale(-lr)``, a schedule) would cap a step that is not the one
+applied, and its logs would say the step was capped. The guard therefore checks, at the next
+step, that ``params_t - params_{t-1}`` equals the update it returned at ``t - 1``.
+
+Storing ``params_{t-1}`` would cost a copy of the model; a random projection costs two
+scalars. With a fixed pseudo-random weight vector ``v`` (uniform in (-1, 1)) (a hash of each entry's flat index, so
+nothing is stored and every shard computes its own part) the guard keeps
+
+    f_params = <v, params_{t-1}>,      f_update = <v, u_{t-1}>,
+
+and at step ``t`` compares ``D = <v, params_t> - f_params`` with ``G = f_update``. A mismatch is
+``|D - G| > rtol |G| + bound`` while the parameters moved (``|D| > bound``: an update
+that was not applied at all is a step of r = 0), where ``bound`` covers the rounding of ``params + u`` in the
+parameters' dtype and of the float32 sums (16 standard deviations of their random-walk sum,
+``8 eps ||params||_2``), so a correctly placed guard is not flagged, in bf16 too. ``D / G`` is reported as ``applied_factor``: the factor of a later
+rescaling stage (e.g. ``-lr``), and otherwise only a sign that something else was applied
+(Adam after the guard changes the direction, not only the scale).
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+PyTree = Any
+
+# Relative mismatch tolerated beyond rounding: stages after the guard that change the
+# update by less than this are not reported.
+RTOL = 1e-3
+
+
+class Fingerprint(NamedTuple):
+  """``value = <v, tree>`` in float32 and ``bound``, the rounding it may carry."""
+  value: jax.Array
+  bound: jax.Array
+
+
+def _weights(x: jax.Array, salt: int) -> jax.Array:
+  """Pseudo-random weights uniform in (-1, 1) of ``x``'s shape, from a hash of the flat index
+  (murmur3 finalizer). Continuous, not +-1: Adam's early steps are nearly sign vectors, whose
+  +-1 projections vanish exactly with a few percent probability."""
+  spec = getattr(jax.typeof(x).sharding, "spec", ())
+  # Under Explicit axes give the iota the leaf's sharding, so no device builds a whole leaf.
+  kwargs = {"out_sharding": jax.typeof(x).sharding} if any(s is not None for s in spec) else {}
+  index = jnp.full(x.shape, np.uint32(salt * 0x9E3779B9 % 2**32), jnp.uint32)
+  for d in range(x.ndim):
+    stride = np.uint32(int(np.prod(x.shape[d + 1:])) % 2**32)
+    index = index + jax.lax.broadcasted_iota(jnp.uint32, x.shape, d, **kwargs) * stride
+  h = index ^ (index >> 16)
+  h = h * np.uint32(0x85EBCA6B)
+  h = h ^ (h >> 13)
+  h = h * np.uint32(0xC2B2AE35)
+  h = h ^ (h >> 16)
+  return (h >> 8).astype(jnp.float32) * np.float32(2.0**-23) - 1.0
+
+
+def fingerprint(tree: PyTree) -> Fingerprint:
+  """``<v, tree>`` over all floating leaves, with its rounding bound."""
+  value = jnp.zeros([], jnp.float32)
+  bound_sq = jnp.zeros([], jnp.float32)
+  for i, leaf in enumerate(jax.tree.leaves(tree)):
+    if not jnp.issubdtype(leaf.dtype, jnp.inexact):
+      continue
+    x = leaf.astype(jnp.float32)
+    value = value + jnp.sum(_weights(x, i) * x)
+    # Rounding of `params + u` in the leaf's dtype (|e_i| <= eps/2 |p_i|) and of the float32
+    # sums: errors of independent sign under the pseudo-random weights add like a random
+    # walk, std <= eps ||p||_2 / 2; `bound` is 16 of those (a worst-case eps * ||p||_1 would
+    # hide real mismatches of small updates on large models).
+    eps = float(jnp.finfo(leaf.dtype).eps) + 4 * float(jnp.finfo(jnp.float32).eps)
+    bound_sq = bound_sq + (8 * eps)**2 * jnp.sum(x * x)
+  return Fingerprint(value, jnp.sqrt(bound_sq))
+
+
+class Check(NamedTuple):
+  """Outcome at step t about the update returned at step t - 1."""
+  mismatch: jax.Array       # bool: what reached the parameters is not what was returned
+  applied_factor: jax.Array  # D / G (1 when the returned update was applied)
+
+
+def check(params_now: Fingerprint, params_before: jax.Array, update_before: jax.Array,
+          has_previous: jax.Array) -> Check:
+  """Compares ``<v, params_t> - <v, params_{t-1}>`` with ``<v, u_{t-1}>`` (see module doc)."""
+  applied = params_now.value - params_before
+  slack = RTOL * jnp.abs(update_before) + params_now.bound
+  # Parameters that did not move at all (a dry-run `update` call, a step skipped outside
+  # the guard) took a step of r = 0: safe, not a mismatch.
+  moved = jnp.abs(applied) > params_now.bound
+  mismatch = has_previous & moved & (jnp.abs(applied - update_before) > slack)
+  nonzero = update_before != 0
+  factor = jnp.where(nonzero, applied / jnp.where(nonzero, update_before, 1.0),
+                     jnp.where(mismatch, jnp.inf, 1.0))  # a skipped (zero) step that moved
+  return Check(mismatch=mismatch, applied_factor=jnp.where(has_previous, factor, 1.0))
