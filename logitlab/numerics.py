@@ -145,6 +145,9 @@ def take_class(values: chex.Array, index: chex.Array) -> Array:
   a wrapped-around class.
   """
   index = jnp.asarray(index)
+  if index.shape != jnp.shape(values)[:-1]:
+    raise ValueError(f"`index` must have the batch shape of `values` {jnp.shape(values)[:-1]}, "
+                     f"got {index.shape}.")
   num_classes = values.shape[-1]
   hit = jnp.arange(num_classes) == index[..., None]
   picked = jnp.sum(jnp.where(hit, values, jnp.zeros((), values.dtype)), axis=-1)
@@ -161,6 +164,8 @@ def gather_axis(x: chex.Array, axis: int = -1) -> Array:
   x = jnp.asarray(x)
   sharding = jax.typeof(x).sharding
   spec = tuple(getattr(sharding, "spec", ())) + (None,) * x.ndim
+  if not -x.ndim <= axis < x.ndim:
+    raise ValueError(f"`axis` must be in [-{x.ndim}, {x.ndim}) for shape {x.shape}, got {axis}.")
   axis = axis % x.ndim
   if spec[axis] is None:
     return x
