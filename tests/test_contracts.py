@@ -532,6 +532,8 @@ ROWS += rows_for(
 ROWS += rows_for(
     curvature,
     R("hessian", lambda: curvature.hessian("f"), arg("value_fn"), TypeError),
+    R("zero", lambda: curvature.zero()(jnp.zeros(2))(jnp.ones(2)),
+      returns=lambda hv: bool(np.all(np.asarray(hv) == 0)), case="no arguments: H v = 0"),
     R("gauss_newton", lambda: curvature.gauss_newton(lambda w: w, "loss"), arg("loss_fn"),
       TypeError),
     R("weighted_gauss_newton", lambda: curvature.weighted_gauss_newton(lambda w: w, mu=0.0),

@@ -500,3 +500,41 @@ def test_fixed_gamma_mode_and_solve_diagnostics(rng, linear_solver):
                                          linear_solver="cg", cg_maxiter=1)
   state = jax.jit(capped.update)(capped.init(jnp.zeros(4), *problem.data), *problem.data)
   assert int(state.cg_iterations) == 1 and float(state.cg_residual) > 1e-6
+
+
+def _official_ngm(f, grad, x0, num_iters, b_inv, gamma_0=1.0, eps=1e-8, gamma_min=1e-9):
+  """NumPy port of grad_norm_smooth_gradient_method (epfml/grad-norm-smooth, src/methods.py,
+  the inner adaptive search: lambda = ||g||_* / (gamma + eps), T = x - B^{-1} g / lambda,
+  accept if f - f(T) >= ||g(T)||_*^2 / (8 lambda) then gamma = max(2 gamma, gamma_min), else
+  halve; 40 trials)."""
+  dual = lambda g: float(np.sqrt(g @ b_inv @ g))
+  x, gamma, xs = np.array(x0, np.float64), gamma_0, []
+  for _ in range(num_iters):
+    g = grad(x)
+    for _ in range(40):
+      lam = dual(g) / (gamma + eps)
+      t = x - b_inv @ g / lam
+      if f(x) - f(t) >= dual(grad(t)) ** 2 / (8 * lam):
+        gamma = max(2 * gamma, gamma_min)
+        break
+      gamma *= 0.5
+    x = t
+    xs.append(x.copy())
+  return xs
+
+
+def test_zero_curvature_is_the_official_normalized_gradient_method(rng):
+  """``curvature.zero()`` + a metric B gives the reference NGM's iterates (float64 port)."""
+  features, labels = _logistic_data(rng, n=40, d=3)
+  metric = np.diag([2.0, 1.0, 0.5])
+  problem = so.problems.logistic_regression(jnp.asarray(features, jnp.float32),
+                                            jnp.asarray(labels))
+  solver = so.gradient_normalized_newton(problem.value_fn, curvature.zero(),
+                                         metric=jnp.asarray(metric, jnp.float32))
+  states = _run(solver, jnp.zeros(3), problem.data, 6)
+  signs = 2 * labels - 1
+  f = lambda w: float(np.mean(np.logaddexp(0.0, -signs * (features @ w))))
+  grad = lambda w: -(features.T @ (signs * _sigmoid(-signs * (features @ w)))) / len(labels)
+  reference = _official_ngm(f, grad, np.zeros(3), 6, np.linalg.inv(metric))
+  for state, x in zip(states[1:], reference):
+    np.testing.assert_allclose(np.asarray(state.params), x, rtol=2e-4, atol=1e-5)

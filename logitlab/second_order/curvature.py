@@ -59,6 +59,18 @@ def hessian(value_fn: Callable[..., chex.Array]) -> CurvatureFn:
   return curvature_fn
 
 
+def zero() -> CurvatureFn:
+  """``H = 0``: with it the solver is the reference code's normalized gradient method (NGM,
+  ``grad_norm_smooth_gradient_method``): ``dx = -B^{-1} g / lambda``, ``lambda = ||g||_* /
+  gamma``, with the same adaptive gamma search."""
+
+  def curvature_fn(params, *data):
+    del params, data
+    return lambda v: jax.tree.map(jnp.zeros_like, v)
+
+  return curvature_fn
+
+
 def gauss_newton(model_fn: Callable[..., chex.Array],
                  loss_fn: Callable[..., chex.Array]) -> CurvatureFn:
   """Gauss-Newton ``J^T (d^2 loss/dz^2) J`` for ``f = loss_fn(model_fn(params, *data), *data)``.
