@@ -5,9 +5,10 @@ heads of 64, SwiGLU 4864, vocab 151936, tied embeddings, q/k/v biases; ``--layer
 24 layers, fewer on a small CPU) and the committed tiny reasoner (3 layers, d=96). Each runs
 at every ``--batch`` size for exactly ``--new_tokens`` greedy steps (no EOS) from the same
 random prompts, in logitlab and in transformers ``generate`` with the same thread count
-(``torch.set_num_threads`` = the CPU count XLA uses). The first logitlab call includes
-compilation: the table gives that compile time separately (first call minus a steady call);
-HF needs none (its warm-up is excluded too). Tokens/s counts generated tokens (batch x new).
+(``--threads``: ``torch.set_num_threads(n)`` and XLA's CPU client limited to n threads; the
+default 1 keeps both immune to OpenMP/Eigen thread thrashing on a busy shared machine). Compilation is timed on its own
+(ahead-of-time lower + compile of the decode loop) and both decoders get a warm-up call
+before the timed one. Tokens/s counts generated tokens (batch x new).
 The greedy-agreement column checks that both decoders computed the same thing.
 
 Run (CPU):  python -m benchmarks.decode
@@ -55,10 +56,58 @@ def random_model(config: decoder_lm.LMConfig, seed: int = 0) -> decoder_lm.Decod
   return nnx.merge(graphdef, state)
 
 
+def compile_generate(model, prompts: np.ndarray, new_tokens: int) -> None:
+  """Ahead-of-time lowering + compilation of the decode loop ``generate`` runs for these
+  prompts: the compile time, measured apart from (noisy) run times."""
+  graphdef, state = nnx.split(model)
+  batch, prompt_len = prompts.shape
+  pad = ((0, 0), (0, sampling.prompt_bucket(prompt_len) - prompt_len))
+  sampling._generate.lower(  # pylint: disable=protected-access
+      graphdef, state, jnp.pad(jnp.asarray(prompts), pad),
+      jnp.pad(jnp.ones((batch, prompt_len), bool), pad), jax.random.key(0), None,
+      max_new_tokens=new_tokens, policy=sampling.GREEDY, stop_tokens=(), pad_id=0,
+      repetition_penalty=1.0).compile()
+
+
 def timed(fn) -> float:
   start = time.perf_counter()
   fn()
   return time.perf_counter() - start
+
+
+def profile_steps(config: decoder_lm.LMConfig, batches: list[int], cache_len: int) -> list:
+  """Where a decode step's time goes: one cached step vs its LM head alone (ms, GFLOP/s).
+
+  Head FLOPs are ``2 B D V``; the step's are ``2 B (params - embedding + D V)`` plus
+  attention over ``cache_len`` slots.
+  """
+  model = random_model(config)
+  d, v = config.hidden_size, config.vocab_size
+  layer_params = sum(x.size for x in jax.tree.leaves(nnx.state(model.layers)))
+  step = nnx.jit(lambda m, t, c: m(t, cache=c).logits)
+  head = nnx.jit(lambda m, h: m.unembed(h))
+  rows = []
+  for batch in batches:
+    cache = decoder_lm.init_cache(config, batch, cache_len)
+    cache = cache.replace(index=jnp.int32(cache_len // 2),
+                          key_mask=jnp.ones((batch, cache_len), bool))
+    tokens = jnp.ones((batch, 1), jnp.int32)
+    hidden = jnp.ones((batch, 1, d), jnp.float32)
+    times = {}
+    for name, fn in (("step", lambda: step(model, tokens, cache)),
+                     ("head", lambda: head(model, hidden))):
+      jax.block_until_ready(fn())
+      reps = 3
+      times[name] = min(timed(lambda: jax.block_until_ready(fn())) for _ in range(reps))
+    attn = 4 * batch * config.num_layers * config.num_heads * config.head_dim * cache_len
+    step_flops = 2 * batch * (layer_params + d * v) + attn
+    head_flops = 2 * batch * d * v
+    rows.append([batch, f"{1e3 * times['step']:.1f}", f"{1e3 * times['head']:.1f}",
+                 f"{times['head'] / times['step']:.0%}",
+                 f"{step_flops / times['step'] / 1e9:.1f}",
+                 f"{head_flops / times['head'] / 1e9:.1f}"])
+    print(rows[-1], flush=True)
+  return rows
 
 
 def main():
@@ -66,17 +115,34 @@ def main():
   parser.add_argument("--batch", default="1,8,32")
   parser.add_argument("--new_tokens", type=int, default=128)
   parser.add_argument("--prompt_len", type=int, default=16)
-  parser.add_argument("--layers", type=int, default=4,
+  parser.add_argument("--layers", type=int, default=2,
                       help="layers of the Qwen2.5-0.5B-shaped model (the real one has 24)")
   parser.add_argument("--models", default="qwen2.5-0.5b-shape,tiny_reasoner")
   parser.add_argument("--device", default="cpu", help="torch device for transformers")
+  parser.add_argument("--threads", type=int, default=1,
+                      help="CPU threads for both XLA and torch (0: all cores, XLA's default)")
   parser.add_argument("--no-hf", dest="hf", action="store_false")
+  parser.add_argument("--profile", action="store_true",
+                      help="only profile one cached decode step of the 0.5B-shaped model")
   parser.add_argument("--no-append", dest="append", action="store_false",
                       help="print only; do not append to BENCHMARKS.md")
   args = parser.parse_args()
   batches = [int(b) for b in args.batch.split(",")]
-  threads = os.cpu_count()
+  threads = args.threads or os.cpu_count()
+  if args.threads and args.device == "cpu":  # before the first JAX computation starts XLA
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen"
+                               f"=false intra_op_parallelism_threads={args.threads}")
 
+  if args.profile:
+    rows = profile_steps(qwen25_05b_shape(args.layers), batches,
+                         args.prompt_len + args.new_tokens)
+    report("Decode step profile: Qwen2.5-0.5B shape", __spec__.name,
+           ["batch", "step ms", "LM head ms", "head share", "step GFLOP/s", "head GFLOP/s"],
+           rows, append=args.append,
+           notes=f"{args.layers} layers, one greedy step with a {args.prompt_len + args.new_tokens}"
+                 f"-slot cache, {threads} XLA thread(s), best of 3; 1-min load average "
+                 f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores.")
+    return
   torch = transformers = None
   if args.hf:
     import torch
@@ -111,10 +177,11 @@ def main():
                                    stop_tokens=())
         out["ours"] = np.asarray(jax.block_until_ready(result.tokens))
 
-      first = timed(ours)
+      compile_s = timed(lambda: compile_generate(model, prompts, args.new_tokens))
+      ours()  # warm-up (jit dispatch compiles again: AOT executables are not cached)
       ours_s = timed(ours)
       row = [f"{name} ({config.num_layers}L, d={config.hidden_size})", batch,
-             f"{tokens / ours_s:.0f}", f"{first - ours_s:.1f}"]
+             f"{tokens / ours_s:.0f}", f"{compile_s:.1f}"]
       if reference is not None:
         input_ids = torch.as_tensor(prompts, dtype=torch.long, device=args.device)
 
@@ -135,12 +202,13 @@ def main():
 
   header = ["model", "batch", "logitlab tok/s", "logitlab compile s"]
   notes = (f"{args.new_tokens} greedy tokens from {args.prompt_len}-token random prompts, "
-           f"float32, no EOS. Compile s = first call minus a steady call.")
+           f"float32, no EOS. Compile s = ahead-of-time lower + compile of the decode loop.")
   if args.hf:
     header += ["HF tok/s", "speed-up", "greedy agree"]
     notes += (f" HF: transformers {transformers.__version__} `generate` (torch "
-              f"{torch.__version__}, {torch.get_num_threads()} threads = the {threads} CPUs "
-              f"XLA uses, device {args.device}). Greedy agreement < 100% on random weights "
+              f"{torch.__version__}, {torch.get_num_threads()} thread(s); XLA limited to the "
+              f"same {threads}; device {args.device}; 1-min load average at the end "
+              f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores). Greedy agreement < 100% on random weights "
               f"comes from float32 near-ties: after one flip a row's continuation differs.")
   report("Greedy decode throughput: logitlab vs transformers", __spec__.name, header, rows,
          notes=notes, append=args.append)

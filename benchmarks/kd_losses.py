@@ -34,7 +34,7 @@ JAX_LOSSES = {
     "uskd": lambda s, t, y: losses.uskd(s, t, y)[0],
     "kd+standardize": lambda s, t, y: losses.kd(losses.standardize(s), losses.standardize(t),
                                                temperature=2.0),
-    "dhkd": lambda s, t, y: losses.dhkd(s, s, t, y, temperature=2.0)[0],
+    "dhkd": lambda s, t, y: losses.dhkd(s, t, y, aux_logits=s, temperature=2.0)[0],
 }
 
 

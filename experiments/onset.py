@@ -215,6 +215,8 @@ def to_json(value):
     return {k: to_json(v) for k, v in value.items()}
   if isinstance(value, (np.ndarray, list, tuple)):
     return [to_json(v) for v in value]
+  if isinstance(value, (str, bool, int)) or value is None:
+    return value
   value = float(value)
   return value if np.isfinite(value) else str(value)  # JSON has no inf
 

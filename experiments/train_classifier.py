@@ -10,7 +10,11 @@ Run:  python -m experiments.train_classifier --config=experiments/configs/classi
           --config.data_dir=/data/tfds
 Multi-host: the same command on every host, plus ``--distributed`` (TPU pods, SLURM: JAX
 detects the cluster) or ``--coordinator=HOST:PORT --num_processes=N --process_id=I``.
-``--stop_after=N`` SIGKILLs the process after step N (preemption tests).
+``--stop_after=N`` sends ``--stop_signal`` (default KILL) to the process after step N (fault
+tests). On SIGTERM/SIGINT the run saves and exits with code 75 (``training.EXIT_PREEMPTED``);
+rerun the same command to resume. A resume with a changed config is refused unless the changed
+fields are in ``RESUME_SAFE_FIELDS`` or ``--allow_config_changes`` (e.g.
+``--allow_config_changes=train.steps,optimizer.learning_rate``).
 """
 
 from __future__ import annotations
@@ -29,12 +33,72 @@ from logitlab import datasets, losses, training
 from logitlab.radius_guard import radius_guard
 from logitlab.models import vision
 
-_STOP_AFTER = flags.DEFINE_integer("stop_after", 0, "SIGKILL this process after this step.")
+_STOP_AFTER = flags.DEFINE_integer("stop_after", 0,
+                                   "Send --stop_signal to this process after this step.")
+_STOP_SIGNAL = flags.DEFINE_enum("stop_signal", "KILL", ["KILL", "TERM", "INT"],
+                                 "Signal sent by --stop_after.")
+_ALLOW_CHANGES = flags.DEFINE_list(
+    "allow_config_changes", [], "Config fields (fnmatch patterns) that may differ from the "
+    "checkpoint's on resume, e.g. train.steps,optimizer.learning_rate.")
 _DISTRIBUTED = flags.DEFINE_bool("distributed", False,
                                  "Call jax.distributed.initialize() (cluster auto-detection).")
 _COORDINATOR = flags.DEFINE_string("coordinator", "", "HOST:PORT of process 0 (multi-process).")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", 1, "Number of processes.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", 0, "This process's index.")
+
+
+# Fields that do not change what is computed: a resume may change them without a flag.
+RESUME_SAFE_FIELDS = ("workdir", "checkpoint_dir", "data_dir", "mesh", "train.log_every",
+                      "train.eval_every", "train.checkpoint_every", "train.keep_checkpoints",
+                      "train.num_threads")
+
+
+def _require(ok: bool, name: str, expected: str, value) -> None:
+  if not ok:
+    raise ValueError(f"`config.{name}` must be {expected}, got {value!r}.")
+
+
+def validate_config(c: ml_collections.ConfigDict) -> None:
+  """Checks every field of a classifier config at start-up; errors name the field."""
+  is_int = lambda v: isinstance(v, int) and not isinstance(v, bool)
+  is_num = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
+  _require(c.dataset == "digits" or c.dataset in ("cifar10", "cifar100", "imagenet2012"),
+           "dataset", "one of digits, cifar10, cifar100, imagenet2012", c.dataset)
+  _require(isinstance(c.data_dir, str), "data_dir", "a path string", c.data_dir)
+  _require(is_int(c.num_classes) and c.num_classes >= 2, "num_classes", "an int >= 2",
+           c.num_classes)
+  _require(c.model in vision.REGISTRY, "model", f"one of {sorted(vision.REGISTRY)}", c.model)
+  for axis, size in c.mesh.items():
+    _require(is_int(size) and (size == -1 or size >= 1), f"mesh.{axis}", "-1 or an int >= 1",
+             size)
+  t = c.train
+  for name in ("steps", "global_batch_size", "log_every", "checkpoint_every",
+               "keep_checkpoints", "num_threads"):
+    _require(is_int(t[name]) and t[name] >= 1, f"train.{name}", "an int >= 1", t[name])
+  _require(is_int(t.seed) and t.seed >= 0, "train.seed", "an int >= 0", t.seed)
+  _require(is_int(t.eval_every), "train.eval_every", "an int (0: at the end, < 0: never)",
+           t.eval_every)
+  _require(t.on_nonfinite in training.ON_NONFINITE, "train.on_nonfinite",
+           f"one of {training.ON_NONFINITE}", t.on_nonfinite)
+  o = c.optimizer
+  _require(o.name in ("sgd", "adam"), "optimizer.name", "'sgd' or 'adam'", o.name)
+  _require(o.schedule in ("constant", "cosine"), "optimizer.schedule", "'constant' or 'cosine'",
+           o.schedule)
+  _require(is_num(o.learning_rate) and o.learning_rate > 0, "optimizer.learning_rate",
+           "a number > 0", o.learning_rate)
+  _require(is_num(o.momentum) and 0 <= o.momentum < 1, "optimizer.momentum", "in [0, 1)",
+           o.momentum)
+  _require(is_num(o.weight_decay) and o.weight_decay >= 0, "optimizer.weight_decay",
+           "a number >= 0", o.weight_decay)
+  _require(is_int(o.warmup_steps) and 0 <= o.warmup_steps, "optimizer.warmup_steps",
+           "an int >= 0", o.warmup_steps)
+  _require(isinstance(o.radius_guard, bool), "optimizer.radius_guard", "a bool", o.radius_guard)
+  _require(is_num(o.max_ratio) and o.max_ratio > 0, "optimizer.max_ratio", "a number > 0",
+           o.max_ratio)
+  _require(isinstance(c.workdir, str) and bool(c.workdir), "workdir", "a non-empty path",
+           c.workdir)
+  _require(isinstance(c.checkpoint_dir, str), "checkpoint_dir", "a path or URL string ('' = "
+           "<workdir>/checkpoints)", c.checkpoint_dir)
 
 
 def make_optimizer(c: ml_collections.ConfigDict, steps: int) -> optax.GradientTransformation:
@@ -105,7 +169,9 @@ def guard_extra_args(ctx: training.StepContext):
   return {"logits_fn": lambda params: ctx.to_model(params)(ctx.batch["image"], train=False)}
 
 
-def run(c: ml_collections.ConfigDict, stop_after: int = 0) -> training.TrainResult:
+def run(c: ml_collections.ConfigDict, stop_after: int = 0, stop_signal: str = "KILL",
+        allow_config_changes=()) -> training.TrainResult:
+  validate_config(c)
   mesh = training.make_mesh(dict(c.mesh))
   train_data, eval_data = make_data(c)
   model_fn = lambda rngs: vision.build(c.model, c.num_classes, rngs=rngs, **c.model_kwargs)
@@ -121,7 +187,7 @@ def run(c: ml_collections.ConfigDict, stop_after: int = 0) -> training.TrainResu
   def kill_hook(step, state):
     if step == stop_after:
       jax.block_until_ready(state)
-      os.kill(os.getpid(), signal.SIGKILL)
+      os.kill(os.getpid(), getattr(signal, f"SIG{stop_signal}"))
 
   _, abstract, shardings = training.abstract_train_state(model_fn, tx, mesh,
                                                          seed=c.train.seed)
@@ -132,9 +198,11 @@ def run(c: ml_collections.ConfigDict, stop_after: int = 0) -> training.TrainResu
       workdir=c.workdir, checkpoint_dir=c.checkpoint_dir or None, num_steps=c.train.steps,
       seed=c.train.seed, log_every=c.train.log_every,
       checkpoint_every=c.train.checkpoint_every, keep_checkpoints=c.train.keep_checkpoints,
-      eval_every=c.train.eval_every, eval_fn=eval_fn if c.train.eval_every >= 0 else None,
+      eval_every=max(c.train.eval_every, 0),
+      eval_fn=eval_fn if c.train.eval_every >= 0 else None,
       extra_args_fn=guard_extra_args if c.optimizer.radius_guard else None,
-      hooks=[kill_hook] if stop_after else [])
+      hooks=[kill_hook] if stop_after else [], on_nonfinite=c.train.on_nonfinite,
+      config=c, allow_config_changes=(*RESUME_SAFE_FIELDS, *allow_config_changes))
 
 
 def main(argv):
@@ -146,7 +214,8 @@ def main(argv):
                                process_id=_PROCESS_ID.value)
   elif _DISTRIBUTED.value:
     jax.distributed.initialize()
-  run(_CONFIG.value, stop_after=_STOP_AFTER.value)
+  run(_CONFIG.value, stop_after=_STOP_AFTER.value, stop_signal=_STOP_SIGNAL.value,
+      allow_config_changes=_ALLOW_CHANGES.value)
 
 
 if __name__ == "__main__":

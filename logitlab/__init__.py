@@ -3,6 +3,8 @@
 Submodules, one per method family:
   ghosts          step-radius bound rho_a = pi/Delta_a, normalized step (Ghosts of Softmax)
   radius_guard    optax transform capping each update at r <= max_ratio
+  lm_head_radius  per-token step radius of an LM through its head, in vocabulary chunks
+  radius_estimators  reference-code estimators, aggregations and the logit-spread controller
   numerics        shared float32 / masking / divergence policy
   losses          KD, DKD, NKD, USKD, logit standardization, DHKD
   models          Flax NNX vision models and the decoder LM
@@ -18,6 +20,7 @@ Submodules, one per method family:
 
 __version__ = "0.1.0"
 
+from logitlab import batched_radius
 from logitlab import ghosts
 from logitlab import numerics
 from logitlab.ghosts import binary_radius

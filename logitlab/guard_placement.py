@@ -7,7 +7,9 @@ applied, and its logs would say the step was capped. The guard therefore checks,
 step, that ``params_t - params_{t-1}`` equals the update it returned at ``t - 1``.
 
 Storing ``params_{t-1}`` would cost a copy of the model; a random projection costs two
-scalars. With a fixed pseudo-random weight vector ``v`` (uniform in (-1, 1)) (a hash of each entry's flat index, so
+scalars. With a fixed pseudo-random weight tensor ``v`` (per leaf an outer product of one
+vector per axis, entries uniform in (-1, 1), hashed from positions: nothing stored, a few
+multiplies per parameter) (a hash of each entry's flat index, so
 nothing is stored and every shard computes its own part) the guard keeps
 
     f_params = <v, params_{t-1}>,      f_update = <v, u_{t-1}>,
@@ -42,23 +44,27 @@ class Fingerprint(NamedTuple):
   bound: jax.Array
 
 
-def _weights(x: jax.Array, salt: int) -> jax.Array:
-  """Pseudo-random weights uniform in (-1, 1) of ``x``'s shape, from a hash of the flat index
-  (murmur3 finalizer). Continuous, not +-1: Adam's early steps are nearly sign vectors, whose
-  +-1 projections vanish exactly with a few percent probability."""
-  spec = getattr(jax.typeof(x).sharding, "spec", ())
-  # Under Explicit axes give the iota the leaf's sharding, so no device builds a whole leaf.
-  kwargs = {"out_sharding": jax.typeof(x).sharding} if any(s is not None for s in spec) else {}
-  index = jnp.full(x.shape, np.uint32(salt * 0x9E3779B9 % 2**32), jnp.uint32)
-  for d in range(x.ndim):
-    stride = np.uint32(int(np.prod(x.shape[d + 1:])) % 2**32)
-    index = index + jax.lax.broadcasted_iota(jnp.uint32, x.shape, d, **kwargs) * stride
-  h = index ^ (index >> 16)
+def _hash_uniform(size: int, salt: int) -> jax.Array:
+  """``size`` pseudo-random numbers uniform in (-1, 1): murmur3's finalizer of ``salt`` and
+  the position. Continuous, not +-1: Adam's early steps are nearly sign vectors, whose +-1
+  projections vanish exactly with a few percent probability."""
+  h = jnp.arange(size, dtype=jnp.uint32) + np.uint32(salt * 0x9E3779B9 % 2**32)
+  h = h ^ (h >> 16)
   h = h * np.uint32(0x85EBCA6B)
   h = h ^ (h >> 13)
   h = h * np.uint32(0xC2B2AE35)
   h = h ^ (h >> 16)
   return (h >> 8).astype(jnp.float32) * np.float32(2.0**-23) - 1.0
+
+
+def _weighted(x: jax.Array, leaf_index: int) -> jax.Array:
+  """``x * v`` with ``v = w_0 (x) w_1 (x) ...`` a product of one random vector per axis: the
+  hash runs on ``sum(shape)`` positions, not ``prod(shape)``, and the products broadcast
+  elementwise (no gather, no contraction of a sharded axis: valid on any mesh)."""
+  for axis, size in enumerate(x.shape):
+    w = _hash_uniform(size, 1 + 1000003 * leaf_index + axis)
+    x = x * w.reshape((size,) + (1,) * (x.ndim - axis - 1))
+  return x * _hash_uniform(1, leaf_index)[0] if x.ndim == 0 else x
 
 
 def fingerprint(tree: PyTree) -> Fingerprint:
@@ -69,7 +75,7 @@ def fingerprint(tree: PyTree) -> Fingerprint:
     if not jnp.issubdtype(leaf.dtype, jnp.inexact):
       continue
     x = leaf.astype(jnp.float32)
-    value = value + jnp.sum(_weights(x, i) * x)
+    value = value + jnp.sum(_weighted(x, i))
     # Rounding of `params + u` in the leaf's dtype (|e_i| <= eps/2 |p_i|) and of the float32
     # sums: errors of independent sign under the pseudo-random weights add like a random
     # walk, std <= eps ||p||_2 / 2; `bound` is 16 of those (a worst-case eps * ||p||_1 would

@@ -18,10 +18,11 @@ The normalized step is then ``r = max_{valid tokens} Delta_a / (pi T)``, exactly
 :func:`logitlab.ghosts.normalized_step` gives from the full tangent (tested equal).
 Use it with the guard through ``update(..., logits_spread=lm_head_spread_fn(...))``.
 
-Sharding: the token axis may be sharded freely (data/fsdp). With the vocabulary sharded
-(tensor parallel head), pass ``vocab_chunk_size=None``: each device then reduces its own
-``[B, C, V / n]`` slice and XLA combines the max/min across devices; a vocabulary scan
-over a sharded axis would gather the kernel.
+Sharding: the token axis may be sharded freely (data/fsdp), and the vocabulary too (tensor
+parallel head), under Explicit and Auto axis types (tested equal to one device). With the
+vocabulary sharded prefer ``vocab_chunk_size=None``: each device then reduces its own
+``[B, C, V / n]`` slice and XLA combines the max/min across devices, whereas a vocabulary
+scan slices across shards (correct, but the partitioner may gather kernel chunks).
 """
 
 from __future__ import annotations

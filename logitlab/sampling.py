@@ -34,6 +34,7 @@ from flax import nnx
 
 from logitlab import numerics
 from logitlab.models import decoder_lm
+from logitlab.training import mesh as mesh_lib
 
 Array = jax.Array
 # (logits [B, V], policy_state, key) -> (token_ids [B], inputs_embeds [B, D] | None,
@@ -238,6 +239,16 @@ def left_align(tokens: Array, mask: Array) -> tuple[Array, Array]:
           jnp.take_along_axis(mask, order, axis=-1))
 
 
+def _explicit_mesh(state) -> jax.sharding.Mesh | None:
+  """The mesh of parameters placed on a mesh with Explicit axes, else None."""
+  for leaf in jax.tree.leaves(state):
+    sharding = getattr(leaf, "sharding", None)
+    if isinstance(sharding, jax.sharding.NamedSharding) and mesh_lib.explicit_axes(
+        sharding.mesh):
+      return sharding.mesh
+  return None
+
+
 def prompt_bucket(prompt_len: int) -> int:
   """The padded prompt length ``generate`` compiles for: the next power of two, at least 8.
 
@@ -402,10 +413,16 @@ def generate(model: decoder_lm.DecoderLM, prompt_tokens: Array,
   extra = ((0, 0), (0, bucket - prompt_len))  # masked padding; left_align moves it first
   tokens = jnp.pad(jnp.where(in_vocab, prompt_tokens, 0).astype(jnp.int32), extra)
   graphdef, state = nnx.split(model)
-  out = _generate(graphdef, state, tokens, jnp.pad(prompt_mask & row_ok[:, None], extra), key,
-                  policy_state, max_new_tokens=max_new_tokens, policy=policy,
-                  stop_tokens=tuple(int(t) for t in stop_tokens), pad_id=int(pad_id),
-                  repetition_penalty=float(penalty))
+  run = functools.partial(_generate, graphdef, max_new_tokens=max_new_tokens, policy=policy,
+                          stop_tokens=tuple(int(t) for t in stop_tokens), pad_id=int(pad_id),
+                          repetition_penalty=float(penalty))
+  args = (state, tokens, jnp.pad(prompt_mask & row_ok[:, None], extra), key, policy_state)
+  mesh = _explicit_mesh(state)
+  if mesh is None:
+    out = run(*args)
+  else:  # Explicit axes: trace the loop as on an Auto mesh (the models use propagation)
+    with jax.set_mesh(mesh):
+      out = mesh_lib.auto_axes(run, mesh, jax.sharding.NamedSharding(mesh, jax.P()))(*args)
   if numerics.is_traced(row_ok) or not bool(jnp.all(row_ok)):
     out = out.replace(tokens=jnp.where(row_ok[:, None], out.tokens, pad_id),
                       lengths=jnp.where(row_ok, out.lengths, -1))

@@ -315,3 +315,18 @@ def test_demo_prompts_use_the_checkpoint_chat_template(tmp_path):
   assert common.prompt_template(data, str(tmp_path)) == (
       "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\n{question}<|im_end|>\n"
       "<|im_start|>assistant\n")
+
+
+@pytest.mark.parametrize("axis_types", ["auto", "explicit"])
+def test_generate_on_a_sharded_model_equals_one_device(axis_types):
+  """Parameters sharded fsdp x tensor (Auto and Explicit meshes): the same greedy tokens."""
+  from logitlab.training import mesh as mesh_lib
+  model = random_model(tiny_config(vocab_size=64), seed=5)
+  prompts = jnp.asarray(np.random.default_rng(0).integers(1, 64, (4, 6)), jnp.int32)
+  kwargs = dict(max_new_tokens=5, key=jax.random.key(0), policy=sampling.GREEDY, stop_tokens=())
+  want = sampling.generate(model, prompts, **kwargs).tokens
+  mesh = mesh_lib.make_mesh({"data": 2, "fsdp": 2, "tensor": 2}, axis_types=axis_types)
+  decoder_lm.shard_model(model, mesh)
+  with jax.set_mesh(mesh):
+    got = sampling.generate(model, prompts, **kwargs).tokens
+  np.testing.assert_array_equal(got, want)

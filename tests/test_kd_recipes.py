@@ -216,7 +216,8 @@ def numeric_grad(f, x, h=1e-5):
 def row_configs():
   paths = sorted(glob.glob(os.path.join(os.path.dirname(kd_tfds_base.__file__), "kd_*_*.py")))
   names = [os.path.basename(p)[:-3] for p in paths]
-  return [n for n in names if not n.endswith(("_teacher", "kd_tfds_base", "kd_embedded"))]
+  return [n for n in names
+          if not n.endswith(("_teacher", "kd_tfds_base")) and not n.startswith("kd_embedded")]
 
 
 def _batch(recipe, seed=0, soft=False):

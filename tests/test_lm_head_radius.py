@@ -118,3 +118,22 @@ def test_guard_with_logits_spread_applies_the_same_update_as_with_logits_fn():
   np.testing.assert_allclose(s_chunk.ratio_proposed, s_naive.ratio_proposed, rtol=1e-4)
   for a, b in zip(jax.tree.leaves(u_chunk), jax.tree.leaves(u_naive)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("axis_types", ["explicit", "auto"])
+@pytest.mark.parametrize("vocab_chunk", [None, 8])
+def test_sharded_tokens_and_vocabulary_give_the_one_device_spread(axis_types, vocab_chunk):
+  """Tokens on (data, fsdp), the head's vocabulary on tensor, 8 forced CPU devices."""
+  from jax.sharding import NamedSharding, PartitionSpec as P
+  from logitlab import training
+  mesh = training.make_mesh({"data": 2, "fsdp": 2, "tensor": 2}, axis_types=axis_types)
+  x, dx, w, dw, db = (jnp.asarray(a, jnp.float32) for a in _arrays(b=4, t=6, v=40, seed=3))
+  where = jnp.arange(6)[None] < jnp.array([[6], [5], [2], [6]])
+  fn = jax.jit(lambda *a: lm_head_radius.lm_head_spread(
+      *a[:4], bias_tangent=a[4], where=a[5], token_chunk_size=4, vocab_chunk_size=vocab_chunk))
+  want = fn(x, dx, w, dw, db, where)
+  put = lambda a, spec: jax.device_put(a, NamedSharding(mesh, spec))
+  rows, vocab = P(("data", "fsdp")), P(None, "tensor")
+  got = fn(put(x, rows), put(dx, rows), put(w, vocab), put(dw, vocab), put(db, P("tensor")),
+           put(where, rows))
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-6)

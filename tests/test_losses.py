@@ -386,3 +386,129 @@ def test_errors_name_the_argument(batch):
     losses.dkd(zs, zt, y, temperature=0.0)
   with pytest.raises(ValueError, match="ddof"):
     losses.standardize(zs[:, :1])
+
+
+# ------------------------------------------------------ one out-of-range label policy
+def _strong(zs, zt):
+  return dict(strong_student_logits=0.5 * zs, strong_teacher_logits=zt[::-1])
+
+
+# name -> (labels, mask) -> per-example values (or a scalar for batch-coupled losses)
+_LABELLED = {
+    "cross_entropy": lambda zs, zt, y, m: losses.cross_entropy(zs, y, where=m, reduction="none"),
+    "kd": lambda zs, zt, y, m: losses.kd(zs, zt, y, where=m, reduction="none"),
+    "tckd": lambda zs, zt, y, m: losses.tckd(zs, zt, y, where=m, reduction="none"),
+    "nckd": lambda zs, zt, y, m: losses.nckd(zs, zt, y, where=m, reduction="none"),
+    "dkd": lambda zs, zt, y, m: losses.dkd(zs, zt, y, where=m, reduction="none"),
+    "nkd": lambda zs, zt, y, m: losses.nkd(zs, zt, y, where=m, reduction="none"),
+    "nkd_target": lambda zs, zt, y, m: losses.nkd_target(zs, zt, y, where=m, reduction="none"),
+    "nkd_non_target": lambda zs, zt, y, m: losses.nkd_non_target(zs, zt, y, where=m,
+                                                                 reduction="none"),
+    "uskd": lambda zs, zt, y, m: losses.uskd(zs, zt, y, where=m, reduction="none")[0],
+    "uskd_target_soft_labels": lambda zs, zt, y, m: losses.uskd_target_soft_labels(
+        zs, y, where=m),
+    "dhkd": lambda zs, zt, y, m: losses.dhkd(zs, zt, y, aux_logits=zt[::-1], where=m,
+                                             reduction="none")[0],
+    "binary_kl_norm": lambda zs, zt, y, m: losses.binary_kl_norm(zs, zt, y, where=m,
+                                                                 reduction="none"),
+    "ctkd": lambda zs, zt, y, m: losses.ctkd(zs, zt, y, temperature_param=jnp.float32(0.2),
+                                             grad_scale=-1.0, where=m, reduction="none"),
+    "mlkd": lambda zs, zt, y, m: losses.mlkd(zs, zt, y, where=m, **_strong(zs, zt))[0],
+}
+
+
+@pytest.mark.parametrize("name", sorted(_LABELLED))
+def test_out_of_range_labels_follow_one_policy(name, batch):
+  """Eager: ValueError naming `labels` and the range. Under jit: NaN for that example
+  (the whole value for batch-coupled MLKD), finite elsewhere; never a wrapped class or a
+  finite wrong value. A masked-out example's label (padding) is never checked."""
+  zs, zt, y = batch
+  fn = _LABELLED[name]
+  y_bad = y.copy()
+  for bad in (-1, C):
+    y_bad[2] = bad
+    with pytest.raises(ValueError, match=rf"`labels` must be class indices in \[0, {C}\)"):
+      fn(zs, zt, y_bad, None)
+  y_bad[2], y_bad[4] = -1, C
+  out = np.asarray(jax.jit(lambda labels: fn(zs, zt, labels, None))(y_bad))
+  if name == "mlkd":
+    assert np.isnan(out)
+  else:
+    bad_rows = np.isin(np.arange(N), [2, 4])
+    assert np.all(np.isnan(out[bad_rows])) and np.all(np.isfinite(out[~bad_rows]))
+  mask = ~np.isin(np.arange(N), [2, 4])
+  masked, want = np.asarray(fn(zs, zt, y_bad, mask)), np.asarray(fn(zs, zt, y, mask))
+  if name == "uskd_target_soft_labels":  # soft labels, not a loss: masked rows undefined
+    masked, want = masked[mask], want[mask]
+  np.testing.assert_allclose(masked, want, rtol=1e-6, atol=1e-7)
+
+
+def test_soft_labels_are_checked_by_the_same_policy(batch):
+  zs, zt, _ = batch
+  soft = np.full((N, C), 1.0 / C, np.float32)
+  soft[1, 0] += 0.5  # row sums to 1.5
+  with pytest.raises(ValueError, match="`labels` must be probability vectors"):
+    losses.cross_entropy(zs, soft)
+  out = jax.jit(lambda s: losses.cross_entropy(zs, s, reduction="none"))(soft)
+  assert np.isnan(out[1]) and np.all(np.isfinite(np.delete(np.asarray(out), 1)))
+  with pytest.raises(ValueError, match="same shape"):
+    losses.nkd(zs, zt, soft[:, :-1])
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_cross_entropy_soft_labels_match_reference(smoothing, batch, rng):
+  zs, _, y = batch
+  lam = rng.uniform(size=(N, 1))
+  soft = (lam * np.eye(C)[y] + (1 - lam) * np.eye(C)[(y + 3) % C]).astype(np.float32)
+  target = (1 - smoothing) * soft.astype(np.float64) + smoothing / C
+  want = -np.sum(target * np_log_softmax(zs), -1)
+  got = losses.cross_entropy(zs, soft, label_smoothing=smoothing, reduction="none")
+  np.testing.assert_allclose(got, want, rtol=2e-5)
+  # One-hot soft labels equal integer labels.
+  np.testing.assert_allclose(losses.cross_entropy(zs, np.eye(C, dtype=np.float32)[y]),
+                             losses.cross_entropy(zs, y), rtol=1e-6)
+
+
+def test_kd_accepts_labels_and_standardized_wrapper_defaults_to_ls_temperature(batch):
+  zs, zt, y = batch
+  np.testing.assert_allclose(losses.kd(zs, zt, y), losses.kd(zs, zt), rtol=1e-7)
+  wrapped = losses.with_standardized_logits(losses.kd)
+  want = ref_kd(ref_standardize(zs), ref_standardize(zt), 2.0).mean()
+  np.testing.assert_allclose(wrapped(zs, zt, y), want, rtol=1e-5)
+  np.testing.assert_allclose(wrapped(zs, zt, temperature=4.0),
+                             ref_kd(ref_standardize(zs), ref_standardize(zt), 4.0).mean(),
+                             rtol=1e-5)
+
+
+def test_binary_kl_norm_official_clamp_option():
+  """``sigmoid_eps=1e-8`` is the official float32 computation (BinaryKLNorm.py:15-19):
+  equal to the exact loss for moderate gaps, zero gradient below gap / T = -18.4, and an
+  infinite loss above about +17.3 T (1 - 1e-8 rounds to 1 in float32); the default is exact
+  and finite everywhere."""
+  T = 2.0
+  gaps = np.array([[-3.0, -0.5, 0.0, 0.7, 4.0]], np.float32)
+  zeros = np.zeros_like(gaps)
+  np.testing.assert_allclose(losses.binary_kl_norm(gaps, zeros, temperature=T, sigmoid_eps=1e-8),
+                             ref_binary_kl(gaps, zeros, T).mean(), rtol=1e-5)
+  far_below = np.array([[-40.0 * T]], np.float32)
+  grad = lambda eps: jax.grad(lambda z: losses.binary_kl_norm(
+      z, jnp.zeros_like(z), temperature=T, sigmoid_eps=eps))(far_below)
+  assert float(grad(1e-8)[0, 0]) == 0.0 and float(grad(None)[0, 0]) < -0.9 * T / 2
+  far_above = np.array([[20.0 * T]], np.float32)
+  assert np.isinf(losses.binary_kl_norm(far_above, np.zeros_like(far_above), temperature=T,
+                                        sigmoid_eps=1e-8))
+  assert np.isfinite(losses.binary_kl_norm(far_above, np.zeros_like(far_above), temperature=T))
+
+
+def test_mlkd_masked_rows_leave_every_term(batch):
+  """Masked rows leave the KD means, both medians and the correlation matrices: the loss
+  equals the loss of the valid rows alone."""
+  zs, zt, y = batch
+  mask = np.arange(N) % 3 != 1
+  full, _ = losses.mlkd(zs, zt, y, where=mask, **_strong(zs, zt))
+  kept, _ = losses.mlkd(zs[mask], zt[mask], y[mask],
+                        strong_student_logits=(0.5 * zs)[mask],
+                        strong_teacher_logits=zt[::-1][mask])
+  np.testing.assert_allclose(full, kept, rtol=1e-5)
+  with pytest.raises(ValueError, match="weights"):
+    losses.mlkd(zs, zt, y, weights=np.ones(N), **_strong(zs, zt))

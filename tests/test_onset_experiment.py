@@ -1,4 +1,6 @@
 """The onset experiment on a shrunk grid: deterministic, and onsets as distributions."""
+import json
+
 import jax.numpy as jnp
 import numpy as np
 
@@ -31,3 +33,5 @@ def test_onsets_are_deterministic_and_reported_over_seeds_and_lengths():
   random = first["onsets"]["mlp/random"]
   assert len({float(v) for v in random.ravel()}) > 1 or np.all(np.isfinite(random))
   assert onset.summary(np.array([1.0, 2.0, np.inf])) == "1.5 [1, 2] (1 none)"
+  text = json.dumps(onset.to_json({"config": _config().to_dict(), **first}))
+  assert '"inf"' in text or "Infinity" not in text

@@ -253,7 +253,7 @@ def test_checkpoint_dir_apart_from_workdir_and_resume_from_it(tmp_path, capsys):
   assert sorted(os.listdir(checkpoints)) == ["1", "2"]  # Orbax always saves the first step
   assert not (tmp_path / "logs" / "checkpoints").exists()
   result, records = _train(tmp_path, "logs", mesh, steps=3, checkpoint_every=2,
-                           checkpoint_dir=checkpoints)
+                           checkpoint_dir=checkpoints, allow_config_changes=["loop.num_steps"])
   assert "resumed from step 2" in capsys.readouterr().out
   assert int(result.state.step) == 3 and [r["step"] for r in records] == [1, 2, 3]
   with pytest.raises(ValueError, match="local or mounted directory.*checkpoint_dir"):
@@ -327,6 +327,28 @@ def test_image_augmentations_against_numpy():
   assert center.shape == (224, 224, 3)
   uniform = np.full((300, 200, 3), 77, np.uint8)  # resizing a constant image keeps it
   assert np.all(data_lib.resize_center_crop(uniform) == 77)
+
+
+def test_mlkd_strong_view_is_randaugment_of_an_independent_crop():
+  """``strong_view`` adds MLKD's strong image: its own crop + flip, then RandAugment(2, 10)
+  (MLKD / LS mdistiller/dataset/cifar100.py:272-305, 321-342); deterministic in the rng."""
+  from logitlab.training import randaugment
+  image = np.random.default_rng(0).integers(0, 256, size=(32, 32, 3), dtype=np.uint8)
+  transform = data_lib.image_transform("cifar100", train=True, strong_view=True)
+  a = transform({"image": image, "label": 3}, np.random.default_rng(5))
+  b = transform({"image": image, "label": 3}, np.random.default_rng(5))
+  assert set(a) == {"image", "label", "image_strong"} and a["image_strong"].shape == (32, 32, 3)
+  np.testing.assert_array_equal(a["image_strong"], b["image_strong"])
+  assert not np.allclose(a["image"], a["image_strong"])
+  # Every operation runs on a uint8 image and keeps its shape; Cutout paints the gray square.
+  for op, low, high in randaugment.OPERATIONS:
+    out = np.asarray(op(randaugment.Image.fromarray(image), (low + high) / 2))
+    assert out.shape == image.shape and out.dtype == np.uint8
+  cut = np.asarray(randaugment.cutout(randaugment.Image.fromarray(image), 0.25,
+                                      np.random.default_rng(1)))
+  assert np.sum(np.all(cut == randaugment.CUTOUT_COLOR, axis=-1)) >= 16
+  with pytest.raises(ValueError, match="strong_view"):
+    data_lib.image_transform("cifar100", train=False, strong_view=True)
 
 
 def test_tfds_pipelines_with_mock_data():

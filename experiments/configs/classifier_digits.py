@@ -17,8 +17,9 @@ def get_config():
   c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
   c.train = ml_collections.ConfigDict({
       "steps": 300, "global_batch_size": 64, "seed": 0, "log_every": 10, "eval_every": 100,
-      "checkpoint_every": 50, "keep_checkpoints": 3, "num_threads": 2})
-  # eval_every: 0 = evaluate only at the end, < 0 = never.
+      "checkpoint_every": 50, "keep_checkpoints": 3, "num_threads": 2,
+      "on_nonfinite": "stop"})
+  # eval_every: 0 = evaluate only at the end, < 0 = never. on_nonfinite: stop | skip.
   c.optimizer = ml_collections.ConfigDict({
       "name": "adam", "learning_rate": 1e-3, "momentum": 0.9, "weight_decay": 0.0,
       "warmup_steps": 0, "schedule": "constant",  # constant | cosine

@@ -97,6 +97,9 @@ IMAGENET_RECIPES = {
     "nkd": {"ce_weight": 1.0, "kd_weight": 1.0, "temperature": 1.0, "nkd_gamma": 1.5},
     "uskd": {"uskd_alpha": 1.0, "uskd_beta": 0.1, "uskd_mu": 0.005,
              "uskd_rank_scores": "log_probs"},
+    # DHKD README ImageNet command: -r 1 -a 0.1 --linear --BinaryKL_T 2, no --ga.
+    "dhkd": {"ce_weight": 1.0, "kd_weight": 0.1, "temperature": 2.0, "dhkd_aux_head": "linear",
+             "dhkd_gradient_alignment": False},
 }
 
 

@@ -37,6 +37,8 @@ import jax
 import numpy as np
 from PIL import Image
 
+from logitlab.training import randaugment
+
 Example = dict[str, np.ndarray]
 
 
@@ -211,12 +213,16 @@ def resize_center_crop(image: np.ndarray, resize: int = 256, size: int = 224) ->
   return image[top:top + size, left:left + size]
 
 
-def image_transform(dataset: str, *, train: bool):
+def image_transform(dataset: str, *, train: bool, strong_view: bool = False):
   """The standard transform of ``dataset`` ("cifar10", "cifar100", "imagenet2012").
 
   Returns ``(example, rng) -> {"image": float32 [H, W, 3], "label": int32}`` when ``train``,
-  else ``example -> ...`` (deterministic).
+  else ``example -> ...`` (deterministic). ``strong_view`` (train only) adds
+  ``"image_strong"``: an independent crop + flip followed by ``RandAugment(2, 10)``, the
+  strong view of MLKD (its official ``get_cifar100_train_transform_strong``).
   """
+  if strong_view and not train:
+    raise ValueError("`strong_view` applies to training transforms only (`train=True`).")
   if dataset not in NORMALIZATION:
     raise ValueError(f"`dataset` must be one of {sorted(NORMALIZATION)}, got {dataset!r}.")
   mean, std = NORMALIZATION[dataset]
@@ -228,11 +234,16 @@ def image_transform(dataset: str, *, train: bool):
   if train:
     augment = random_resized_crop if is_imagenet else pad_crop_flip
 
+    def weak(image, rng):
+      image = augment(image, rng)
+      return image[:, ::-1] if is_imagenet and rng.random() < 0.5 else image
+
     def train_transform(example, rng):
-      image = augment(example["image"], rng)
-      if is_imagenet and rng.random() < 0.5:
-        image = image[:, ::-1]
-      return output(image, example)
+      out = output(weak(example["image"], rng), example)
+      if strong_view:
+        strong = randaugment.rand_augment(np.ascontiguousarray(weak(example["image"], rng)), rng)
+        out["image_strong"] = normalize(strong, mean, std)
+      return out
     return train_transform
 
   def eval_transform(example):
@@ -242,7 +253,8 @@ def image_transform(dataset: str, *, train: bool):
 
 
 def tfds_image_data(dataset: str, split: str, *, global_batch_size: int, train: bool,
-                    seed: int = 0, data_dir: str | None = None, num_threads: int = 8):
+                    seed: int = 0, data_dir: str | None = None, num_threads: int = 8,
+                    strong_view: bool = False):
   """TFDS image classification data via ``tfds.data_source`` + grain.
 
   Returns ``ResumableBatches`` (train) or an ``eval_batches`` pass (eval) with the standard
@@ -251,7 +263,7 @@ def tfds_image_data(dataset: str, split: str, *, global_batch_size: int, train: 
   """
   import tensorflow_datasets as tfds  # ~1.5 s import; only TFDS runs pay it
   source = tfds.data_source(dataset, split=split, data_dir=data_dir)
-  transform = image_transform(dataset, train=train)
+  transform = image_transform(dataset, train=train, strong_view=strong_view)
   if train:
     return ResumableBatches(source, global_batch_size=global_batch_size, seed=seed,
                             transform=transform, num_threads=num_threads)

@@ -7,12 +7,18 @@ checkpoint directory (default ``<workdir>/checkpoints``) holds a checkpoint, the
 data position are restored from the latest one and training continues; since the batch at a
 position and the per-step RNG are fixed, the continued run computes exactly what the
 uninterrupted run would have.
+
+Faults (``faults``): a signal or preemption notice ends the run after a final checkpoint
+(``Preempted``, exit code 75); a non-finite step is stopped on or skipped (``on_nonfinite``)
+and never saved; damaged checkpoints are set aside and the newest intact one is used; a resume
+whose config changed in fields not explicitly allowed is refused (``run_config``).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Sequence
+import warnings
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -21,10 +27,12 @@ import optax
 from flax import nnx
 
 from logitlab.training import mesh as mesh_lib
+from logitlab.training import run_config
 from logitlab.training.checkpoint import Checkpointer
+from logitlab.training.faults import EXIT_PREEMPTED, Diverged, Preempted, StopSignals
 from logitlab.training.metrics import MetricsWriter, require_local_dir
 from logitlab.training.state import TrainState, abstract_train_state, create_train_state
-from logitlab.training.step import LossFn, StepContext, make_train_step
+from logitlab.training.step import ON_NONFINITE, LossFn, StepContext, make_train_step
 
 
 class TrainResult(NamedTuple):
@@ -49,6 +57,25 @@ def evaluate(eval_step: Callable, state: TrainState, batches: Iterable,
   return {name: float(value) / count for name, value in totals.items()}
 
 
+def _check_int(name: str, value, minimum: int) -> None:
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+    raise ValueError(f"`{name}` must be an int >= {minimum}, got {value!r}.")
+
+
+def _validate(num_steps, seed, log_every, checkpoint_every, keep_checkpoints, eval_every,
+              on_nonfinite, hooks):
+  _check_int("num_steps", num_steps, 1)
+  _check_int("seed", seed, 0)
+  _check_int("log_every", log_every, 1)
+  _check_int("checkpoint_every", checkpoint_every, 1)
+  _check_int("keep_checkpoints", keep_checkpoints, 1)
+  _check_int("eval_every", eval_every, 0)
+  if on_nonfinite not in ON_NONFINITE:
+    raise ValueError(f"`on_nonfinite` must be one of {ON_NONFINITE}, got {on_nonfinite!r}.")
+  if not all(callable(h) for h in hooks):
+    raise ValueError(f"`hooks` must be callables `hook(step, state)`, got {hooks!r}.")
+
+
 def train(
     *,
     model_fn: Callable[[nnx.Rngs], nnx.Module],
@@ -69,6 +96,10 @@ def train(
     hooks: Sequence[Callable[[int, TrainState], None]] = (),
     rules=mesh_lib.LOGICAL_AXIS_RULES,
     progress: bool = True,
+    on_nonfinite: str = "stop",
+    config: Mapping[str, Any] | None = None,
+    allow_config_changes: Sequence[str] = (),
+    handle_signals: bool = True,
 ) -> TrainResult:
   """Trains for ``num_steps`` optimizer steps (resuming from ``workdir`` when possible).
 
@@ -77,8 +108,8 @@ def train(
     loss_fn, extra_args_fn: see ``step.make_train_step``.
     train_data: iterator of host-local batches with ``get_state``/``set_state``.
     mesh: from ``mesh.make_mesh``.
-    workdir: local (or mounted) directory for ``metrics.jsonl`` and ``tb/`` (written by
-      process 0), and ``checkpoints/`` unless ``checkpoint_dir`` is given.
+    workdir: local (or mounted) directory for ``config.json``, ``metrics.jsonl`` and ``tb/``
+      (written by process 0), and ``checkpoints/`` unless ``checkpoint_dir`` is given.
     checkpoint_dir: Orbax checkpoint directory, e.g. ``gs://bucket/run/checkpoints`` on a
       multi-host pod slice (every host writes its shards there, so it must be shared);
       default ``<workdir>/checkpoints``.
@@ -88,39 +119,124 @@ def train(
       every ``eval_every`` steps (0: only at the end) when given.
     hooks: ``hook(step, state)`` called after every step (e.g. to stop early, profile).
     progress: show a tqdm bar.
+    on_nonfinite: ``"stop"``: raise ``faults.Diverged`` naming the first step whose loss,
+      gradients or parameters were non-finite (detected at the next log or save step; that
+      step and later ones are not applied); ``"skip"``: drop such steps, count them in the
+      ``nonfinite_steps`` metric and warn. Either way no non-finite state is ever saved.
+    config: the experiment's config (nested mapping or ``ConfigDict``), stored with
+      ``loop.*`` settings and the state's shapes in ``<workdir>/config.json`` and every
+      checkpoint (``run_config``).
+    allow_config_changes: field patterns that may differ from the checkpoint's config on
+      resume (e.g. ``("loop.num_steps", "train.steps", "optimizer.learning_rate")``); any
+      other difference raises ``faults.ConfigMismatchError`` listing the fields.
+    handle_signals: on SIGTERM/SIGINT (or Orbax's multi-host preemption notice) finish the
+      current step, save a checkpoint, wait for it and raise ``faults.Preempted`` (a
+      ``SystemExit`` with code ``faults.EXIT_PREEMPTED`` = 75).
 
   Returns:
     ``TrainResult(graphdef, state, shardings)`` at ``num_steps``.
   """
+  _validate(num_steps, seed, log_every, checkpoint_every, keep_checkpoints, eval_every,
+            on_nonfinite, hooks)
   require_local_dir(workdir)  # before any checkpoint I/O
   checkpointer = Checkpointer(checkpoint_dir or os.path.join(workdir, "checkpoints"),
                               save_interval_steps=checkpoint_every,
                               max_to_keep=keep_checkpoints)
-  if checkpointer.latest_step() is None:
+  # Handlers first: a signal during restore or compilation still ends in a clean save.
+  try:
+    with StopSignals(enabled=handle_signals) as signals:
+      return _train(checkpointer, signals, model_fn=model_fn, tx=tx, loss_fn=loss_fn,
+                    train_data=train_data, mesh=mesh, workdir=workdir, num_steps=num_steps,
+                    seed=seed, log_every=log_every, eval_every=eval_every, eval_fn=eval_fn,
+                    extra_args_fn=extra_args_fn, hooks=hooks, rules=rules, progress=progress,
+                    on_nonfinite=on_nonfinite, config=config,
+                    allow_config_changes=allow_config_changes, handle_signals=handle_signals)
+  finally:
+    checkpointer.close()
+
+
+def _train(checkpointer: Checkpointer, signals: StopSignals, *, model_fn, tx, loss_fn, train_data, mesh, workdir,
+           num_steps, seed, log_every, eval_every, eval_fn, extra_args_fn, hooks, rules,
+           progress, on_nonfinite, config, allow_config_changes, handle_signals):
+  graphdef, abstract, shardings = abstract_train_state(model_fn, tx, mesh, seed=seed,
+                                                       rules=rules)
+  current_config = {**run_config.flatten(config),
+                    **run_config.flatten({"loop": {"seed": seed, "num_steps": num_steps,
+                                                   "on_nonfinite": on_nonfinite}}),
+                    **run_config.state_signature(abstract)}
+
+  def check_config(stored, step):
+    if not stored:
+      warnings.warn(f"Checkpoint {step} has no stored config; resuming unchecked.")
+      return
+    allowed = run_config.check_resume(stored, current_config, allow_config_changes, step=step)
+    if allowed and jax.process_index() == 0:
+      print(f"config changes allowed on resume: {', '.join(allowed)}", flush=True)
+
+  restored = checkpointer.restore_latest_intact(abstract, check_config=check_config)
+  if restored is None:
     graphdef, state, shardings = create_train_state(model_fn, tx, mesh, seed=seed, rules=rules)
   else:
-    graphdef, abstract, shardings = abstract_train_state(model_fn, tx, mesh, seed=seed,
-                                                         rules=rules)
-    state, data_state = checkpointer.restore(abstract)
-    train_data.set_state(data_state)
+    state = restored.state
+    train_data.set_state(restored.data)
     if jax.process_index() == 0:
-      print(f"resumed from step {int(state.step)} ({workdir})", flush=True)
+      print(f"resumed from step {restored.step} ({workdir})", flush=True)
+  run_config.write(workdir, current_config)
   train_step = make_train_step(graphdef, tx, loss_fn, shardings, mesh,
-                               extra_args_fn=extra_args_fn)
+                               extra_args_fn=extra_args_fn, on_nonfinite=on_nonfinite)
   start_step = int(state.step)
+  if on_nonfinite == "stop" and int(state.nonfinite_steps):
+    # Steps skipped by an earlier on_nonfinite="skip" run: "stop" reads a non-zero count as
+    # "halted", so start counting afresh.
+    state = state.replace(nonfinite_steps=jax.device_put(np.int32(0), shardings.nonfinite_steps))
+  nonfinite_seen = int(state.nonfinite_steps)
   writer = MetricsWriter(workdir, total_steps=num_steps, start_step=start_step,
                          progress=progress)
-  for step in range(start_step + 1, num_steps + 1):
-    state, metrics = train_step(state, mesh_lib.put_batch(next(train_data), mesh))
-    writer.advance()
-    if step % log_every == 0 or step == num_steps:
-      writer.write(step, metrics)
-    if eval_fn is not None and ((eval_every and step % eval_every == 0) or step == num_steps):
-      writer.write(step, {f"eval/{k}": v for k, v in eval_fn(graphdef, state).items()})
-    checkpointer.save(step, state, train_data.get_state(), force=step == num_steps)
-    for hook in hooks:
-      hook(step, state)
-  checkpointer.wait()
-  checkpointer.close()
-  writer.close()
+
+  def check_finite(step):
+    """Reads the non-finite counter (a device sync) at log/save steps only."""
+    nonlocal nonfinite_seen
+    count = int(state.nonfinite_steps)
+    if count == nonfinite_seen:
+      return
+    if on_nonfinite == "stop":
+      bad = int(state.step) + 1
+      raise Diverged(bad, f"Non-finite loss, gradients or parameters at step {bad} (detected "
+                          f"at step {step}); that update was not applied, and the newest "
+                          f"checkpoint holds finite values. Lower the learning rate, or pass "
+                          f"on_nonfinite='skip' to drop such steps.")
+    warnings.warn(f"{count - nonfinite_seen} step(s) with non-finite values skipped up to step "
+                  f"{step} ({count} in total; metric `nonfinite_steps`).")
+    nonfinite_seen = count
+
+  try:
+    for step in range(start_step + 1, num_steps + 1):
+      state, metrics = train_step(state, mesh_lib.put_batch(next(train_data), mesh))
+      writer.advance()
+      preempted = handle_signals and (signals.requested or
+                                      checkpointer.reached_preemption(step))
+      save = preempted or step == num_steps or checkpointer.should_save(step)
+      log = step % log_every == 0 or step == num_steps
+      if save or log:
+        check_finite(step)
+      if log:
+        writer.write(step, metrics)
+      if eval_fn is not None and ((eval_every and step % eval_every == 0)
+                                  or step == num_steps):
+        writer.write(step, {f"eval/{k}": v for k, v in eval_fn(graphdef, state).items()})
+      if save:
+        checkpointer.save(step, state, train_data.get_state(), config=current_config,
+                          force=True)
+      for hook in hooks:
+        hook(step, state)
+      if preempted:
+        checkpointer.wait()
+        reason = signals.signal_name or "preemption notice"
+        if jax.process_index() == 0:
+          print(f"{reason}: saved step {step}, exiting with code {EXIT_PREEMPTED}",
+                flush=True)
+        raise Preempted(step, reason)
+    checkpointer.wait()
+  finally:
+    writer.close()
   return TrainResult(graphdef, state, shardings)

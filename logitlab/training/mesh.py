@@ -184,3 +184,37 @@ def divisible_spec(spec: PartitionSpec, shape: tuple[int, ...],
   while entries and entries[-1] is None:
     entries.pop()
   return PartitionSpec(*entries)
+
+
+# Parameters at least this large get an fsdp dimension even when their logical names give
+# none (big_vision's `fsdp` rule uses 4 MiB; at 4 MiB ResNet-18 would shrink only 2.6x on
+# fsdp=8, at 64 KiB 7.9x: the small leftovers are biases and norms).
+FSDP_MIN_BYTES = 2**16
+
+
+def fsdp_spec(spec: PartitionSpec, shape: tuple[int, ...], itemsize: int,
+              mesh: jax.sharding.Mesh, min_bytes: int = FSDP_MIN_BYTES) -> PartitionSpec:
+  """``spec`` plus ``fsdp`` on the largest free dimension it divides (the last of equals).
+
+  Applies when the mesh has ``fsdp > 1``, the array has ``>= min_bytes`` bytes and ``spec``
+  shards it over no mesh axis yet: ZeRO-3 for every large parameter whatever its axis names
+  (convolution kernels, whose ``conv_in``/``conv_out`` map to nothing or to ``tensor``), as
+  big_vision's ``fsdp`` sharding rule does. A dimension is free when ``spec`` leaves it
+  replicated. A parameter already split over ``tensor`` is left alone: adding ``fsdp`` on
+  another dimension gives consecutive conv kernels ``P(None, None, "fsdp", "tensor")``, the
+  layout for which XLA's SPMD partitioner returns wrong gradients on a 3-axis mesh
+  (docs/scaling.md, "Known issue"; measured: resnet8x4 updates off by up to 120 %).
+  """
+  ways = mesh.shape.get("fsdp", 1)
+  entries = list(tuple(spec) + (None,) * (len(shape) - len(spec)))
+  used = {a for e in entries if e is not None for a in ((e,) if isinstance(e, str) else e)}
+  if ways <= 1 or used or math.prod(shape) * itemsize < min_bytes:
+    return spec
+  free = [d for d, (size, e) in enumerate(zip(shape, entries)) if e is None and size % ways == 0]
+  if not free:
+    return spec
+  dim = max(free, key=lambda d: (shape[d], d))
+  entries[dim] = "fsdp"
+  while entries and entries[-1] is None:
+    entries.pop()
+  return PartitionSpec(*entries)

@@ -8,7 +8,10 @@ model_state)`` rebuilds the module inside a step.
 
 Sharding comes from the model's ``nnx.with_partitioning`` annotations: logical names are
 mapped to mesh axes with ``mesh.LOGICAL_AXIS_RULES`` (``nnx.get_partition_spec`` under
-``logical_axis_rules``); a dimension its mesh axes do not divide is replicated.
+``logical_axis_rules``); a dimension its mesh axes do not divide is replicated. On an
+``fsdp > 1`` mesh every parameter of at least ``mesh.FSDP_MIN_BYTES`` that its names leave
+unsharded over ``fsdp`` is split over ``fsdp`` along its largest divisible free dimension
+(``mesh.fsdp_spec``, big_vision's rule), so ZeRO-3 covers convolution kernels too.
 Optimizer-state leaves that mirror parameters (Adam's mu/nu, ...) inherit the parameter's
 sharding through ``optax.tree_map_params``; other optimizer leaves (counts, the radius guard's
 scalars) are replicated.
@@ -39,12 +42,16 @@ class TrainState:
     opt_state: the optax state for ``params``.
     rng: uint32[2] raw PRNG key data; split once per step (raw data so Orbax stores it as a
       plain array).
+    nonfinite_steps: int32 scalar, number of steps whose loss, gradients or updated parameters
+      were not finite and were therefore not applied (``step.make_train_step``,
+      ``on_nonfinite``).
   """
   step: jax.Array
   params: nnx.State
   model_state: nnx.State
   opt_state: optax.OptState
   rng: jax.Array
+  nonfinite_steps: jax.Array
 
 
 def _init(model_fn: Callable[[nnx.Rngs], nnx.Module], tx: optax.GradientTransformation,
@@ -53,30 +60,41 @@ def _init(model_fn: Callable[[nnx.Rngs], nnx.Module], tx: optax.GradientTransfor
   graphdef, params, model_state = nnx.split(model, nnx.Param, ...)
   state = TrainState(step=jnp.zeros((), jnp.int32), params=params, model_state=model_state,
                      opt_state=tx.init(params),
-                     rng=jax.random.key_data(jax.random.key(seed + 1)))
+                     rng=jax.random.key_data(jax.random.key(seed + 1)),
+                     nonfinite_steps=jnp.zeros((), jnp.int32))
   return graphdef, state
 
 
 def state_shardings(shapes: TrainState, tx: optax.GradientTransformation,
-                    mesh: jax.sharding.Mesh, rules=mesh_lib.LOGICAL_AXIS_RULES) -> TrainState:
-  """NamedSharding tree matching ``shapes`` (see module docstring)."""
+                    mesh: jax.sharding.Mesh, rules=mesh_lib.LOGICAL_AXIS_RULES, *,
+                    fsdp_min_bytes: int = mesh_lib.FSDP_MIN_BYTES) -> TrainState:
+  """NamedSharding tree matching ``shapes`` (see module docstring).
 
-  def shardings_of(variables):
+  Parameters of at least ``fsdp_min_bytes`` without an ``fsdp`` dimension from their logical
+  names get one (``mesh.fsdp_spec``), so FSDP shrinks every large parameter.
+  """
+
+  def shardings_of(variables, fsdp: bool):
     with spmd.logical_axis_rules(rules):
       specs = nnx.get_partition_spec(variables)
-    return jax.tree.map(
-        lambda x, spec: jax.sharding.NamedSharding(
-            mesh, mesh_lib.divisible_spec(spec, x.shape, mesh)),
-        variables, specs)
 
-  param_shardings = shardings_of(shapes.params)
+    def sharding(x, spec):
+      spec = mesh_lib.divisible_spec(spec, x.shape, mesh)
+      if fsdp:
+        spec = mesh_lib.fsdp_spec(spec, x.shape, x.dtype.itemsize, mesh, fsdp_min_bytes)
+      return jax.sharding.NamedSharding(mesh, spec)
+
+    return jax.tree.map(sharding, variables, specs)
+
+  param_shardings = shardings_of(shapes.params, fsdp=True)
   replicated = mesh_lib.replicated(mesh)
   opt_shardings = optax.tree_map_params(
       tx, lambda _, sharding: sharding, shapes.opt_state, param_shardings,
       transform_non_params=lambda _: replicated)
   return TrainState(step=replicated, params=param_shardings,
-                    model_state=shardings_of(shapes.model_state), opt_state=opt_shardings,
-                    rng=replicated)
+                    model_state=shardings_of(shapes.model_state, fsdp=False),
+                    opt_state=opt_shardings,
+                    rng=replicated, nonfinite_steps=replicated)
 
 
 def abstract_train_state(

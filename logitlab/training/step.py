@@ -11,6 +11,15 @@ and metrics come back with the mesh's shardings.
 Optimizers that need more than gradients (optax ``GradientTransformationExtraArgs``: the
 radius guard's ``logits_fn=``, a line search's ``value_fn=``) get their keyword arguments from
 ``extra_args_fn(ctx)``, called inside the step with a ``StepContext``.
+
+Non-finite steps: if the loss, any gradient or any updated parameter is NaN or Inf, the update
+is not applied (parameters, optimizer and model state keep their values) and
+``state.nonfinite_steps`` grows by one. ``on_nonfinite="skip"`` then moves on to the next batch
+(the step counter and RNG advance; big_vision/optax ``apply_if_finite`` semantics);
+``on_nonfinite="stop"`` freezes the whole state, step counter included, from that step on, so
+the loop (which reads ``nonfinite_steps`` at log and save steps, big_vision-style, instead of
+syncing every step) raises ``faults.Diverged`` naming step ``state.step + 1`` and the state
+it holds is the last finite one.
 """
 
 from __future__ import annotations
@@ -22,13 +31,17 @@ import jax
 import optax
 from flax import nnx
 
+import jax.numpy as jnp
+
 from logitlab.training import mesh as mesh_lib
+from logitlab.training.integrity import all_finite
 from logitlab.training.metrics import optimizer_scalars
 from logitlab.training.state import TrainState
 
 Batch = Mapping[str, jax.Array]
 # loss_fn(model, batch, rng) -> (scalar loss, {name: scalar metric}).
 LossFn = Callable[[nnx.Module, Batch, jax.Array], tuple[jax.Array, dict[str, jax.Array]]]
+ON_NONFINITE = ("stop", "skip")
 
 
 class StepContext(NamedTuple):
@@ -57,15 +70,16 @@ def make_train_step(
     mesh: jax.sharding.Mesh,
     *,
     extra_args_fn: Callable[[StepContext], dict[str, Any]] | None = None,
+    on_nonfinite: str = "stop",
 ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
   """Returns ``train_step(state, batch) -> (state, metrics)``, jitted with donated state.
 
   One step: split ``state.rng``; ``loss, grads = value_and_grad(loss_fn)`` at ``state.params``
   (non-parameter variables such as BatchNorm statistics updated by the forward pass become
   the new ``model_state``); ``updates = tx.update(grads, opt_state, params, **extra_args)``;
-  ``params += updates``. ``metrics`` holds ``loss``, ``grad_norm``, the loss_fn's metrics
-  and every named scalar in the optimizer state (``metrics.optimizer_scalars``), all
-  replicated float32 scalars.
+  ``params += updates``, unless a value is non-finite (module docstring). ``metrics`` holds
+  ``loss``, ``grad_norm``, ``nonfinite_steps``, the loss_fn's metrics and every named scalar
+  in the optimizer state (``metrics.optimizer_scalars``), all replicated float32 scalars.
 
   Args:
     graphdef: from ``state.create_train_state``.
@@ -74,7 +88,10 @@ def make_train_step(
     shardings: the state's sharding tree (from ``create_train_state``).
     mesh: the mesh; batches are expected sharded with ``mesh.batch_sharding``.
     extra_args_fn: ``ctx -> {name: value}`` keyword arguments for ``tx.update``.
+    on_nonfinite: ``"stop"`` or ``"skip"`` (module docstring).
   """
+  if on_nonfinite not in ON_NONFINITE:
+    raise ValueError(f"`on_nonfinite` must be one of {ON_NONFINITE}, got {on_nonfinite!r}.")
 
   def train_step(state: TrainState, batch: Batch):
     rng, step_rng = jax.random.split(jax.random.wrap_key_data(state.rng))
@@ -94,10 +111,22 @@ def make_train_step(
       extra_args = extra_args_fn(StepContext(to_model, batch, step_rng, loss, grads))
     updates, opt_state = tx.update(grads, state.opt_state, state.params, **extra_args)
     params = optax.apply_updates(state.params, updates)
+    apply = all_finite((loss, grads, params))
+    if on_nonfinite == "stop":
+      apply &= state.nonfinite_steps == 0
+    keep_if_not = lambda new, old: jax.tree.map(lambda a, b: jnp.where(apply, a, b), new, old)
+    params, model_state, opt_state = keep_if_not(
+        (params, model_state, opt_state), (state.params, state.model_state, state.opt_state))
+    advance = apply if on_nonfinite == "stop" else True
+    new_state = state.replace(
+        step=jnp.where(advance, state.step + 1, state.step), params=params,
+        model_state=model_state, opt_state=opt_state,
+        rng=keep_if_not(jax.random.key_data(rng), state.rng) if on_nonfinite == "stop"
+        else jax.random.key_data(rng),
+        nonfinite_steps=state.nonfinite_steps + (~apply).astype(jnp.int32))
     metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), **metrics,
-               **optimizer_scalars(opt_state)}
-    new_state = state.replace(step=state.step + 1, params=params, model_state=model_state,
-                              opt_state=opt_state, rng=jax.random.key_data(rng))
+               **optimizer_scalars(opt_state),
+               "nonfinite_steps": new_state.nonfinite_steps.astype(jnp.float32)}
     return new_state, metrics
 
   replicated = mesh_lib.replicated(mesh)
