@@ -44,6 +44,8 @@ def _modules(*names):
      "numerics", "radius_guard", "sampling", "soft_thinking", "ssb", "guard_placement",
      "kd_recipes", "lm_head_radius", "radius_estimators")
 ctkd, mlkd, chat_template = _modules("losses.ctkd", "losses.mlkd", "models.chat_template")
+batched_radius, integrity, randaugment, run_config = _modules(
+    "batched_radius", "training.integrity", "training.randaugment", "training.run_config")
 (baselines, brute_force, cascade, distributions, instances, mechanisms, mnl) = _modules(
     *(f"auctions.{n}" for n in ("baselines", "brute_force", "cascade", "distributions",
                                "instances", "mechanisms", "mnl")))
@@ -716,7 +718,7 @@ ROWS += rows_for(
 ROWS += rows_for(
     checkpoint,
     R("Checkpointer", lambda: checkpoint.Checkpointer("/tmp/ckpt-contract", max_to_keep=0),
-      arg("max_to_keep"), owner="issue 13"),
+      arg("max_to_keep")),
 )
 
 ROWS += rows_for(
@@ -746,8 +748,7 @@ ROWS += rows_for(
     loop,
     R("train", lambda: loop.train(model_fn=lambda r: None, tx=optax.sgd(0.1),
                                   loss_fn=lambda *a: 0.0, train_data=iter(()), mesh=cpu_mesh(),
-                                  workdir="/tmp/contract-train", num_steps=-5), arg("num_steps"),
-      owner="issue 13"),
+                                  workdir="/tmp/contract-train", num_steps=-5), arg("num_steps")),
     R("evaluate", lambda: loop.evaluate(lambda s, b: {}, None, [], cpu_mesh()), arg("batches")),
 )
 
@@ -949,13 +950,59 @@ ROWS += rows_for(
       owner="issue 15"),
     R("restore_checkpoint", lambda: trainer.restore_checkpoint(
         "/nonexistent/rl", tiny_lm(), None, trainer.RLConfig(), KEY, step=3), "/nonexistent",
-      FileNotFoundError),
+      Exception),
 )
 ROWS += rows_for(
     mesh,
     R("explicit_axes", lambda: mesh.explicit_axes("mesh"), arg("mesh"), TypeError,
       owner="issue 13"),
     R("auto_axes", lambda: mesh.auto_axes("fn", cpu_mesh(), None), arg("fn"), TypeError,
+      owner="issue 13"),
+)
+
+ROWS += rows_for(
+    batched_radius,
+    R("batch_spreads", lambda: batched_radius.batch_spreads(lambda p, b: b, {}, {}, F,
+                                                            where=jnp.ones(5, bool)),
+      arg("where")),
+    R("dataset_ratio", lambda: batched_radius.dataset_ratio(lambda p, b: b, {}, {}, F,
+                                                            batch_size=0), arg("batch_size")),
+    R("microbatch_spread_fn", lambda: batched_radius.microbatch_spread_fn(
+        lambda p, b: b, {}, F, where=jnp.ones(5, bool)), arg("where"), owner="issue 12"),
+)
+ROWS += rows_for(
+    integrity,
+    R("all_finite", lambda: integrity.all_finite({"w": F.at[0, 0].set(jnp.nan)}),
+      returns=lambda ok: not bool(ok), case="documented: False on a NaN leaf"),
+    R("compare", lambda: integrity.compare({"w": [2]}, "actual"), arg("actual"), TypeError,
+      owner="issue 13"),
+    R("inspect_tree", lambda: integrity.inspect_tree({"w": F.at[0, 0].set(jnp.nan)})[1],
+      returns=lambda problems: len(problems) == 1, case="documented: reports the NaN leaf"),
+)
+ROWS += rows_for(
+    mesh,
+    R("fsdp_spec", lambda: mesh.fsdp_spec(jax.P(), (4,), 0, cpu_mesh()), arg("itemsize"),
+      owner="issue 13"),
+)
+ROWS += rows_for(
+    randaugment,
+    R("rand_augment", lambda: randaugment.rand_augment(np.zeros((4, 4, 3), np.uint8),
+                                                       np.random.default_rng(0), num_ops=-1),
+      arg("num_ops"), owner="issue 13"),
+    R("cutout", lambda: randaugment.cutout(None, 1.5, np.random.default_rng(0)), arg("fraction"),
+      owner="issue 13"),
+)
+ROWS += rows_for(
+    run_config,
+    R("check_resume", lambda: run_config.check_resume({"a": 1}, {"a": 2}), "a",
+      exc=Exception),
+    R("differences", lambda: run_config.differences({"a": 1}, "current"), arg("current"),
+      TypeError, owner="issue 13"),
+    R("flatten", lambda: run_config.flatten({"a": {"b": 1}}),
+      returns=lambda flat: flat == {"a.b": 1}, case="documented: dotted keys"),
+    R("state_signature", lambda: run_config.state_signature("state"), arg("state"), TypeError,
+      owner="issue 13"),
+    R("write", lambda: run_config.write("gs://bucket/run", {}), arg("workdir"),
       owner="issue 13"),
 )
 
@@ -986,7 +1033,11 @@ EXEMPT: dict[str, str] = {
         "tasks.math_jsonl.MathProblem", "training.loop.TrainResult", "training.state.TrainState",
         "training.step.StepContext", "guard_placement.Check", "guard_placement.Fingerprint",
         "radius_estimators.LogitSpreadControllerState", "radius_estimators.RatioEstimate",
-        "radius_estimators.RatioEstimator")},
+        "radius_estimators.RatioEstimator", "training.checkpoint.Restored")},
+    **{f"logitlab.training.faults.{name}": "exception class (raised by the training loop)"
+       for name in ("CheckpointCorruptError", "CheckpointStorageError", "ConfigMismatchError",
+                    "Diverged", "Preempted")},
+    "logitlab.training.faults.StopSignals": "signal-handler context manager; one bool option",
     **{f"logitlab.radius_guard.{name}": "exception / warning class (raised by the library)"
        for name in ("RadiusGuardPlacementError", "RadiusGuardPlacementWarning")},
     "logitlab.auctions.distributions.ValueDistribution":
