@@ -418,7 +418,7 @@ ROWS += rows_for(
     R("lora_train_step", lambda: ssb.lora_train_step(tiny_lm(), None, {}), arg("batch"), owner="issue 15"),
     R("add_lora", lambda: ssb.add_lora(tiny_lm(), 0, rngs=nnx.Rngs(0)), arg("rank"), owner="issue 15"),
     R("lora_optimizer", lambda: ssb.lora_optimizer(tiny_lm()), arg("model"), owner="issue 15"),
-    R("save_lora", lambda: ssb.save_lora("/tmp", tiny_lm(), 0), arg("model")),
+    R("save_lora", lambda: ssb.save_lora("/tmp/contract-lora", tiny_lm(), 0), arg("model")),
     R("restore_lora", lambda: ssb.restore_lora("/nonexistent/lora", tiny_lm()), arg("directory"),
       FileNotFoundError),
 )
@@ -945,7 +945,7 @@ ROWS += rows_for(
       TypeError, owner="issue 15"),
     R("trainable", lambda: trainer.trainable("config"), arg("config"), TypeError,
       owner="issue 15"),
-    R("save_checkpoint", lambda: trainer.save_checkpoint("/tmp/x", -1, tiny_lm(), None,
+    R("save_checkpoint", lambda: trainer.save_checkpoint("/tmp/contract-rl", -1, tiny_lm(), None,
                                                          trainer.RLConfig(), KEY), arg("step"),
       owner="issue 15"),
     R("restore_checkpoint", lambda: trainer.restore_checkpoint(
@@ -1002,8 +1002,8 @@ ROWS += rows_for(
       returns=lambda flat: flat == {"a.b": 1}, case="documented: dotted keys"),
     R("state_signature", lambda: run_config.state_signature("state"), arg("state"), TypeError,
       owner="issue 13"),
-    R("write", lambda: run_config.write("gs://bucket/run", {}), arg("workdir"),
-      owner="issue 13"),
+    R("write", lambda: run_config.write("/tmp/contract-run-config", "not a mapping"),
+      arg("config"), TypeError, owner="issue 13"),
 )
 
 
