@@ -58,8 +58,9 @@ batched_radius, integrity, randaugment, run_config = _modules(
                                                   "vit", "wrn")))
 (grpo, logprobs, rewards, soft_grpo, trainer) = _modules(
     *(f"rl.{n}" for n in ("grpo", "logprobs", "rewards", "soft_grpo", "trainer")))
-(curvature, problems, solver, transform) = _modules(
-    *(f"second_order.{n}" for n in ("curvature", "problems", "solver", "transform")))
+(curvature, problems, solver, transform, super_universal) = _modules(
+    *(f"second_order.{n}" for n in ("curvature", "problems", "solver", "transform",
+                                   "super_universal")))
 (arithmetic, math_jsonl) = _modules("tasks.arithmetic", "tasks.math_jsonl")
 (checkpoint, data, loop, mesh, metrics, state, step) = _modules(
     *(f"training.{n}" for n in ("checkpoint", "data", "loop", "mesh", "metrics", "state",
@@ -557,6 +558,12 @@ ROWS += rows_for(
 )
 
 ROWS += rows_for(
+    super_universal,
+    R("super_universal_newton", lambda: super_universal.super_universal_newton(
+        jnp.sum, curvature.hessian(jnp.sum), alpha=2.0), arg("alpha")),
+)
+
+ROWS += rows_for(
     transform,
     R("scale_by_gradient_normalized_newton",
       lambda: transform.scale_by_gradient_normalized_newton(gamma_init=-1.0), arg("gamma_init")),
@@ -1027,6 +1034,8 @@ EXEMPT: dict[str, str] = {
         "auctions.mnl.MNLAllocation", "auctions.mechanisms.Breakpoint",
         "second_order.problems.Problem", "second_order.solver.GNSSolver",
         "second_order.solver.GNSState", "second_order.transform.ScaleByGNSState",
+        "second_order.super_universal.SuperUniversalSolver",
+        "second_order.super_universal.SuperUniversalState",
         "models.decoder_lm.KVCache", "models.decoder_lm.LMOutput", "ngram.NGramModel",
         "ngram.NGramStyleState", "ngram.NGramTable", "rl.soft_grpo.SoftGRPOState",
         "rl.trainer.Rollout", "soft_thinking.SoftThinkingState", "tasks.arithmetic.Problem",

@@ -538,3 +538,44 @@ def test_zero_curvature_is_the_official_normalized_gradient_method(rng):
   reference = _official_ngm(f, grad, np.zeros(3), 6, np.linalg.inv(metric))
   for state, x in zip(states[1:], reference):
     np.testing.assert_allclose(np.asarray(state.params), x, rtol=2e-4, atol=1e-5)
+
+
+def _official_super_newton(f, grad, hess, x0, num_iters, h_0=1.0, alpha=1.0, h_min=1e-5):
+  """NumPy port of super_newton (epfml/grad-norm-smooth, src/methods.py; identity B):
+  lambda = H ||g||^alpha, dx = -(Hess + lambda I)^{-1} g, accept if <g_new, -dx> >=
+  ||g_new||^2 / (4 lambda) then H = max(H / 4, H_min), else H *= 4; 40 trials."""
+  x, h, xs = np.array(x0, np.float64), h_0, []
+  for _ in range(num_iters):
+    g, hs = grad(x), hess(x)
+    for _ in range(40):
+      lam = h * np.linalg.norm(g) ** alpha
+      dx = np.linalg.solve(hs + lam * np.eye(len(x)), -g)
+      g_new = grad(x + dx)
+      if g_new @ -dx >= g_new @ g_new / (4 * lam):
+        h = max(h * 0.25, h_min)
+        break
+      h *= 4
+    x = x + dx
+    xs.append(x.copy())
+  return xs
+
+
+def test_super_universal_newton_matches_the_official_code(rng):
+  features, labels = _logistic_data(rng, n=40, d=3)
+  problem = so.problems.logistic_regression(jnp.asarray(features, jnp.float32),
+                                            jnp.asarray(labels))
+  solver = so.super_universal_newton(problem.value_fn, problem.curvatures["hessian"])
+  update = jax.jit(solver.update)
+  state = solver.init(jnp.zeros(3), *problem.data)
+  signs = 2 * labels - 1
+  f = lambda w: float(np.mean(np.logaddexp(0.0, -signs * (features @ w))))
+  grad = lambda w: -(features.T @ (signs * _sigmoid(-signs * (features @ w)))) / len(labels)
+
+  def hess(w):
+    p = _sigmoid(features @ w)
+    return features.T @ (features * (p * (1 - p))[:, None]) / len(labels)
+
+  for x in _official_super_newton(f, grad, hess, np.zeros(3), 5):
+    state = update(state, *problem.data)
+    assert bool(state.accepted)
+    np.testing.assert_allclose(np.asarray(state.params), x, rtol=2e-4, atol=1e-5)
