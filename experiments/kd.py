@@ -268,19 +268,25 @@ def _model_fn(spec, num_classes: int, recipe: kd_recipes.Recipe):
       recipe, functools.partial(vision.build, spec.name, num_classes), rngs, **spec.kwargs)
 
 
-def load_teacher(c: ml_collections.ConfigDict, mesh) -> nnx.Module:
-  """Restores the teacher trained by this launcher (``method="ce"``) from ``teacher_workdir``."""
+def load_teacher(c: ml_collections.ConfigDict, mesh) -> tuple[nnx.GraphDef, dict]:
+  """Restores the teacher trained by this launcher (``method="ce"``) from ``teacher_workdir``.
+
+  Returns ``(graphdef, {"params", "model_state"})``: the arrays, sharded like a student's, go
+  to the train step as a jit argument (``training.train(frozen=...)``); a module closed over
+  by the loss would be inlined into the compiled program as replicated constants.
+  """
   teacher_fn = _model_fn(c.teacher, c.num_classes, kd_recipes.Recipe("ce"))
   tx = make_optimizer(c.optimizer, c.train.steps)
   graphdef, abstract, _ = training.abstract_train_state(teacher_fn, tx, mesh)
-  checkpointer = training.Checkpointer(os.path.join(c.teacher_workdir, "checkpoints"))
+  checkpointer = training.Checkpointer(os.path.join(c.teacher_workdir, "checkpoints"),
+                                      read_only=True)
   restored = checkpointer.restore(abstract)
   checkpointer.close()
   if restored is None:
     raise FileNotFoundError(f"No teacher checkpoint under {c.teacher_workdir}/checkpoints; "
                             "train it first with method='ce' (see kd_cifar100_teacher.py).")
   state, _ = restored
-  return nnx.merge(graphdef, state.params, state.model_state)
+  return graphdef, {"params": state.params, "model_state": state.model_state}
 
 
 def run_tfds(c: ml_collections.ConfigDict) -> dict[str, float]:
@@ -305,7 +311,8 @@ def run_tfds(c: ml_collections.ConfigDict) -> dict[str, float]:
                                            num_threads=t.num_threads,
                                            strong_view=recipe.needs_strong_view)
   train_data = _WithEpoch(train_batches, t.steps_per_epoch)
-  teacher = load_teacher(c, mesh) if recipe.needs_teacher else None
+  teacher_graphdef, teacher_arrays = (load_teacher(c, mesh) if recipe.needs_teacher
+                                      else (None, None))
 
   # MLKD's views: "image" (crop + flip) and "image_strong" (+ RandAugment), student on the
   # weak view first, as the official forward_train (BatchNorm statistics order).
@@ -319,11 +326,13 @@ def run_tfds(c: ml_collections.ConfigDict) -> dict[str, float]:
       outputs["strong_logits"] = model.forward(batch["image_strong"], train=True)["logits"]
     return outputs
 
-  def loss_fn(model, batch, rng):
+  def loss_fn(model, batch, rng, teacher=None):
     del rng
-    teacher_outputs = None if teacher is None else {
-        key: jax.lax.stop_gradient(teacher(batch[view], train=False))
-        for key, view in views.items()}
+    teacher_outputs = None
+    if teacher is not None:  # the teacher's arrays arrive as a jit argument (frozen=)
+      teacher_model = nnx.merge(teacher_graphdef, teacher["params"], teacher["model_state"])
+      teacher_outputs = {key: jax.lax.stop_gradient(teacher_model(batch[view], train=False))
+                         for key, view in views.items()}
     return kd_recipes.module_loss(recipe, model, lambda m: forward(m, batch), teacher_outputs,
                                   batch["label"], batch["epoch"][0])
 
@@ -353,7 +362,7 @@ def run_tfds(c: ml_collections.ConfigDict) -> dict[str, float]:
       model_fn=student_fn, tx=tx, loss_fn=loss_fn, train_data=train_data, mesh=mesh,
       workdir=c.workdir, num_steps=t.steps, seed=t.seed, log_every=t.log_every,
       checkpoint_every=t.checkpoint_every, eval_every=t.eval_every, eval_fn=eval_fn,
-      progress=t.progress)
+      progress=t.progress, frozen=teacher_arrays, config=c)
   if not history or history[-1]["step"] != t.steps:
     eval_fn(result.graphdef, result.state)
   best = max(history, key=lambda h: h["accuracy"])

@@ -246,7 +246,10 @@ def evaluate(model, demo: Demo, problems, key, *, k: int, max_new_tokens: int,
   completions = demo.decode(tokens, out_lengths)
   answers = [p.answer for p in problems for _ in range(k)]
   correct = demo.task.reward(None, completions, answers=answers).reshape(-1, k) > 0
+  # Per-problem correct counts: paired standard errors between models evaluated on the
+  # same draws (experiments/RESULTS.md) need them.
   return {"pass@1": arithmetic.pass_at_k(correct, 1), f"pass@{k}": arithmetic.pass_at_k(correct, k),
+          "correct_per_problem": correct.sum(-1).astype(int).tolist(),
           "mean_length": float(np.mean(out_lengths))}
 
 

@@ -157,7 +157,7 @@ LLAMA_TEMPLATE = (
     "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}")
 
 
-@pytest.mark.parametrize("template", [QWEN_TEMPLATE, LLAMA_TEMPLATE])
+@pytest.mark.parametrize("template", [QWEN_TEMPLATE, LLAMA_TEMPLATE], ids=["qwen", "llama3"])
 def test_chat_template_renders_as_transformers(tmp_path, template):
   transformers = pytest.importorskip("transformers")
   hf_tokenizer = transformers.PreTrainedTokenizerFast(
@@ -267,7 +267,7 @@ def test_random_js_probe_is_zero_for_vanilla_and_positive_for_gumbel():
   logits = jax.random.normal(jax.random.key(2), (4, 40)) * 2
   for mode, positive in (("vanilla", False), ("gumbel", True), ("dirichlet", True)):
     policy, state = st.soft_thinking_policy(jnp.eye(40), 4, end_think_id=39, mode=mode)
-    js = policy(logits, state, jax.random.key(0))[3]["random_js"]
+    js = jax.jit(policy)(logits, state, jax.random.key(0))[3]["random_js"]
     assert (np.asarray(js) > 1e-4).all() if positive else np.allclose(js, 0.0, atol=1e-7)
     assert (np.asarray(js) <= np.log(2) + 1e-6).all()
 

@@ -5,10 +5,10 @@ import importlib
 import json
 import os
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 import tensorflow_datasets as tfds
 
 from experiments import kd
@@ -110,7 +110,9 @@ def test_tfds_path_with_mock_cifar100(tmp_path):
     # The Orbax restore gives the trained teacher, not a fresh init: BatchNorm's running
     # statistics (init mean 0, var 1) moved during the 2 teacher steps.
     student_config = _shrunk_tfds_config("dkd", tmp_path)
-    teacher = kd.load_teacher(student_config, training.make_mesh(dict(student_config.mesh)))
+    graphdef, arrays = kd.load_teacher(student_config,
+                                       training.make_mesh(dict(student_config.mesh)))
+    teacher = nnx.merge(graphdef, arrays["params"], arrays["model_state"])
     assert not np.allclose(teacher.stem.bn.mean[...], 0.0)
     assert not np.allclose(teacher.stem.bn.var[...], 1.0)
     student_metrics = kd.run(_shrunk_tfds_config("dkd", tmp_path))
@@ -123,3 +125,17 @@ def test_tfds_path_with_mock_cifar100(tmp_path):
   train_records = [r for r in records if "loss" in r]
   assert [r["step"] for r in train_records] == [1, 2]
   assert all(np.isfinite(r["loss"]) and "dkd" in r for r in train_records)
+
+
+@pytest.mark.slow  # ~1-2 min of XLA compiles (two views x student and teacher); run with -m slow
+def test_tfds_path_mlkd_strong_view_with_mock_cifar100(tmp_path):
+  """MLKD + LS on the TFDS path: the strong RandAugment view reaches student and teacher."""
+  with tfds.testing.mock_data(num_examples=16):
+    kd.run(_shrunk_tfds_config("ce", tmp_path))
+    metrics = kd.run(_shrunk_tfds_config("mlkd_ls", tmp_path))
+  assert 0.0 <= metrics["accuracy"] <= metrics["best_accuracy"] <= 1.0
+  records = [json.loads(line) for line in open(tmp_path / "mlkd_ls" / "metrics.jsonl")]
+  train_records = [r for r in records if "loss" in r]
+  assert [r["step"] for r in train_records] == [1, 2]
+  assert all(np.isfinite(r["loss"]) and {"ce", "kd", "cc", "bc"} <= set(r)
+             for r in train_records)

@@ -1,4 +1,7 @@
-"""FSDP shards every large parameter (and the optimizer state follows), exactly."""
+"""Memory at scale: FSDP shards every large parameter (the optimizer state follows) exactly,
+and frozen models (teachers) are jit arguments, not constants."""
+import functools
+
 import jax
 import numpy as np
 import optax
@@ -84,3 +87,81 @@ def test_conv_kernels_sharded_over_fsdp_and_same_update_as_one_device(one_device
                   else P(None, None, None, "tensor"))
   for a, b in zip(jax.tree.leaves(one_device_update), jax.tree.leaves(params)):
     np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7)
+
+
+# --- teachers are jit arguments --------------------------------------------------------------
+
+class _MLP(nnx.Module):
+
+  def __init__(self, rngs: nnx.Rngs, hidden: int):
+    init = nnx.with_partitioning(nnx.initializers.lecun_normal(), ("embed", "mlp"),
+                                 eager_sharding=False)
+    self.fc = nnx.Linear(16, hidden, kernel_init=init, rngs=rngs)
+    self.out = nnx.Linear(hidden, 10, rngs=rngs)
+
+  def __call__(self, x):
+    return self.out(jax.nn.relu(self.fc(x)))
+
+
+@functools.lru_cache(maxsize=1)
+def _student():
+  mesh = training.make_mesh({"fsdp": 2, "data": 4})
+  return mesh, *training.create_train_state(lambda r: _MLP(r, 8), optax.sgd(0.1), mesh)
+
+
+def _program_bytes(teacher_hidden: int, as_argument: bool) -> int:
+  """Size of the lowered train step (StableHLO text) of a KD step with an MLP teacher."""
+  mesh, graphdef, state, shardings = _student()
+  rng = np.random.default_rng(1)
+  P, NS = jax.sharding.PartitionSpec, jax.sharding.NamedSharding
+  teacher = {  # placed like a student's kernels: ("embed", "mlp") -> fsdp on the input dim
+      "w1": jax.device_put(rng.normal(size=(16, teacher_hidden)).astype(np.float32),
+                           NS(mesh, P("fsdp"))),
+      "w2": jax.device_put(rng.normal(size=(teacher_hidden, 10)).astype(np.float32),
+                           NS(mesh, P()))}
+
+  def loss_fn(model, batch, rng, frozen=None):
+    del rng
+    frozen = teacher if frozen is None else frozen  # closed over when not passed
+    teacher_logits = jax.nn.relu(batch["x"] @ frozen["w1"]) @ frozen["w2"]
+    return losses.kd(model(batch["x"]), jax.lax.stop_gradient(teacher_logits),
+                     temperature=4.0), {}
+
+  step = training.make_train_step(
+      graphdef, optax.sgd(0.1), loss_fn, shardings, mesh,
+      frozen_shardings=jax.tree.map(lambda x: x.sharding, teacher) if as_argument else None)
+  batch = training.put_batch({"x": np.ones((8, 16), np.float32)}, mesh)
+  args = (state, batch, teacher) if as_argument else (state, batch)
+  return len(step.lower(*args).as_text())
+
+
+def test_teacher_passed_as_argument_keeps_the_program_size_constant():
+  small, large = _program_bytes(16, True), _program_bytes(2048, True)
+  assert large < 1.05 * small, (small, large)
+  # Closed over, the teacher's weights are inlined: the program grows with the teacher.
+  inlined = _program_bytes(2048, False)
+  assert inlined > 10 * large, (large, inlined)
+
+
+# --- the 3-axis XLA issue: detected -----------------------------------------------------------
+
+class _Chain(nnx.Module):
+  """Every kernel ("embed", "mlp") -> P("fsdp", "tensor"): the pattern XLA gets wrong."""
+
+  def __init__(self, rngs: nnx.Rngs, alternate: bool):
+    axes = lambda i: ("mlp", "embed") if alternate and i % 2 else ("embed", "mlp")
+    init = lambda i: nnx.with_partitioning(nnx.initializers.lecun_normal(), axes(i),
+                                           eager_sharding=False)
+    self.layers = nnx.List([nnx.Linear(16, 16, kernel_init=init(i), rngs=rngs)
+                            for i in range(3)])
+
+
+@pytest.mark.parametrize("alternate", [False, True])
+def test_naive_fsdp_tensor_chain_warns_on_3_axis_mesh(alternate, recwarn):
+  mesh = training.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+  training.abstract_train_state(lambda r: _Chain(r, alternate), optax.sgd(0.1), mesh)
+  warned = [w for w in recwarn if "Known issue" in str(w.message)]
+  assert bool(warned) != alternate
+  training.abstract_train_state(lambda r: _Chain(r, False), optax.sgd(0.1),
+                                training.make_mesh({"fsdp": 4, "tensor": 2}))
+  assert len([w for w in recwarn if "Known issue" in str(w.message)]) == len(warned)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import chex
 import jax
 import jax.numpy as jnp
-import optax
 
 from logitlab import numerics
 from logitlab.losses import _common
@@ -138,8 +137,8 @@ def project_conflicting(kd_grads: chex.ArrayTree, ce_grads: chex.ArrayTree) -> c
       != [jnp.shape(x) for x in jax.tree.leaves(ce_grads)]):
     raise ValueError("`ce_grads` must have the pytree structure and leaf shapes of `kd_grads`, "
                      f"got {jax.tree.structure(ce_grads)} vs {jax.tree.structure(kd_grads)}.")
-  dot = optax.tree_utils.tree_vdot(kd_grads, ce_grads)
-  ce_norm_sq = optax.tree_utils.tree_vdot(ce_grads, ce_grads)
+  dot = numerics.tree_vdot(kd_grads, ce_grads)
+  ce_norm_sq = numerics.tree_vdot(ce_grads, ce_grads)
   coefficient = jnp.where(ce_norm_sq > 0, jnp.minimum(dot, 0.0) / jnp.where(
       ce_norm_sq > 0, ce_norm_sq, 1.0), 0.0)
   return jax.tree.map(lambda g_kd, g_ce: (g_kd - coefficient * g_ce).astype(g_kd.dtype),

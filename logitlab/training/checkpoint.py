@@ -192,6 +192,38 @@ class Checkpointer:
     self.manager.reload()
     return problem
 
+  def restore_params(self, abstract: dict[str, Any], step: int | None = None) -> dict[str, Any]:
+    """Restores only some top-level fields of a saved ``TrainState`` (fine-tuning, teachers).
+
+    Args:
+      abstract: ``{field: abstract tree}``, e.g. ``{"params": abstract.params,
+        "model_state": abstract.model_state}`` from this run's ``abstract_train_state``: the
+        arrays land in its shardings; the other run's optimizer state is never read.
+      step: default: the newest step.
+
+    Raises:
+      FileNotFoundError: no checkpoint. CheckpointCorruptError: checksums differ.
+    """
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"No checkpoint in {self.directory} to initialize from.")
+    restore_args = ocp.checkpoint_utils.construct_restore_args(abstract)
+    items = dict(state=ocp.args.PyTreeRestore(item=abstract, restore_args=restore_args,
+                                              partial_restore=True))
+    has_checksums = (self.directory / str(step) / "integrity").exists()
+    if has_checksums:
+      items["integrity"] = ocp.args.JsonRestore()
+    restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+    if has_checksums:
+      # Saved paths are TrainState attributes (".params[...]"); ours are dict keys.
+      actual = {f".{name[2:].replace(chr(39) + ']', '', 1)}": value for name, value in
+                integrity.inspect_tree(restored.state)[0].items()}
+      bad = [n for n in actual if restored.integrity["checksums"].get(n) != actual[n]]
+      if bad:
+        raise CheckpointCorruptError(f"Checkpoint step {step} in {self.directory}: checksum "
+                                     f"mismatch in {', '.join(bad[:5])}.")
+    return dict(restored.state)
+
   def restore(self, abstract_state, step: int | None = None
               ) -> tuple[Any, dict[str, Any]] | None:
     """``(state, data_state)`` of ``step`` (verified), or of the newest intact step.

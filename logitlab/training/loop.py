@@ -30,7 +30,8 @@ from logitlab.training import mesh as mesh_lib
 from logitlab.training import run_config
 from logitlab.training.checkpoint import Checkpointer
 from logitlab.training.faults import EXIT_PREEMPTED, Diverged, Preempted, StopSignals
-from logitlab.training.metrics import MetricsWriter, require_local_dir
+from logitlab.training.metrics import (MetricsWriter, Throughput, compiled_flops, peak_flops,
+                                      require_local_dir)
 from logitlab.training.state import TrainState, abstract_train_state, create_train_state
 from logitlab.training.step import ON_NONFINITE, LossFn, StepContext, make_train_step
 
@@ -100,6 +101,9 @@ def train(
     config: Mapping[str, Any] | None = None,
     allow_config_changes: Sequence[str] = (),
     handle_signals: bool = True,
+    frozen: Any = None,
+    init_from: str | None = None,
+    compute_dtype: Any = None,
 ) -> TrainResult:
   """Trains for ``num_steps`` optimizer steps (resuming from ``workdir`` when possible).
 
@@ -132,6 +136,14 @@ def train(
     handle_signals: on SIGTERM/SIGINT (or Orbax's multi-host preemption notice) finish the
       current step, save a checkpoint, wait for it and raise ``faults.Preempted`` (a
       ``SystemExit`` with code ``faults.EXIT_PREEMPTED`` = 75).
+    frozen: a pytree of placed arrays that the loss reads but does not train (a teacher's
+      ``nnx.state``): passed to every step as a jit argument with its own shardings, and to
+      ``loss_fn(model, batch, rng, frozen)`` (``step.make_train_step``).
+    init_from: another run's checkpoint directory: a fresh run (nothing to resume) takes its
+      newest ``params`` and ``model_state`` (checksums verified), placed in this run's
+      shardings, with a fresh optimizer state for them (fine-tuning). Ignored on resume.
+    compute_dtype: mixed precision (``jnp.bfloat16``: bf16 compute, float32 master
+      parameters, optimizer state and loss; ``step.make_train_step``).
 
   Returns:
     ``TrainResult(graphdef, state, shardings)`` at ``num_steps``.
@@ -150,19 +162,41 @@ def train(
                     seed=seed, log_every=log_every, eval_every=eval_every, eval_fn=eval_fn,
                     extra_args_fn=extra_args_fn, hooks=hooks, rules=rules, progress=progress,
                     on_nonfinite=on_nonfinite, config=config,
-                    allow_config_changes=allow_config_changes, handle_signals=handle_signals)
+                    allow_config_changes=allow_config_changes, handle_signals=handle_signals,
+                    frozen=frozen, init_from=init_from, compute_dtype=compute_dtype)
   finally:
     checkpointer.close()
 
 
+def _init_from(directory: str, state: TrainState, abstract: TrainState, shardings: TrainState,
+               tx: optax.GradientTransformation) -> TrainState:
+  """``state`` with params + model state from ``directory``'s newest checkpoint, and the
+  optimizer state re-initialized for them."""
+  source = Checkpointer(directory, read_only=True)
+  try:
+    loaded = source.restore_params({"params": abstract.params,
+                                    "model_state": abstract.model_state})
+    step = source.latest_step()
+  finally:
+    source.close()
+  opt_state = jax.jit(tx.init, out_shardings=shardings.opt_state)(loaded["params"])
+  if jax.process_index() == 0:
+    print(f"initialized params from {directory} step {step}", flush=True)
+  return state.replace(params=loaded["params"], model_state=loaded["model_state"],
+                       opt_state=opt_state)
+
+
 def _train(checkpointer: Checkpointer, signals: StopSignals, *, model_fn, tx, loss_fn, train_data, mesh, workdir,
            num_steps, seed, log_every, eval_every, eval_fn, extra_args_fn, hooks, rules,
-           progress, on_nonfinite, config, allow_config_changes, handle_signals):
+           progress, on_nonfinite, config, allow_config_changes, handle_signals, frozen,
+           init_from, compute_dtype):
   graphdef, abstract, shardings = abstract_train_state(model_fn, tx, mesh, seed=seed,
                                                        rules=rules)
   current_config = {**run_config.flatten(config),
                     **run_config.flatten({"loop": {"seed": seed, "num_steps": num_steps,
-                                                   "on_nonfinite": on_nonfinite}}),
+                                                   "on_nonfinite": on_nonfinite,
+                                                   "init_from": init_from or "",
+                                                   "compute_dtype": str(compute_dtype)}}),
                     **run_config.state_signature(abstract)}
 
   def check_config(stored, step):
@@ -176,14 +210,19 @@ def _train(checkpointer: Checkpointer, signals: StopSignals, *, model_fn, tx, lo
   restored = checkpointer.restore_latest_intact(abstract, check_config=check_config)
   if restored is None:
     graphdef, state, shardings = create_train_state(model_fn, tx, mesh, seed=seed, rules=rules)
+    if init_from:
+      state = _init_from(init_from, state, abstract, shardings, tx)
   else:
     state = restored.state
     train_data.set_state(restored.data)
     if jax.process_index() == 0:
       print(f"resumed from step {restored.step} ({workdir})", flush=True)
   run_config.write(workdir, current_config)
-  train_step = make_train_step(graphdef, tx, loss_fn, shardings, mesh,
-                               extra_args_fn=extra_args_fn, on_nonfinite=on_nonfinite)
+  frozen_args = () if frozen is None else (frozen,)
+  train_step = make_train_step(
+      graphdef, tx, loss_fn, shardings, mesh, extra_args_fn=extra_args_fn,
+      on_nonfinite=on_nonfinite, compute_dtype=compute_dtype,
+      frozen_shardings=None if frozen is None else jax.tree.map(lambda x: x.sharding, frozen))
   start_step = int(state.step)
   if on_nonfinite == "stop" and int(state.nonfinite_steps):
     # Steps skipped by an earlier on_nonfinite="skip" run: "stop" reads a non-zero count as
@@ -192,6 +231,9 @@ def _train(checkpointer: Checkpointer, signals: StopSignals, *, model_fn, tx, lo
   nonfinite_seen = int(state.nonfinite_steps)
   writer = MetricsWriter(workdir, total_steps=num_steps, start_step=start_step,
                          progress=progress)
+  if start_step == 0:
+    writer.write_hparams(current_config)
+  throughput = None
 
   def check_finite(step):
     """Reads the non-finite counter (a device sync) at log/save steps only."""
@@ -211,7 +253,18 @@ def _train(checkpointer: Checkpointer, signals: StopSignals, *, model_fn, tx, lo
 
   try:
     for step in range(start_step + 1, num_steps + 1):
-      state, metrics = train_step(state, mesh_lib.put_batch(next(train_data), mesh))
+      batch = mesh_lib.put_batch(next(train_data), mesh)
+      if throughput is None:
+        # Compiled ahead of time once, to read XLA's FLOP count for the MFU estimate.
+        train_step = train_step.lower(state, batch, *frozen_args).compile()
+        throughput = Throughput(
+            examples_per_step=jax.tree.leaves(batch)[0].shape[0],
+            flops_per_step=compiled_flops(train_step),
+            peak_flops_per_device=peak_flops(jax.devices()[0]))
+      state, metrics = train_step(state, batch, *frozen_args)
+      if step == start_step + 1:
+        jax.block_until_ready(state.step)
+        throughput.start(step)
       writer.advance()
       preempted = handle_signals and (signals.requested or
                                       checkpointer.reached_preemption(step))
@@ -220,13 +273,15 @@ def _train(checkpointer: Checkpointer, signals: StopSignals, *, model_fn, tx, lo
       if save or log:
         check_finite(step)
       if log:
-        writer.write(step, metrics)
+        writer.write(step, {**metrics, **throughput.measure(step)})
+      paused_at = throughput.pause()
       if eval_fn is not None and ((eval_every and step % eval_every == 0)
                                   or step == num_steps):
         writer.write(step, {f"eval/{k}": v for k, v in eval_fn(graphdef, state).items()})
       if save:
         checkpointer.save(step, state, train_data.get_state(), config=current_config,
                           force=True)
+      throughput.resume(paused_at)
       for hook in hooks:
         hook(step, state)
       if preempted:

@@ -139,6 +139,16 @@ class MetricsWriter:
       shown = {k: f"{v:.4g}" for k, v in values.items() if "/" not in k or k.startswith("eval")}
       self._bar.set_postfix(shown, refresh=False)
 
+  def write_hparams(self, config: Mapping[str, object]) -> None:
+    """Records the run's flat config in TensorBoard (HParams and a ``config`` text)."""
+    if self._tb is None:
+      return
+    hparams = {k: v for k, v in config.items()
+               if isinstance(v, (int, float, str, bool)) and not k.startswith("state")}
+    self._tb.add_text("config", "\n".join(f"    {k}: {v!r}" for k, v in sorted(config.items())))
+    # A sub-run: a second writer in the same directory could pick the same event file name.
+    self._tb.add_hparams(hparams, {}, name="hparams")
+
   def advance(self, steps: int = 1) -> None:
     """Moves the progress bar (call every step; cheap, no device sync)."""
     if self._bar is not None:
@@ -155,3 +165,66 @@ def read_jsonl(path: str) -> list[dict]:
   """Records of a ``metrics.jsonl`` file, in order."""
   with open(path) as f:
     return [json.loads(line) for line in f if line.strip()]
+
+
+# Dense bf16 peak FLOP/s per chip (vendor figures), keyed by a substring of
+# ``jax.Device.device_kind`` (checked in order). Unknown kinds (CPU) report no MFU.
+PEAK_FLOPS = (
+    ("TPU v6", 918e12), ("TPU v5p", 459e12), ("TPU v5", 197e12), ("TPU v4", 275e12),
+    ("H200", 989e12), ("H100", 989e12), ("A100", 312e12), ("L4", 121e12),
+)
+
+
+def peak_flops(device: jax.Device) -> float | None:
+  """The device's dense bf16 peak FLOP/s from ``PEAK_FLOPS``, or ``None`` if unknown."""
+  return next((flops for kind, flops in PEAK_FLOPS if kind in device.device_kind), None)
+
+
+def compiled_flops(compiled) -> float | None:
+  """FLOPs of one call of a compiled (partitioned, so per-device) program, from XLA's cost
+  analysis; ``None`` where the backend gives none."""
+  try:
+    analysis = compiled.cost_analysis()
+  except Exception:  # pylint: disable=broad-except  # not every backend implements it
+    return None
+  if isinstance(analysis, (list, tuple)):
+    analysis = analysis[0] if analysis else {}
+  flops = (analysis or {}).get("flops")
+  return float(flops) if flops and flops > 0 else None
+
+
+class Throughput:
+  """Step time, examples/s and MFU between two log points (``perf/*`` metrics).
+
+  The clock runs from the end of the first (compiling) step; ``pause``/``resume`` exclude
+  evaluation and checkpoint waits. ``measure(step)`` must follow a device sync so that the
+  interval covers finished steps (the loop reads ``nonfinite_steps`` first).
+  """
+
+  def __init__(self, *, examples_per_step: int, flops_per_step: float | None,
+               peak_flops_per_device: float | None):
+    self.examples_per_step = examples_per_step
+    self.flops, self.peak = flops_per_step, peak_flops_per_device
+    self._start = self._step = None
+    self._paused = 0.0
+
+  def start(self, step: int) -> None:
+    self._start, self._step, self._paused = time.perf_counter(), step, 0.0
+
+  def pause(self) -> float:
+    return time.perf_counter()
+
+  def resume(self, paused_at: float) -> None:
+    self._paused += time.perf_counter() - paused_at
+
+  def measure(self, step: int) -> dict[str, float]:
+    if self._start is None or step <= self._step:
+      return {}
+    seconds = (time.perf_counter() - self._start - self._paused) / (step - self._step)
+    out = {"perf/step_time_s": seconds, "perf/examples_per_s": self.examples_per_step / seconds}
+    if self.flops is not None:
+      out["perf/tflops_per_device"] = self.flops / seconds / 1e12
+      if self.peak is not None:
+        out["perf/mfu"] = self.flops / seconds / self.peak
+    self.start(step)
+    return out

@@ -19,6 +19,7 @@ scalars) are replicated.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import flax
@@ -87,6 +88,7 @@ def state_shardings(shapes: TrainState, tx: optax.GradientTransformation,
     return jax.tree.map(sharding, variables, specs)
 
   param_shardings = shardings_of(shapes.params, fsdp=True)
+  warn_fsdp_tensor_chain(param_shardings, mesh)
   replicated = mesh_lib.replicated(mesh)
   opt_shardings = optax.tree_map_params(
       tx, lambda _, sharding: sharding, shapes.opt_state, param_shardings,
@@ -95,6 +97,30 @@ def state_shardings(shapes: TrainState, tx: optax.GradientTransformation,
                     model_state=shardings_of(shapes.model_state, fsdp=False),
                     opt_state=opt_shardings,
                     rng=replicated, nonfinite_steps=replicated)
+
+
+def warn_fsdp_tensor_chain(param_shardings, mesh: jax.sharding.Mesh) -> bool:
+  """Warns (and returns True) when the parameters look like the XLA 3-axis issue's pattern.
+
+  On a mesh with ``data``, ``fsdp`` and ``tensor`` all > 1, XLA's SPMD partitioner (jax 0.10.2)
+  returns wrong gradients when consecutive kernels are both ``P(..., "fsdp", "tensor")``
+  (docs/scaling.md, "Known issue"). Layer order is not visible here, so the check is that two
+  or more kernels end in ``("fsdp", "tensor")`` while none ends in ``("tensor", "fsdp")``: a
+  Megatron-alternating model has both, a naively annotated one only the first.
+  """
+  if min(mesh.shape.get(a, 1) for a in ("data", "fsdp", "tensor")) < 2:
+    return False
+  tails = [tuple(s.spec)[-2:] for s in jax.tree.leaves(param_shardings) if len(s.spec) >= 2]
+  forward, backward = tails.count(("fsdp", "tensor")), tails.count(("tensor", "fsdp"))
+  if forward >= 2 and backward == 0:
+    warnings.warn(
+        f"{forward} kernels are sharded P(..., 'fsdp', 'tensor') and none P(..., 'tensor', "
+        f"'fsdp') on mesh {dict(mesh.shape)}: consecutive such kernels get wrong gradients "
+        f"from XLA's SPMD partitioner on 3-axis meshes (jax {jax.__version__}; "
+        f"docs/scaling.md, 'Known issue'). Alternate the annotations Megatron-style "
+        f"(('embed', 'mlp') then ('mlp', 'embed')) or use a data/fsdp mesh.", stacklevel=3)
+    return True
+  return False
 
 
 def abstract_train_state(

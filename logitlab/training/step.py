@@ -71,7 +71,9 @@ def make_train_step(
     *,
     extra_args_fn: Callable[[StepContext], dict[str, Any]] | None = None,
     on_nonfinite: str = "stop",
-) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
+    frozen_shardings: Any = None,
+    compute_dtype: Any = None,
+) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
   """Returns ``train_step(state, batch) -> (state, metrics)``, jitted with donated state.
 
   One step: split ``state.rng``; ``loss, grads = value_and_grad(loss_fn)`` at ``state.params``
@@ -89,22 +91,43 @@ def make_train_step(
     mesh: the mesh; batches are expected sharded with ``mesh.batch_sharding``.
     extra_args_fn: ``ctx -> {name: value}`` keyword arguments for ``tx.update``.
     on_nonfinite: ``"stop"`` or ``"skip"`` (module docstring).
+    frozen_shardings: sharding tree of a pytree of frozen arrays (a teacher's parameters and
+      statistics, a reference model): the step becomes ``train_step(state, batch, frozen)``
+      and calls ``loss_fn(model, batch, rng, frozen)``. Passing such arrays as arguments keeps
+      them sharded and out of the compiled program; closing over them in ``loss_fn`` inlines
+      them as constants (replicated, and the program grows with their size).
+    compute_dtype: mixed precision, e.g. ``jnp.bfloat16``: the forward and backward pass see
+      float32 parameters and floating batch fields cast to it, while the master parameters,
+      gradients (the cast's transpose returns float32), optimizer state, model state and the
+      returned loss stay float32 (``loss_fn`` should reduce in float32; logitlab's losses
+      do). ``None``: no casting.
   """
   if on_nonfinite not in ON_NONFINITE:
     raise ValueError(f"`on_nonfinite` must be one of {ON_NONFINITE}, got {on_nonfinite!r}.")
+  if compute_dtype is not None and not jnp.issubdtype(compute_dtype, jnp.floating):
+    raise ValueError(f"`compute_dtype` must be a floating dtype, got {compute_dtype!r}.")
 
-  def train_step(state: TrainState, batch: Batch):
+  def cast(tree):
+    if compute_dtype is None:
+      return tree
+    return jax.tree.map(lambda x: x.astype(compute_dtype) if x.dtype == jnp.float32 else x,
+                        tree)
+
+  def train_step(state: TrainState, batch: Batch, *frozen):
     rng, step_rng = jax.random.split(jax.random.wrap_key_data(state.rng))
 
     def objective(params, model_state):
       # copy=True: fresh Variables owned by this (grad) trace, which the forward pass may
       # update (BatchNorm statistics); the jit-level ones cannot be mutated here.
-      model = nnx.merge(graphdef, params, model_state, copy=True)
-      loss, metrics = loss_fn(model, batch, step_rng)
-      return loss, (metrics, nnx.state(model, nnx.Not(nnx.Param)))
+      model = nnx.merge(graphdef, cast(params), model_state, copy=True)
+      loss, metrics = loss_fn(model, cast(batch), step_rng, *frozen)
+      return loss.astype(jnp.float32), (metrics, nnx.state(model, nnx.Not(nnx.Param)))
 
     (loss, (metrics, model_state)), grads = jax.value_and_grad(objective, has_aux=True)(
         state.params, state.model_state)
+    # Statistics computed from compute_dtype activations keep their stored dtype.
+    model_state = jax.tree.map(lambda new, old: new.astype(old.dtype), model_state,
+                               state.model_state)
     extra_args = {}
     if extra_args_fn is not None:
       to_model = lambda params: nnx.merge(graphdef, params, state.model_state)
@@ -131,9 +154,11 @@ def make_train_step(
 
   replicated = mesh_lib.replicated(mesh)
   out_shardings = (shardings, replicated)
+  in_shardings = (shardings, mesh_lib.batch_sharding(mesh))
+  if frozen_shardings is not None:
+    in_shardings += (frozen_shardings,)
   return jax.jit(mesh_lib.auto_axes(train_step, mesh, out_shardings),
-                 in_shardings=(shardings, mesh_lib.batch_sharding(mesh)),
-                 out_shardings=out_shardings, donate_argnums=0)
+                 in_shardings=in_shardings, out_shardings=out_shardings, donate_argnums=0)
 
 
 def make_eval_step(
