@@ -1013,6 +1013,27 @@ ROWS += rows_for(
       arg("config"), TypeError, owner="issue 13"),
 )
 
+ROWS += rows_for(
+    numerics,
+    R("tree_vdot", lambda: numerics.tree_vdot({"w": F}, {"w": F, "v": F}), arg("b"),
+      owner="issue 14"),
+)
+ROWS += rows_for(
+    metrics,
+    R("Throughput", lambda: metrics.Throughput(examples_per_step=0, flops_per_step=None,
+                                               peak_flops_per_device=None),
+      arg("examples_per_step"), owner="issue 13"),
+    R("compiled_flops", lambda: metrics.compiled_flops(object()),
+      returns=lambda flops: flops is None, case="documented: None when XLA has no cost"),
+    R("peak_flops", lambda: metrics.peak_flops(jax.devices()[0]),
+      returns=lambda flops: flops is None or flops > 0, case="documented: None on CPU"),
+)
+ROWS += rows_for(
+    state,
+    R("warn_fsdp_tensor_chain", lambda: state.warn_fsdp_tensor_chain({}, "mesh"), arg("mesh"),
+      TypeError, owner="issue 13"),
+)
+
 
 def _all_rows() -> list[Row]:
   return ROWS
