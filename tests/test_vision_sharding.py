@@ -8,6 +8,8 @@ partitioner (jax 0.10.2, CPU) returned wrong gradients and the digits MLP drifte
 1-device run from step 2 on (docs/scaling.md, "Known issue"). The models now alternate
 ``("embed", "mlp")`` / ``("mlp", "embed")`` and every head reads its feature's axis.
 """
+import functools
+
 import jax
 import numpy as np
 import optax
@@ -129,24 +131,33 @@ def _odd_depth_problem():
   return x, y
 
 
+def _odd_depth_loss(graphdef):
+  def loss(params, model_state, x, y):
+    return _loss_fn(nnx.merge(graphdef, params, model_state), {"image": x, "label": y}, None)[0]
+  return loss
+
+
+@functools.cache
+def _odd_depth_one_device_gradients():
+  one = training.make_mesh({"data": 1}, devices=jax.devices()[:1])
+  graphdef, state, _ = training.create_train_state(_odd_depth_mlp, optax.sgd(0.1), one)
+  return jax.jit(jax.grad(_odd_depth_loss(graphdef)))(state.params, state.model_state,
+                                                      *_odd_depth_problem())
+
+
 @pytest.mark.parametrize("mode", sorted(MODES))
 def test_odd_depth_mlp_with_all_heads_same_gradients_on_3_axis_mesh(mode):
   """Odd depth: the feature is on ``mlp``, so the heads are row-parallel ``("mlp", None)``."""
   x, y = _odd_depth_problem()
   mesh = training.make_mesh(MESH_3D, axis_types=MODES[mode])
   graphdef, state, shardings = training.create_train_state(_odd_depth_mlp, optax.sgd(0.1), mesh)
-
-  def loss(params, model_state, x, y):
-    return _loss_fn(nnx.merge(graphdef, params, model_state), {"image": x, "label": y}, None)[0]
-
   batch = training.batch_sharding(mesh)
   # As the training step does: Explicit axes are switched to Auto for the model's body.
-  grad = mesh_lib.auto_axes(jax.grad(loss), mesh, shardings.params)
+  grad = mesh_lib.auto_axes(jax.grad(_odd_depth_loss(graphdef)), mesh, shardings.params)
   with jax.set_mesh(mesh):
     sharded = jax.jit(grad, in_shardings=(shardings.params, shardings.model_state, batch, batch),
                       out_shardings=shardings.params)(state.params, state.model_state, x, y)
-  params, model_state = jax.device_get((state.params, state.model_state))
-  reference = jax.jit(jax.grad(loss))(params, model_state, x, y)  # on one device
+  reference = _odd_depth_one_device_gradients()
   for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(reference),
                           jax.tree.leaves(sharded)):
     a, b = np.asarray(a), np.asarray(b)
