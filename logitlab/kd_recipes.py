@@ -35,10 +35,9 @@ from typing import Any
 import chex
 import jax
 import jax.numpy as jnp
-import optax
 from flax import nnx
 
-from logitlab import losses
+from logitlab import losses, numerics
 from logitlab.losses.mlkd import EXTRA_TEMPERATURES
 
 METHODS = ("ce", "kd", "dkd", "nkd", "uskd", "dhkd", "mlkd", "ctkd")
@@ -273,8 +272,8 @@ def objective(recipe: Recipe, apply_fn: Callable[[Any], tuple[Mapping[str, jax.A
     (ce, binary_kl), pullback, (terms, aux) = jax.vjp(two_terms, params, has_aux=True)
     (g_ce,) = pullback((jnp.ones_like(ce), jnp.zeros_like(binary_kl)))
     (g_kd,) = pullback((jnp.zeros_like(ce), jnp.ones_like(binary_kl)))
-    dot = optax.tree_utils.tree_vdot(g_kd, g_ce)
-    norm_sq = optax.tree_utils.tree_vdot(g_ce, g_ce)
+    dot = numerics.tree_vdot(g_kd, g_ce)
+    norm_sq = numerics.tree_vdot(g_ce, g_ce)
     coefficient = jax.lax.stop_gradient(jnp.where(
         (dot < 0) & (norm_sq > 0), dot / jnp.where(norm_sq > 0, norm_sq, 1.0), 0.0))
     loss = (1.0 - coefficient) * ce + binary_kl

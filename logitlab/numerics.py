@@ -145,6 +145,16 @@ def gather_axis(x: chex.Array, axis: int = -1) -> Array:
       x, jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec(*spec)))
 
 
+def tree_vdot(a, b) -> Array:
+  """float32 ``sum_leaves sum(a * b)`` over two pytrees of the same structure.
+
+  Elementwise products and sums, not ``jnp.vdot``: ``vdot`` ravels each leaf, a reshape that
+  Explicit sharding rejects for a sharded leaf (``optax.tree_utils.tree_vdot`` does that).
+  """
+  return sum((jnp.sum(upcast(x) * upcast(y)) for x, y in
+              zip(jax.tree.leaves(a), jax.tree.leaves(b))), jnp.float32(0.0))
+
+
 def masked_mean(values: chex.Array, where: chex.Array | None = None, axis=None) -> Array:
   """Mean of ``values`` over ``axis`` counting only entries where ``where`` is true.
 

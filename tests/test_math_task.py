@@ -247,7 +247,7 @@ def test_ssb_and_aslec_demos_on_qwen2_folder_and_math_jsonl(tmp_path, monkeypatc
   results = ssb.run(config)
   assert results["data"]["curated"] >= 1 and results["data"]["teacher_solutions_kept"] >= 1
   teacher = contexts[1]  # hinted context: chat format around the SSB instruction
-  assert teacher.startswith("<|im_start|>user\nProblem: ")
-  assert "a correct solution:\nso \\boxed{2}\n" in teacher  # eos stripped
+  assert teacher.startswith("<|im_start|>user\nWe have two sample responses")  # official text
+  assert "the correct response from a student:\n---\nso \\boxed{2}\n---" in teacher  # no eos
   assert teacher.endswith("<|im_start|>assistant\n")
   assert (tmp_path / "ssb" / "lora").exists()

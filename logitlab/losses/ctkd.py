@@ -11,7 +11,6 @@ logits first.
 
 from __future__ import annotations
 
-import functools
 import math
 
 import chex

@@ -11,7 +11,6 @@ from __future__ import annotations
 import chex
 import jax
 import jax.numpy as jnp
-import optax
 
 from logitlab import numerics
 from logitlab.losses import _common
@@ -134,8 +133,8 @@ def project_conflicting(kd_grads: chex.ArrayTree, ce_grads: chex.ArrayTree) -> c
   zero ``ce_grads``) are returned unchanged. Leaves keep their dtypes.
   """
   chex.assert_trees_all_equal_shapes(kd_grads, ce_grads)
-  dot = optax.tree_utils.tree_vdot(kd_grads, ce_grads)
-  ce_norm_sq = optax.tree_utils.tree_vdot(ce_grads, ce_grads)
+  dot = numerics.tree_vdot(kd_grads, ce_grads)
+  ce_norm_sq = numerics.tree_vdot(ce_grads, ce_grads)
   coefficient = jnp.where(ce_norm_sq > 0, jnp.minimum(dot, 0.0) / jnp.where(
       ce_norm_sq > 0, ce_norm_sq, 1.0), 0.0)
   return jax.tree.map(lambda g_kd, g_ce: (g_kd - coefficient * g_ce).astype(g_kd.dtype),
