@@ -38,12 +38,35 @@ LinearOperator = Callable[[Params], Params]
 CurvatureFn = Callable[..., LinearOperator]
 
 
+def _check_callable(name: str, fn) -> None:
+  if not callable(fn):
+    raise TypeError(f"`{name}` must be a callable, got {type(fn).__name__}.")
+
+
+def _check_nonnegative(name: str, value) -> None:
+  if not (isinstance(value, (int, float)) and value >= 0 and value < float("inf")):
+    raise ValueError(f"`{name}` must be a finite number >= 0, got {value!r}.")
+
+
 def hessian(value_fn: Callable[..., chex.Array]) -> CurvatureFn:
   """Exact Hessian-vector products of ``value_fn(params, *data)`` (forward-over-reverse)."""
+  _check_callable("value_fn", value_fn)
 
   def curvature_fn(params, *data):
     _, hvp = jax.linearize(lambda p: jax.grad(value_fn)(p, *data), params)
     return hvp
+
+  return curvature_fn
+
+
+def zero() -> CurvatureFn:
+  """``H = 0``: with it the solver is the reference code's normalized gradient method (NGM,
+  ``grad_norm_smooth_gradient_method``): ``dx = -B^{-1} g / lambda``, ``lambda = ||g||_* /
+  gamma``, with the same adaptive gamma search."""
+
+  def curvature_fn(params, *data):
+    del params, data
+    return lambda v: jax.tree.map(jnp.zeros_like, v)
 
   return curvature_fn
 
@@ -56,6 +79,8 @@ def gauss_newton(model_fn: Callable[..., chex.Array],
   one ``jvp`` (``J v``), one Hessian-vector product of ``loss_fn`` in ``z`` space and one
   ``vjp`` (``J^T u``). PSD whenever ``loss_fn`` is convex in ``z``.
   """
+  _check_callable("model_fn", model_fn)
+  _check_callable("loss_fn", loss_fn)
 
   def curvature_fn(params, *data):
     z, jvp_fn = jax.linearize(lambda p: model_fn(p, *data), params)
@@ -73,6 +98,8 @@ def weighted_gauss_newton(model_fn: Callable[..., chex.Array], mu: float) -> Cur
   Gauss-Newton for the logsumexp problem; it equals the true Hessian plus
   ``grad f grad f^T / mu``.
   """
+  _check_callable("model_fn", model_fn)
+  numerics.check_positive("mu", mu)
 
   def curvature_fn(params, *data):
     z, jvp_fn = jax.linearize(lambda p: model_fn(p, *data), params)
@@ -95,6 +122,7 @@ def fisher(per_example_fn: Callable[..., tuple[chex.Array, chex.Array]], *,
       ``f = sum_i weights_i losses_i`` (weights 0 on masked examples).
     normalized: divide each outer product by ``l_i`` (examples with ``l_i = 0`` add 0).
   """
+  _check_callable("per_example_fn", per_example_fn)
 
   def curvature_fn(params, *data):
     losses, jvp_fn, weights = jax.linearize(
@@ -111,6 +139,8 @@ def fisher(per_example_fn: Callable[..., tuple[chex.Array, chex.Array]], *,
 
 def add_ridge(curvature_fn: CurvatureFn, l2: float) -> CurvatureFn:
   """Curvature of ``f + (l2/2)||params||^2``: ``v -> H v + l2 v``."""
+  _check_callable("curvature_fn", curvature_fn)
+  _check_nonnegative("l2", l2)
   if l2 == 0:
     return curvature_fn
 
@@ -122,7 +152,9 @@ def add_ridge(curvature_fn: CurvatureFn, l2: float) -> CurvatureFn:
 
 
 def scale(curvature_fn: CurvatureFn, factor: float) -> CurvatureFn:
-  """``v -> factor * H v``."""
+  """``v -> factor * H v`` (``factor >= 0`` keeps a PSD curvature PSD)."""
+  _check_callable("curvature_fn", curvature_fn)
+  _check_nonnegative("factor", factor)
 
   def scaled_curvature_fn(params, *data):
     matvec = curvature_fn(params, *data)
@@ -136,6 +168,12 @@ def dense_matrix(matvec: LinearOperator, params: Params) -> jax.Array:
 
   One operator application per column (vmapped); meant for small ``d`` (Cholesky path).
   """
+  _check_callable("matvec", matvec)
+  leaves = jax.tree.leaves(params)
+  if not leaves or not all(hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.floating)
+                           for x in leaves):
+    raise TypeError(f"`params` must be a non-empty pytree of float arrays, got "
+                    f"{type(params).__name__}.")
   flat, unravel = ravel_pytree(params)
   columns = jax.vmap(lambda e: ravel_pytree(matvec(unravel(e)))[0])(
       jnp.eye(flat.size, dtype=flat.dtype))

@@ -115,6 +115,10 @@ def softmax_regression(features: chex.Array, labels: chex.Array, num_classes: in
   _check_design(features, where)
   if labels.shape != features.shape[:1]:
     raise ValueError(f"`labels` must have shape [n] = {features.shape[:1]}, got {labels.shape}.")
+  if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+    raise ValueError(f"`num_classes` must be an integer >= 1, got {num_classes!r}.")
+  numerics.check_values("labels", (labels >= 0) & (labels < num_classes),
+                        f"class indices in [0, {num_classes})")
   one_hot = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
   weights = _example_weights(where, features.shape[0])
 
@@ -142,6 +146,7 @@ def logsumexp(matrix: chex.Array, offsets: chex.Array, mu: float = 1.0) -> Probl
   ``weighted_gauss_newton`` ``(1/mu) A^T diag(softmax) A`` (= Hessian + g g^T / mu).
   """
   _check_system(matrix, offsets)
+  numerics.check_positive("mu", mu)
 
   def scores(x, matrix, offsets):
     return numerics.upcast(matrix) @ x - offsets
@@ -169,7 +174,7 @@ def nonlinear_equations(matrix: chex.Array, offsets: chex.Array, p: float = 4.0)
   with the metric ``B = A^T A``).
   """
   _check_system(matrix, offsets)
-  if p < 2:
+  if not p >= 2:
     raise ValueError(f"`p` must be >= 2, got {p}.")
 
   def residuals(x, matrix, offsets):
@@ -192,7 +197,9 @@ def nonlinear_equations(matrix: chex.Array, offsets: chex.Array, p: float = 4.0)
 
 
 def rosenbrock_residuals(x: chex.Array) -> jax.Array:
-  """``u(x) = [10 (x_{i+1} - x_i^2), 1 - x_i]`` so that Rosenbrock ``= ||u||^2``."""
+  """``u(x) = [10 (x_{i+1} - x_i^2), 1 - x_i]`` so that Rosenbrock ``= ||u||^2``; ``x [d >= 2]``."""
+  if jnp.ndim(x) != 1 or jnp.shape(x)[0] < 2:
+    raise ValueError(f"`x` must be a vector [d >= 2], got shape {jnp.shape(x)}.")
   return jnp.concatenate([10.0 * (x[1:] - x[:-1] ** 2), 1.0 - x[:-1]])
 
 

@@ -9,11 +9,14 @@ curvature ``H(x)`` (exact Hessian, Gauss-Newton, Fisher, ...)::
     else gamma <- gamma / 2 and re-solve (at most ``max_search`` solves)
     after acceptance: x <- x + dx, gamma <- max(2 gamma, gamma_min)
 
-This is the adaptive search of the authors' code (epfml/grad-norm-smooth), with two
-deliberate differences, both documented in docs/second_order.md: a failed solve (e.g. a
+This is the adaptive search of the authors' code (epfml/grad-norm-smooth), with three
+deliberate differences, documented in docs/second_order.md: a failed solve (e.g. a
 non-PD ``H + lambda B`` for an indefinite exact Hessian makes Cholesky return NaN) counts
-as a rejected trial and halves gamma instead of aborting, and when all ``max_search``
-trials fail the point is not moved (the reference moves anyway), so ``f`` never increases.
+as a rejected trial and halves gamma instead of aborting; when all ``max_search``
+trials fail the point is not moved (the reference moves anyway), so ``f`` never increases;
+and such a stalled iteration leaves gamma where it started, with ``gamma >= gamma_min``
+always (the reference only floors after an acceptance, so in float32 gamma reached 0.0).
+``adaptive_search=False`` is the reference's fixed-gamma mode.
 
 With a known Hessian-Lipschitz constant ``L`` (``hessian_lipschitz=L``) the search is
 replaced by ``lambda = sqrt(L ||g||_* / 2)`` (gradient regularization of Newton's
@@ -55,6 +58,9 @@ class GNSState(NamedTuple):
     accepted: whether the last iteration moved the point.
     num_solves: linear solves made by the last iteration's search.
     count: iterations done.
+    cg_iterations: CG iterations of the last solve (0 for Cholesky).
+    cg_residual: relative residual ``||(H + lambda B) dx + g|| / ||g||`` of the last solve
+      (both linear solvers); a value far above ``cg_tol`` means CG hit ``cg_maxiter``.
   """
   params: Params
   value: chex.Array
@@ -66,6 +72,8 @@ class GNSState(NamedTuple):
   accepted: chex.Array
   num_solves: chex.Array
   count: chex.Array
+  cg_iterations: chex.Array
+  cg_residual: chex.Array
 
 
 class GNSSolver(NamedTuple):
@@ -86,6 +94,36 @@ def _metric_ops(metric: chex.Array | None):
       lambda g: jnp.vdot(g, jax.scipy.linalg.cho_solve(chol, g).astype(g.dtype)))
 
 
+def _cg(matvec, b, *, tol: float, maxiter: int):
+  """Conjugate gradients on pytrees for SPD ``matvec``; returns ``(x, iterations, ||r||/||b||)``.
+
+  The same recurrence as ``jax.scipy.sparse.linalg.cg`` (x0 = 0, stop at ``||r|| <= tol ||b||``)
+  but it reports its iteration count and final residual (solver diagnostics).
+  """
+  vdot = lambda u, v: sum(jnp.vdot(a, c) for a, c in zip(jax.tree.leaves(u), jax.tree.leaves(v)))
+  axpy = lambda alpha, u, v: jax.tree.map(lambda a, c: alpha * a + c, u, v)
+  b_norm_sq = vdot(b, b)
+  threshold = tol**2 * b_norm_sq
+
+  def cond(carry):
+    _, r, _, rs, k = carry
+    return (rs > threshold) & (k < maxiter)
+
+  def body(carry):
+    x, r, p, rs, k = carry
+    ap = matvec(p)
+    alpha = rs / vdot(p, ap)
+    x = axpy(alpha, p, x)
+    r = axpy(-alpha, ap, r)
+    rs_new = vdot(r, r)
+    p = axpy(rs_new / rs, p, r)
+    return x, r, p, rs_new, k + 1
+
+  x0 = jax.tree.map(jnp.zeros_like, b)
+  x, _, _, rs, k = jax.lax.while_loop(cond, body, (x0, b, b, b_norm_sq, jnp.zeros((), jnp.int32)))
+  return x, k, jnp.sqrt(rs / jnp.where(b_norm_sq > 0, b_norm_sq, 1.0))
+
+
 def gradient_normalized_newton(
     value_fn: Callable[..., chex.Array],
     curvature_fn: curvature_lib.CurvatureFn,
@@ -99,6 +137,7 @@ def gradient_normalized_newton(
     eps: float = 1e-8,
     cg_tol: float = 1e-6,
     cg_maxiter: int | None = None,
+    adaptive_search: bool = True,
 ) -> GNSSolver:
   """Builds the solver for ``min_x value_fn(x, *data)`` (arXiv 2506.13710, Algorithm 1).
 
@@ -112,12 +151,22 @@ def gradient_normalized_newton(
     gamma_init: initial step radius ``gamma_0``.
     gamma_min: lower clip applied after each acceptance (``max(2 gamma, gamma_min)``).
     max_search: maximum solves per iteration in the adaptive search (the paper's 40).
+      A search in which all of them fail (at round-off the acceptance test cannot pass)
+      leaves the point *and gamma* as they were, and gamma never drops below
+      ``gamma_min``: a stalled iteration carries no information about the curvature, so the
+      next data (a new batch through the optax transform) starts from the last useful radius.
     hessian_lipschitz: if given, ``lambda = sqrt(L ||g||_* / 2)`` and no search.
     eps: ``lambda = ||g||_* / (gamma + eps)`` as in the reference code.
-    cg_tol, cg_maxiter: relative tolerance and iteration cap of the CG solve.
+    cg_tol, cg_maxiter: relative tolerance and iteration cap (default ``10 d``) of the CG
+      solve; the state reports the iterations and the residual of the last solve.
+    adaptive_search: ``False`` is the reference code's ``adaptive_search=False`` (fixed gamma):
+      one solve per iteration at ``gamma = gamma_init``, always taken, gamma never changes.
   """
   if linear_solver not in ("cholesky", "cg"):
     raise ValueError(f"`linear_solver` must be 'cholesky' or 'cg', got {linear_solver!r}.")
+  for name, value in (("gamma_init", gamma_init), ("gamma_min", gamma_min), ("eps", eps),
+                      ("cg_tol", cg_tol)):
+    numerics.check_positive(name, value)
   if max_search < 1:
     raise ValueError(f"`max_search` must be >= 1, got {max_search}.")
   if hessian_lipschitz is not None and hessian_lipschitz <= 0:
@@ -137,8 +186,13 @@ def gradient_normalized_newton(
       eye_b = apply_b(jnp.eye(flat_params.size, dtype=flat_params.dtype))
 
       def solve(lam, neg_grad):
-        chol = jax.scipy.linalg.cho_factor(hess + lam * eye_b, lower=True)
-        return unravel(jax.scipy.linalg.cho_solve(chol, ravel_pytree(neg_grad)[0]))
+        system = hess + lam * eye_b
+        flat_b = ravel_pytree(neg_grad)[0]
+        flat_dx = jax.scipy.linalg.cho_solve(jax.scipy.linalg.cho_factor(system, lower=True),
+                                             flat_b)
+        residual = jnp.linalg.norm(system @ flat_dx - flat_b) / jnp.where(
+            jnp.any(flat_b != 0), jnp.linalg.norm(flat_b), 1.0)
+        return unravel(flat_dx), jnp.zeros((), jnp.int32), residual
     else:
 
       def solve(lam, neg_grad):
@@ -146,9 +200,8 @@ def gradient_normalized_newton(
           bv = unravel(apply_b(ravel_pytree(v)[0]))
           return jax.tree.map(lambda hv, b: hv + lam * b, matvec(v), bv)
 
-        dx, _ = jax.scipy.sparse.linalg.cg(regularized, neg_grad, tol=cg_tol,
-                                           maxiter=cg_maxiter)
-        return dx
+        return _cg(regularized, neg_grad, tol=cg_tol,
+                   maxiter=10 * flat_params.size if cg_maxiter is None else cg_maxiter)
 
     return solve
 
@@ -164,7 +217,8 @@ def gradient_normalized_newton(
         params=params, value=value, grad=grad, grad_norm=dual_norm(grad),
         gamma=jnp.asarray(gamma_init, dtype), step_gamma=jnp.asarray(gamma_init, dtype),
         step_norm=jnp.zeros((), dtype), accepted=jnp.asarray(False),
-        num_solves=jnp.zeros((), jnp.int32), count=jnp.zeros((), jnp.int32))
+        num_solves=jnp.zeros((), jnp.int32), count=jnp.zeros((), jnp.int32),
+        cg_iterations=jnp.zeros((), jnp.int32), cg_residual=jnp.zeros((), dtype))
 
   def trial(state, solve, gamma, data):
     """One regularized Newton solve at radius ``gamma``."""
@@ -173,7 +227,7 @@ def gradient_normalized_newton(
     else:
       lam = jnp.sqrt(hessian_lipschitz * state.grad_norm / 2)
     neg_grad = jax.tree.map(jnp.negative, state.grad)
-    dx = solve(lam, neg_grad)
+    dx, cg_iterations, cg_residual = solve(lam, neg_grad)
     new_params = jax.tree.map(jnp.add, state.params, dx)
     new_value, new_grad = value_and_grad(new_params, *data)
     new_grad_norm = dual_norm(new_grad)
@@ -182,38 +236,47 @@ def gradient_normalized_newton(
     flat_dx = ravel_pytree(dx)[0]
     step_norm = jnp.sqrt(jnp.vdot(flat_dx, apply_b(flat_dx)))
     return sufficient & jnp.isfinite(new_value), (new_params, new_value, new_grad,
-                                                   new_grad_norm, step_norm)
+                                                   new_grad_norm, step_norm), (
+                                                       cg_iterations,
+                                                       cg_residual.astype(state.value.dtype))
 
   def update(state, *data):
     solve = make_solve(state.params, data)
     zero_candidate = (state.params, state.value, state.grad, state.grad_norm,
                       jnp.zeros_like(state.step_norm))
 
-    if hessian_lipschitz is not None:
-      gamma = jnp.sqrt(2 * state.grad_norm / hessian_lipschitz)
-      _, candidate = trial(state, solve, gamma, data)
+    if hessian_lipschitz is not None or not adaptive_search:
+      gamma = (state.gamma if hessian_lipschitz is None
+               else jnp.sqrt(2 * state.grad_norm / hessian_lipschitz))
+      _, candidate, (cg_iterations, cg_residual) = trial(state, solve, gamma, data)
       params, value, grad, grad_norm, step_norm = candidate
       return GNSState(params, value, grad, grad_norm, gamma, gamma, step_norm,
-                      jnp.asarray(True), jnp.ones((), jnp.int32), state.count + 1)
+                      jnp.asarray(True), jnp.ones((), jnp.int32), state.count + 1,
+                      cg_iterations, cg_residual)
 
     def search_cond(carry):
       num_solves, accepted = carry[0], carry[1]
       return (~accepted) & (num_solves < max_search)
 
     def search_body(carry):
-      num_solves, _, gamma, _, _ = carry
-      accepted, candidate = trial(state, solve, gamma, data)
-      next_gamma = jnp.where(accepted, jnp.maximum(2 * gamma, gamma_min), gamma / 2)
-      return num_solves + 1, accepted, next_gamma, gamma, candidate
+      num_solves, _, gamma, _, _, _ = carry
+      accepted, candidate, diagnostics = trial(state, solve, gamma, data)
+      # The floor applies to halving too: in float32, 40 halvings per stalled iteration
+      # reached gamma = 0.0 exactly, from which doubling never recovers.
+      next_gamma = jnp.maximum(jnp.where(accepted, 2 * gamma, gamma / 2), gamma_min)
+      return num_solves + 1, accepted, next_gamma, gamma, candidate, diagnostics
 
-    num_solves, accepted, gamma, step_gamma, candidate = jax.lax.while_loop(
+    zero_diagnostics = (jnp.zeros((), jnp.int32), jnp.zeros((), state.value.dtype))
+    num_solves, accepted, gamma, step_gamma, candidate, diagnostics = jax.lax.while_loop(
         search_cond, search_body,
         (jnp.zeros((), jnp.int32), jnp.asarray(False), state.gamma, state.gamma,
-         zero_candidate))
-    # If every trial failed, `candidate` is the last rejected one: stay at x.
+         zero_candidate, zero_diagnostics))
+    # If every trial failed, `candidate` is the last rejected one: stay at x, and keep the
+    # gamma this iteration started from (recovery: the stall says nothing about curvature).
     params, value, grad, grad_norm, step_norm = jax.tree.map(
         lambda new, old: jnp.where(accepted, new, old), candidate, zero_candidate)
+    gamma = jnp.where(accepted, gamma, jnp.maximum(state.gamma, gamma_min))
     return GNSState(params, value, grad, grad_norm, gamma, step_gamma, step_norm, accepted,
-                    num_solves, state.count + 1)
+                    num_solves, state.count + 1, *diagnostics)
 
   return GNSSolver(init=init, update=update)

@@ -47,7 +47,7 @@ class MathProblem:
 def apply_template(template: str, question: str) -> str:
   """``template`` with ``{question}`` replaced literally (other braces are left alone)."""
   if "{question}" not in template:
-    raise ValueError(f"The prompt template must contain '{{question}}', got {template!r}.")
+    raise ValueError(f"`template` must contain '{{question}}', got {template!r}.")
   return template.replace("{question}", question)
 
 
@@ -185,6 +185,10 @@ def sample_problems(problems: Sequence[MathProblem], n: int, *, seed: int,
                     repeat: bool = True) -> list[MathProblem]:
   """``n`` problems in a seeded random order; with ``repeat`` further shuffled passes
   follow once the file is exhausted (epochs), else at most ``len(problems)``."""
+  if not problems:
+    raise ValueError("`problems` is empty (with `repeat` the sampler would never finish).")
+  if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+    raise ValueError(f"`n` must be an integer >= 0, got {n!r}.")
   rng = np.random.default_rng(seed)
   order: list[int] = []
   while len(order) < n:

@@ -66,6 +66,9 @@ class ArraySource:
 
 def _host_split(global_batch_size: int, process_index: int | None,
                 process_count: int | None) -> tuple[int, int, int]:
+  if isinstance(global_batch_size, bool) or not isinstance(global_batch_size, int) or (
+      global_batch_size < 1):
+    raise ValueError(f"`global_batch_size` must be an integer >= 1, got {global_batch_size!r}.")
   process_index = jax.process_index() if process_index is None else process_index
   process_count = jax.process_count() if process_count is None else process_count
   if global_batch_size % process_count:
