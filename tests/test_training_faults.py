@@ -223,8 +223,9 @@ def test_no_intact_checkpoint_is_a_clear_error(tmp_path):
   checkpointer.close()
 
 
-def test_checksums_are_sharding_independent_and_detect_one_changed_word():
-  mesh = training.make_mesh({"data": 2, "fsdp": 4})
+@pytest.mark.parametrize("axis_types", ["explicit", "auto"])
+def test_checksums_are_sharding_independent_and_detect_one_changed_word(axis_types):
+  mesh = training.make_mesh({"data": 2, "fsdp": 4}, axis_types=axis_types)
   x = np.random.default_rng(0).normal(size=(8, 16)).astype(np.float32)
   tree = {"x": x, "h": x.astype(jnp.bfloat16), "i": np.arange(8, dtype=np.int64),
           "k": np.array([True, False])}
