@@ -757,6 +757,11 @@ ROWS += rows_for(
       owner="issue 13"),
     R("make_eval_step", lambda: step.make_eval_step(None, "metrics", None, cpu_mesh()),
       arg("metrics_fn"), TypeError, owner="issue 13"),
+    R("radius_guard_args", lambda: step.radius_guard_args(None), arg("logits_fn")),
+    R("split_micro_batches", lambda: step.split_micro_batches({"x": jnp.zeros((6, 2))}, 4),
+      arg("grad_accum_steps"), case="indivisible"),
+    R("split_micro_batches", lambda: step.split_micro_batches({"x": jnp.zeros((6, 2))}, 0),
+      arg("grad_accum_steps"), case="zero"),
 )
 
 ROWS += rows_for(

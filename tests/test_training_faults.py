@@ -284,7 +284,8 @@ def test_unwritable_checkpoint_dir_raises_clearly_and_process_exits(tmp_path):
 
 @pytest.mark.parametrize("name, value", [
     ("log_every", 0), ("checkpoint_every", 0), ("keep_checkpoints", 0), ("steps", 0),
-    ("eval_every", -1), ("seed", -1), ("log_every", 1.5), ("on_nonfinite", "ignore")])
+    ("eval_every", -1), ("seed", -1), ("log_every", 1.5), ("on_nonfinite", "ignore"),
+    ("grad_accum_steps", 0)])
 def test_every_loop_setting_is_validated_by_name(tmp_path, name, value):
   with pytest.raises(ValueError, match=f"`{'num_steps' if name == 'steps' else name}`"):
     _train(tmp_path / "bad", **{name: value})

@@ -110,6 +110,11 @@ def radius_guard_args(
   return extra_args_fn
 
 
+def _check_grad_accum_steps(value) -> None:
+  if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    raise ValueError(f"`grad_accum_steps` must be an int >= 1, got {value!r}.")
+
+
 def split_micro_batches(batch: Batch, grad_accum_steps: int) -> Batch:
   """Every leaf ``[B, ...] -> [k, B / k, ...]``, micro-batch ``i`` = examples ``i::k``.
 
@@ -117,6 +122,7 @@ def split_micro_batches(batch: Batch, grad_accum_steps: int) -> Batch:
   ``B / (k * devices)`` examples of every micro-batch on each device, so no micro-batch sits
   on a subset of the devices.
   """
+  _check_grad_accum_steps(grad_accum_steps)
   k = grad_accum_steps
 
   def split(path, x):
@@ -176,9 +182,7 @@ def make_train_step(
   """
   if on_nonfinite not in ON_NONFINITE:
     raise ValueError(f"`on_nonfinite` must be one of {ON_NONFINITE}, got {on_nonfinite!r}.")
-  if (isinstance(grad_accum_steps, bool) or not isinstance(grad_accum_steps, int)
-      or grad_accum_steps < 1):
-    raise ValueError(f"`grad_accum_steps` must be an int >= 1, got {grad_accum_steps!r}.")
+  _check_grad_accum_steps(grad_accum_steps)
   if compute_dtype is not None and not jnp.issubdtype(compute_dtype, jnp.floating):
     raise ValueError(f"`compute_dtype` must be a floating dtype, got {compute_dtype!r}.")
 
