@@ -108,6 +108,8 @@ class Recipe:
     if self.dhkd_aux_head not in AUX_HEADS:
       raise ValueError(f"`dhkd_aux_head` must be one of {AUX_HEADS}, got "
                        f"{self.dhkd_aux_head!r}.")
+    if not 0.0 <= self.label_smoothing <= 1.0:
+      raise ValueError(f"`label_smoothing` must be in [0, 1], got {self.label_smoothing}.")
     for name in ("temperature", "ce_weight", "kd_weight"):
       if not getattr(self, name) > 0 and not (name == "ce_weight" and self.method == "dhkd"):
         raise ValueError(f"`{name}` must be > 0, got {getattr(self, name)}.")

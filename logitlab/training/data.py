@@ -220,6 +220,14 @@ def random_erasing(image: np.ndarray, rng: np.random.Generator, mean, std, *,
   mmcls/datasets/transforms/processing.py:529-575): with ``probability``, a box of area
   fraction ``U(area)`` and log-uniform aspect ratio is filled with per-pixel
   ``N(255 mean, 255 std)`` noise, clipped to uint8. uint8 ``[H, W, 3]`` in and out."""
+  if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
+    raise ValueError(f"`image` must be uint8 [H, W, 3], got {image.dtype} {image.shape}.")
+  if not 0.0 <= probability <= 1.0:
+    raise ValueError(f"`probability` must be in [0, 1], got {probability}.")
+  if not 0.0 < area[0] <= area[1] <= 1.0:
+    raise ValueError(f"`area` must be (low, high) with 0 < low <= high <= 1, got {area}.")
+  if not 0.0 < aspect[0] <= aspect[1]:
+    raise ValueError(f"`aspect` must be (low, high) with 0 < low <= high, got {aspect}.")
   if rng.random() > probability:
     return image
   height, width = image.shape[:2]

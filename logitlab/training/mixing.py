@@ -27,6 +27,16 @@ from typing import Any
 import numpy as np
 
 
+def _check_lam(lam: float) -> None:
+  if not 0.0 <= lam <= 1.0:
+    raise ValueError(f"`lam` must be in [0, 1], got {lam}.")
+
+
+def _check_perm(perm: np.ndarray, batch_size: int) -> None:
+  if sorted(np.asarray(perm).tolist()) != list(range(batch_size)):
+    raise ValueError(f"`perm` must be a permutation of range({batch_size}), got {perm}.")
+
+
 def _check_batch(images: np.ndarray, labels: np.ndarray) -> None:
   if images.ndim != 4:
     raise ValueError(f"`images` must be [B, H, W, C], got shape {images.shape}.")
@@ -50,6 +60,8 @@ def mixup(images: np.ndarray, labels: np.ndarray, lam: float,
           perm: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   """``(lam x + (1 - lam) x[perm], lam y + (1 - lam) y[perm])``; ``images`` float."""
   _check_batch(images, labels)
+  _check_lam(lam)
+  _check_perm(perm, images.shape[0])
   return (lam * images + (1.0 - lam) * images[perm]).astype(images.dtype), \
       (lam * labels + (1.0 - lam) * labels[perm]).astype(np.float32)
 
@@ -57,6 +69,9 @@ def mixup(images: np.ndarray, labels: np.ndarray, lam: float,
 def cutmix_box(height: int, width: int, lam: float,
                rng: np.random.Generator) -> tuple[int, int, int, int]:
   """``(top, bottom, left, right)``: official ``rand_bbox`` with margin 0 (cutmix.py:87-113)."""
+  if height <= 0 or width <= 0:
+    raise ValueError(f"`height` and `width` must be > 0, got {height}, {width}.")
+  _check_lam(lam)
   ratio = np.sqrt(1.0 - lam)
   cut_h, cut_w = int(height * ratio), int(width * ratio)
   cy, cx = int(rng.integers(0, height)), int(rng.integers(0, width))
@@ -72,8 +87,12 @@ def cutmix(images: np.ndarray, labels: np.ndarray, box: tuple[int, int, int, int
   ``correct_lam``). ``images`` is not modified in place.
   """
   _check_batch(images, labels)
+  _check_perm(perm, images.shape[0])
   top, bottom, left, right = box
   height, width = images.shape[1:3]
+  if not (0 <= top <= bottom <= height and 0 <= left <= right <= width):
+    raise ValueError(f"`box` must be (top, bottom, left, right) inside the {height}x{width} "
+                     f"image, got {box}.")
   mixed = images.copy()
   mixed[:, top:bottom, left:right] = images[perm, top:bottom, left:right]
   lam = 1.0 - (bottom - top) * (right - left) / float(height * width)

@@ -44,6 +44,8 @@ def decay_mask(params: Any, no_decay_names: Sequence[str] = ("cls_token", "pos_e
 
   def decays(path, leaf):
     names = jax.tree_util.keystr(path)
+    if not hasattr(leaf, "ndim"):
+      raise TypeError(f"`params` leaves must be arrays, got {type(leaf).__name__} at {names}.")
     return leaf.ndim >= 2 and not any(name in names for name in no_decay_names)
 
   return jax.tree_util.tree_map_with_path(decays, params)
@@ -54,6 +56,8 @@ def warmup_cosine_schedule(learning_rate: float, steps: int, warmup_steps: int, 
                            end_learning_rate: float = 1e-5) -> optax.Schedule:
   """mmcls ``LinearLR(start_factor)`` for ``warmup_steps``, then ``CosineAnnealingLR`` to
   ``end_learning_rate`` at ``steps`` (per step; mmcls steps the cosine once per epoch)."""
+  if not learning_rate > 0:
+    raise ValueError(f"`learning_rate` must be > 0, got {learning_rate}.")
   if not 0 <= warmup_steps < steps:
     raise ValueError(f"`warmup_steps` must be in [0, steps={steps}), got {warmup_steps}.")
   return optax.warmup_cosine_decay_schedule(
