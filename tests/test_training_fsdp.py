@@ -81,7 +81,7 @@ def one_device_update():
     pytest.param({"data": 2, "fsdp": 2, "tensor": 2}, marks=pytest.mark.slow)])
 def test_conv_kernels_sharded_over_fsdp_and_same_update_as_one_device(one_device_update, shape):
   params, shardings = _one_step(training.make_mesh(shape))
-  spec = shardings["conv2"]["kernel"].value.spec
+  spec = shardings["conv2"]["kernel"].get_value().spec
   P = jax.sharding.PartitionSpec
   assert spec == (P(None, None, None, "fsdp") if "tensor" not in shape
                   else P(None, None, None, "tensor"))

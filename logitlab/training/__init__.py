@@ -20,7 +20,8 @@ from logitlab.training.step import ON_NONFINITE, StepContext, make_eval_step, ma
 
 __all__ = [
     "ArraySource", "CheckpointCorruptError", "CheckpointStorageError", "Checkpointer",
-    "ConfigMismatchError", "Diverged", "EXIT_PREEMPTED", "ON_NONFINITE", "Preempted", "Restored", "LOGICAL_AXIS_RULES", "MESH_AXES", "MetricsWriter",
+    "ConfigMismatchError", "Diverged", "EXIT_PREEMPTED", "LOGICAL_AXIS_RULES", "MESH_AXES",
+    "MetricsWriter", "ON_NONFINITE", "Preempted", "Restored",
     "ResumableBatches", "StepContext", "TrainResult", "TrainState", "abstract_train_state",
     "batch_checksum", "batch_sharding", "create_train_state", "eval_batches", "evaluate",
     "image_transform", "make_eval_step", "make_mesh", "make_train_step", "num_params",

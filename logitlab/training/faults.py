@@ -1,12 +1,12 @@
 """What ends a run early, and how it tells the scheduler: exceptions and exit codes.
 
-| event | exception | exit code of an uncaught one |
-|---|---|---|
-| SIGTERM / SIGINT, or Orbax's multi-host preemption sync point | ``Preempted`` (a ``SystemExit``) | ``EXIT_PREEMPTED`` = 75 (``EX_TEMPFAIL``: restart me) |
-| non-finite loss, gradients or parameters with ``on_nonfinite="stop"`` | ``Diverged`` | 1 (traceback names the step) |
-| the checkpoint directory cannot be written | ``CheckpointStorageError`` | 1 |
-| no intact checkpoint to resume from | ``CheckpointCorruptError`` | 1 |
-| a resume whose config differs in fields not allowed to change | ``ConfigMismatchError`` | 1 |
+* SIGTERM / SIGINT, or Orbax's multi-host preemption sync point: ``Preempted`` (a
+  ``SystemExit``), exit code ``EXIT_PREEMPTED`` = 75 (sysexits ``EX_TEMPFAIL``: restart me).
+* non-finite loss, gradients or parameters with ``on_nonfinite="stop"``: ``Diverged``
+  (uncaught: exit code 1, the message names the step).
+* the checkpoint directory cannot be written: ``CheckpointStorageError`` (1).
+* no intact checkpoint to resume from: ``CheckpointCorruptError`` (1).
+* a resume whose config differs in fields not allowed to change: ``ConfigMismatchError`` (1).
 
 ``Preempted`` derives from ``SystemExit`` (as ``KeyboardInterrupt`` derives from
 ``BaseException``): a launcher needs no code for it, the process ends with 75 after the final
