@@ -58,9 +58,9 @@ batched_radius, integrity, randaugment, run_config = _modules(
                                                   "vit", "wrn")))
 (grpo, logprobs, rewards, soft_grpo, trainer) = _modules(
     *(f"rl.{n}" for n in ("grpo", "logprobs", "rewards", "soft_grpo", "trainer")))
-(curvature, problems, solver, transform, super_universal) = _modules(
+(curvature, problems, solver, transform, super_universal, gradient_methods) = _modules(
     *(f"second_order.{n}" for n in ("curvature", "problems", "solver", "transform",
-                                   "super_universal")))
+                                   "super_universal", "gradient_methods")))
 (arithmetic, math_jsonl) = _modules("tasks.arithmetic", "tasks.math_jsonl")
 (checkpoint, data, loop, mesh, metrics, state, step) = _modules(
     *(f"training.{n}" for n in ("checkpoint", "data", "loop", "mesh", "metrics", "state",
@@ -564,6 +564,14 @@ ROWS += rows_for(
 )
 
 ROWS += rows_for(
+    gradient_methods,
+    R("gradient_method", lambda: gradient_methods.gradient_method(jnp.sum, l_init=0.0),
+      arg("l_init")),
+    R("fast_gradient_method", lambda: gradient_methods.fast_gradient_method(
+        jnp.sum, max_search=0), arg("max_search")),
+)
+
+ROWS += rows_for(
     transform,
     R("scale_by_gradient_normalized_newton",
       lambda: transform.scale_by_gradient_normalized_newton(gamma_init=-1.0), arg("gamma_init")),
@@ -748,6 +756,11 @@ ROWS += rows_for(
       owner="issue 13"),
     R("make_eval_step", lambda: step.make_eval_step(None, "metrics", None, cpu_mesh()),
       arg("metrics_fn"), TypeError, owner="issue 13"),
+    R("radius_guard_args", lambda: step.radius_guard_args(None), arg("logits_fn")),
+    R("split_micro_batches", lambda: step.split_micro_batches({"x": jnp.zeros((6, 2))}, 4),
+      arg("grad_accum_steps"), case="indivisible"),
+    R("split_micro_batches", lambda: step.split_micro_batches({"x": jnp.zeros((6, 2))}, 0),
+      arg("grad_accum_steps"), case="zero"),
 )
 
 ROWS += rows_for(
@@ -1048,6 +1061,8 @@ EXEMPT: dict[str, str] = {
         "second_order.solver.GNSState", "second_order.transform.ScaleByGNSState",
         "second_order.super_universal.SuperUniversalSolver",
         "second_order.super_universal.SuperUniversalState",
+        "second_order.gradient_methods.GradientSolver",
+        "second_order.gradient_methods.GradientState",
         "models.decoder_lm.KVCache", "models.decoder_lm.LMOutput", "ngram.NGramModel",
         "ngram.NGramStyleState", "ngram.NGramTable", "rl.soft_grpo.SoftGRPOState",
         "rl.trainer.Rollout", "soft_thinking.SoftThinkingState", "tasks.arithmetic.Problem",

@@ -83,15 +83,16 @@ class GNSSolver(NamedTuple):
 
 
 def _metric_ops(metric: chex.Array | None):
-  """Returns ``(apply_b, dual_norm_sq)`` on flat vectors for the metric ``B``."""
+  """Returns ``(apply_b, solve_b, dual_norm_sq)`` on flat vectors for the metric ``B``
+  (``B v``, ``B^{-1} v`` by one Cholesky factorization, ``g^T B^{-1} g``)."""
   if metric is None:
-    return (lambda v: v), (lambda g: jnp.vdot(g, g))
+    return (lambda v: v), (lambda v: v), (lambda g: jnp.vdot(g, g))
   metric = numerics.upcast(metric)
   if metric.ndim != 2 or metric.shape[0] != metric.shape[1]:
     raise ValueError(f"`metric` must be a square SPD matrix [d, d], got shape {metric.shape}.")
   chol = jax.scipy.linalg.cho_factor(metric, lower=True)
-  return (lambda v: metric.astype(v.dtype) @ v), (
-      lambda g: jnp.vdot(g, jax.scipy.linalg.cho_solve(chol, g).astype(g.dtype)))
+  solve_b = lambda v: jax.scipy.linalg.cho_solve(chol, v).astype(v.dtype)
+  return (lambda v: metric.astype(v.dtype) @ v), solve_b, (lambda g: jnp.vdot(g, solve_b(g)))
 
 
 def _cg(matvec, b, *, tol: float, maxiter: int):
@@ -171,7 +172,7 @@ def gradient_normalized_newton(
     raise ValueError(f"`max_search` must be >= 1, got {max_search}.")
   if hessian_lipschitz is not None and hessian_lipschitz <= 0:
     raise ValueError(f"`hessian_lipschitz` must be > 0, got {hessian_lipschitz}.")
-  apply_b, dual_norm_sq = _metric_ops(metric)
+  apply_b, solve_b, dual_norm_sq = _metric_ops(metric)
   value_and_grad = jax.value_and_grad(value_fn)
 
   def dual_norm(grad):
