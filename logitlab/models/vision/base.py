@@ -34,6 +34,7 @@ metadata only (``eager_sharding=False``) until ``training.state.create_train_sta
 
 from __future__ import annotations
 
+import numbers
 from typing import Literal
 
 import jax
@@ -102,7 +103,7 @@ def classifier_axes(in_axis: FeatureAxis) -> tuple[str, str | None]:
 def _check_sizes(**sizes) -> None:
   """Raises naming the argument unless every given layer size is a positive int."""
   for name, value in sizes.items():
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
       raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
 
 
