@@ -648,3 +648,60 @@ def test_gradient_method_fixed_l_and_stall_keeps_point(rng):
   state = jax.jit(stuck.update)(stuck.init(jnp.zeros(2)))
   assert not bool(state.accepted) and int(state.num_trials) == 3
   assert np.all(np.asarray(state.params) == 0) and float(state.lipschitz) == 1.0
+
+
+def _official_rank_one_wsm(matrix, offsets, p, x0, num_iters, b, gamma_0=1.0, eps=1e-8,
+                           gamma_min=1e-9):
+  """NumPy port of grad_norm_smooth_for_rank_one with invert_backend="wsm" (epfml/grad-norm-
+  smooth, src/methods.py lines 678-808; Sherman-Morrison at lines 760-779) on
+  NonlinearEquationsOracle (src/oracles.py): alpha = (p-2)||u||^{p-4}, g0 = J^T u,
+  dx = P^{-1}(-g) - alpha / (1 + alpha g0^T P^{-1} g0) P^{-1} g0 (g0^T P^{-1}(-g)),
+  P = lambda B; the adaptive search of Algorithm 1."""
+  b_inv = np.linalg.inv(b)
+  f = lambda x: np.linalg.norm(matrix @ x - offsets) ** p / p
+  grad = lambda x: np.linalg.norm(matrix @ x - offsets) ** (p - 2) * matrix.T @ (
+      matrix @ x - offsets)
+  dual = lambda g: float(np.sqrt(b_inv.dot(g).dot(g)))
+  x, gamma, xs = np.array(x0, np.float64), gamma_0, []
+  for _ in range(num_iters):
+    g, u = grad(x), matrix @ x - offsets
+    alpha, g0 = (p - 2) * np.linalg.norm(u) ** (p - 4), matrix.T @ u
+    for _ in range(40):
+      lam = dual(g) / (gamma + eps)
+      pinv_g, pinv_g0 = b_inv.dot(-g) / lam, b_inv.dot(g0) / lam
+      dx = pinv_g - alpha / (1.0 + alpha * g0.dot(pinv_g0)) * pinv_g0 * g0.dot(pinv_g)
+      if f(x) - f(x + dx) >= dual(grad(x + dx)) ** 2 / (8 * lam):
+        gamma = max(2 * gamma, gamma_min)
+        break
+      gamma *= 0.5
+    x = x + dx
+    xs.append(x.copy())
+  return xs
+
+
+def test_rank_one_woodbury_matches_the_official_wsm_backend(rng):
+  """linear_solver="woodbury" on the rank-one Fisher term with B = A^T A + 1e-3 I follows the
+  reference's wsm iterates and equals the Cholesky solve of the same curvature."""
+  matrix, offsets = rng.normal(size=(6, 10)), rng.normal(size=6)
+  metric = matrix.T @ matrix + 1e-3 * np.eye(10)
+  problem = so.problems.nonlinear_equations(jnp.asarray(matrix), jnp.asarray(offsets), p=4.0)
+  with jax.enable_x64():
+    x0 = jnp.asarray(rng.normal(size=10))
+    kwargs = dict(metric=jnp.asarray(metric))
+    woodbury = so.gradient_normalized_newton(problem.value_fn, problem.curvatures["fisher_term"],
+                                             linear_solver="woodbury", **kwargs)
+    dense = so.gradient_normalized_newton(problem.value_fn, problem.curvatures["fisher_term"],
+                                          **kwargs)
+    data = tuple(jnp.asarray(d, jnp.float64) for d in (matrix, offsets))
+    states = _run(woodbury, x0, data, 8)
+    dense_states = _run(dense, x0, data, 8)
+    with pytest.raises(TypeError, match="`curvature_fn`"):
+      so.gradient_normalized_newton(problem.value_fn, problem.curvatures["hessian"],
+                                    linear_solver="woodbury").update(states[0], *data)
+  reference = _official_rank_one_wsm(matrix, offsets, 4.0, np.asarray(x0), 8, metric)
+  for state, dense_state, x in zip(states[1:], dense_states[1:], reference):
+    assert bool(state.accepted) and float(state.cg_residual) < 1e-8
+    np.testing.assert_allclose(np.asarray(state.params), x, rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(np.asarray(state.params), np.asarray(dense_state.params),
+                               rtol=1e-6, atol=1e-8)
+  assert float(states[-1].value) < 1e-2 * float(states[0].value)
