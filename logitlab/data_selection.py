@@ -119,6 +119,10 @@ def casl_scores(scores: dict[str, Array]) -> tuple[Array, Array]:
   Returns ``(s_casl [N], coefficients [4] = (b1, b2, gamma, c))``; the fit is float64-free
   least squares (``jnp.linalg.lstsq``) on float32 features.
   """
+  missing = {"s_logp", "s_first", "s_non_head", "z"} - set(scores)
+  if missing:
+    raise ValueError(f"`scores` must be the dict of `step_scores` (s_logp, s_first, s_non_head, "
+                     f"z); missing {sorted(missing)}.")
   design = jnp.stack([scores["s_first"], scores["s_non_head"], scores["z"],
                       jnp.ones_like(scores["z"])], axis=-1)
   coef = jnp.linalg.lstsq(design, scores["s_logp"])[0]
@@ -126,8 +130,19 @@ def casl_scores(scores: dict[str, Array]) -> tuple[Array, Array]:
 
 
 def select_top_k(scores: chex.Array, question_ids: chex.Array, k: int) -> np.ndarray:
-  """Indices of the ``k`` highest-scoring responses of every question (ties: lower index)."""
+  """Indices of the ``k`` highest-scoring responses of every question (ties: lower index).
+
+  ``scores`` and ``question_ids`` are ``[N]``; ``k >= 1``. A NaN score raises (it would sort
+  as the highest).
+  """
   scores, question_ids = np.asarray(scores), np.asarray(question_ids)
+  if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+    raise ValueError(f"`k` must be an integer >= 1, got {k!r}.")
+  if scores.ndim != 1 or question_ids.shape != scores.shape:
+    raise ValueError(f"`question_ids` must have the shape of `scores` [N] = {scores.shape}, got "
+                     f"{question_ids.shape}.")
+  if not np.all(np.isfinite(scores)):
+    raise ValueError("`scores` must be finite.")
   chosen = []
   for q in np.unique(question_ids):
     rows = np.flatnonzero(question_ids == q)

@@ -16,6 +16,8 @@ def digits(*, test_fraction: float = 0.2, seed: int = 0):
     ``(x_train, y_train, x_test, y_test)`` with images ``float32 [N, 8, 8]`` scaled to
     ``[0, 1]`` and integer labels ``int32 [N]``.
   """
+  if not 0.0 < test_fraction < 1.0:
+    raise ValueError(f"`test_fraction` must be in (0, 1), got {test_fraction!r}.")
   from sklearn.datasets import load_digits
   from sklearn.model_selection import train_test_split
   data = load_digits()

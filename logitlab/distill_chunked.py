@@ -193,6 +193,7 @@ def tail_logprob(logits: Array, ids: Array, temperature: float = 1.0) -> Array:
   """``log sum_{j not in ids} softmax(logits / T)_j`` ``[...]``: the exact log-mass outside
   the (distinct) ``ids [..., k]``, computed as a log-sum-exp over the tail (-inf when
   ``ids`` covers the vocabulary)."""
+  numerics.check_positive("temperature", temperature)
   z = numerics.upcast(logits) / temperature
   flat, flat_ids = z.reshape(-1, z.shape[-1]), ids.reshape(-1, ids.shape[-1])
   tail = flat.at[jnp.arange(flat.shape[0])[:, None], flat_ids].set(-jnp.inf)

@@ -62,6 +62,10 @@ def directional_logits(
     raise ValueError(
         "`direction` must have the same pytree structure as `params`; got "
         f"{jax.tree.structure(direction)} vs {jax.tree.structure(params)}.")
+  for d, p in zip(jax.tree.leaves(direction), jax.tree.leaves(params)):
+    if jnp.shape(d) != jnp.shape(p):
+      raise ValueError(f"`direction` leaves must have the shapes of `params`, got {jnp.shape(d)} "
+                       f"for a parameter of shape {jnp.shape(p)}.")
   direction = jax.tree.map(lambda d, p: jnp.asarray(d).astype(jnp.result_type(p)), direction,
                            params)
   return jax.jvp(logits_fn, (params,), (direction,))
@@ -94,15 +98,18 @@ def radius(
 
   Args:
     tangent: directional logit derivatives ``[..., K]`` along a (unit or not) direction.
-    temperature: softmax temperature ``T`` of the loss (``softmax(z / T)``).
+    temperature: softmax temperature ``T > 0`` of the loss (``softmax(z / T)``); under jit a
+      traced ``T <= 0`` gives NaN radii.
     where: optional mask of valid examples/tokens; masked entries get ``+inf``.
 
   Returns:
     float32 ``[...]``; ``+inf`` where the direction leaves the softmax unchanged
     (``Delta_a = 0``, e.g. a shift common to all classes) or the entry is masked.
   """
+  numerics.check_positive("temperature", temperature)
   spread = logit_spread(tangent, where=where)
-  return jnp.pi * jnp.asarray(temperature, jnp.float32) / spread  # x / 0 = +inf, deliberately.
+  rho = jnp.pi * jnp.asarray(temperature, jnp.float32) / spread  # x / 0 = +inf, deliberately.
+  return numerics.nan_unless_positive(rho, temperature)
 
 
 def binary_radius(margin: chex.Array, delta_a: chex.Array) -> Array:
@@ -131,20 +138,27 @@ def top2_radius(
   multiclass bound by about ``sqrt(1 + (delta/pi)^2)``; this is an estimate, not a bound.
 
   Args:
-    logits: ``[..., K]``. tangent: ``[..., K]``. labels: integer ``[...]``.
+    logits: ``[..., K]``. tangent: ``[..., K]``. labels: integer ``[...]`` in ``[0, K)``
+      (under jit an out-of-range label gives NaN for that sample).
+    temperature: ``T > 0`` (under jit a traced ``T <= 0`` gives NaN).
   """
   numerics.check_logits("logits", logits)
+  numerics.check_positive("temperature", temperature)
   numerics.check_same_shape(("logits", "tangent"), logits, tangent)
   if jnp.shape(labels) != logits.shape[:-1]:
     raise ValueError(f"`labels` must have shape {logits.shape[:-1]} (logits without the class "
                      f"axis), got {jnp.shape(labels)}.")
+  num_classes = logits.shape[-1]
+  labels = jnp.asarray(labels)
+  ok = numerics.check_values("labels", (labels >= 0) & (labels < num_classes),
+                             f"class indices in [0, {num_classes})")
   z = numerics.upcast(logits) / temperature
   a = numerics.upcast(tangent) / temperature
-  num_classes = z.shape[-1]
   is_label = jax.nn.one_hot(labels, num_classes, dtype=bool)
   runner_up = jnp.argmax(jnp.where(is_label, -jnp.inf, z), axis=-1)
   take = numerics.take_class  # one-hot select: no gather on a sharded class axis
-  return binary_radius(take(z, labels) - take(z, runner_up), take(a, labels) - take(a, runner_up))
+  rho = binary_radius(take(z, labels) - take(z, runner_up), take(a, labels) - take(a, runner_up))
+  return numerics.nan_unless_positive(numerics.nan_unless(rho, ok), temperature)
 
 
 class NormalizedStep(NamedTuple):
@@ -173,12 +187,17 @@ def normalized_step(
   ``r < 1`` keeps the step inside the convergence disc of every example in the batch.
 
   Args:
-    step_tangent: ``J_z(theta) p``, shape ``[..., K]`` (e.g. ``[B, K]``, ``[B, T, V]``).
-    temperature: softmax temperature of the loss.
+    step_tangent: ``J_z(theta) p``, shape ``[..., K]`` (e.g. ``[B, K]``, ``[B, T, V]``) with
+      at least one example.
+    temperature: softmax temperature ``T > 0`` of the loss (traced ``T <= 0``: NaN ratio).
     where: optional mask of valid examples/tokens.
   """
-  return normalized_step_from_spread(logit_spread(step_tangent, where=where),
-                                     temperature=temperature)
+  numerics.check_positive("temperature", temperature)
+  spread = logit_spread(step_tangent, where=where)
+  if spread.size == 0:
+    raise ValueError(f"`step_tangent` must hold at least one example [..., K], got shape "
+                     f"{jnp.shape(step_tangent)}.")
+  return normalized_step_from_spread(spread, temperature=temperature)
 
 
 def normalized_step_from_spread(
@@ -189,13 +208,16 @@ def normalized_step_from_spread(
   """:func:`normalized_step` from per-example spreads ``Delta_a(x; p) [...]`` (0 where masked).
 
   For estimators that never build the full tangent (e.g. :mod:`logitlab.lm_head_radius`).
+  ``temperature > 0`` (traced ``T <= 0``: NaN ratio).
   """
   numerics.check_logits("spread", spread, min_rank=0)
+  numerics.check_positive("temperature", temperature)
   spread = numerics.upcast(spread)
   # Reductions only: indexing the spreads with the traced argmax (`flat[i]`) is a dynamic
   # slice of a batch-sharded array, a sharding type error under Explicit axes.
   ratio = jnp.max(spread) / (jnp.pi * jnp.asarray(temperature, jnp.float32))
-  return NormalizedStep(ratio=ratio, spread=spread, binding_index=_flat_argmax(spread))
+  return NormalizedStep(ratio=numerics.nan_unless_positive(ratio, temperature), spread=spread,
+                        binding_index=_flat_argmax(spread))
 
 
 def _flat_argmax(x: Array) -> Array:

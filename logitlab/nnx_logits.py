@@ -58,6 +58,8 @@ def nnx_logits_fn(
     forward: optional ``(module, *inputs, **kwargs) -> logits`` when the logits are not the
       module's ``__call__`` output (e.g. a model returning a dict).
   """
+  if not isinstance(model, nnx.Module):
+    raise TypeError(f"`model` must be an nnx.Module, got {type(model).__name__}.")
   graphdef, _, rest = nnx.split(model, wrt, ...)
   rest = nnx.as_pure(rest)  # arrays, not the caller's live Variables
   call = forward if forward is not None else (lambda m, *a, **k: m(*a, **k))

@@ -26,7 +26,10 @@ Array = jax.Array
 
 def upcast(x: chex.Array) -> Array:
   """Returns ``x`` as float32 if it is a lower-precision float (bf16/f16), else as is."""
-  x = jnp.asarray(x)
+  try:
+    x = jnp.asarray(x)
+  except TypeError as e:
+    raise TypeError(f"`x` must be a numeric array, got {type(x).__name__}: {e}") from None
   if jnp.issubdtype(x.dtype, jnp.floating) and jnp.finfo(x.dtype).bits < 32:
     return x.astype(jnp.float32)
   if not jnp.issubdtype(x.dtype, jnp.floating):
@@ -43,6 +46,9 @@ def check_logits(name: str, logits: chex.Array, *, min_rank: int = 1) -> None:
   if logits.ndim < min_rank:
     raise ValueError(
         f"`{name}` must have rank >= {min_rank} (shape [..., C]), got shape {logits.shape}.")
+  if logits.ndim and logits.shape[-1] == 0:
+    raise ValueError(f"`{name}` must have at least one entry on its last axis (C >= 1), got "
+                     f"shape {logits.shape}.")
 
 
 def check_same_shape(names: tuple[str, str], a: chex.Array, b: chex.Array) -> None:
@@ -97,17 +103,35 @@ def check_values(name: str, ok, expected: str, got=None) -> Array:
   when any entry is false. Traced: cannot raise, so returns ``ok`` as a bool array for the
   caller to poison the affected outputs with ``nan_unless``; never a clamped finite value.
   """
-  ok = jnp.asarray(ok).astype(bool)
-  if not is_traced(ok) and not bool(jnp.all(ok)):
+  if is_traced(ok):
+    return jnp.asarray(ok).astype(bool)
+  ok = np.asarray(ok).astype(bool)  # NumPy: under a jit trace, jnp ops give tracers
+  if not bool(np.all(ok)):
     detail = "" if got is None else f", got {got}"
     raise ValueError(f"`{name}` must be {expected}{detail}.")
   return ok
 
 
 def nan_unless(value: chex.Array, ok: chex.Array) -> Array:
-  """``value`` where ``ok`` holds, NaN elsewhere (the traced half of the jit-value policy)."""
+  """``value`` where ``ok`` holds, NaN elsewhere (the traced half of the jit-value policy).
+
+  ``ok`` must broadcast to ``value``'s shape without widening it.
+  """
   value = upcast(value)
+  check_mask("ok", ok, jnp.shape(value))
   return jnp.where(ok, value, jnp.nan)
+
+
+def nan_unless_positive(value: chex.Array, x) -> Array:
+  """``value``, or NaN when a *traced* ``x`` is not finite and > 0.
+
+  The traced half of ``check_positive``: call ``check_positive(name, x)`` first (it raises for
+  a concrete bad ``x``), then pass the result through here. Concrete ``x`` is returned as is.
+  """
+  if not is_traced(x):
+    return value
+  ok = jnp.all(jnp.isfinite(x) & (x > 0))
+  return jnp.where(ok, upcast(value), jnp.nan)
 
 
 def take_class(values: chex.Array, index: chex.Array) -> Array:
@@ -121,6 +145,9 @@ def take_class(values: chex.Array, index: chex.Array) -> Array:
   a wrapped-around class.
   """
   index = jnp.asarray(index)
+  if index.shape != jnp.shape(values)[:-1]:
+    raise ValueError(f"`index` must have the batch shape of `values` {jnp.shape(values)[:-1]}, "
+                     f"got {index.shape}.")
   num_classes = values.shape[-1]
   hit = jnp.arange(num_classes) == index[..., None]
   picked = jnp.sum(jnp.where(hit, values, jnp.zeros((), values.dtype)), axis=-1)
@@ -137,6 +164,8 @@ def gather_axis(x: chex.Array, axis: int = -1) -> Array:
   x = jnp.asarray(x)
   sharding = jax.typeof(x).sharding
   spec = tuple(getattr(sharding, "spec", ())) + (None,) * x.ndim
+  if not -x.ndim <= axis < x.ndim:
+    raise ValueError(f"`axis` must be in [-{x.ndim}, {x.ndim}) for shape {x.shape}, got {axis}.")
   axis = axis % x.ndim
   if spec[axis] is None:
     return x
@@ -151,8 +180,14 @@ def tree_vdot(a, b) -> Array:
   Elementwise products and sums, not ``jnp.vdot``: ``vdot`` ravels each leaf, a reshape that
   Explicit sharding rejects for a sharded leaf (``optax.tree_utils.tree_vdot`` does that).
   """
-  return sum((jnp.sum(upcast(x) * upcast(y)) for x, y in
-              zip(jax.tree.leaves(a), jax.tree.leaves(b))), jnp.float32(0.0))
+  a_leaves, a_def = jax.tree.flatten(a)
+  b_leaves, b_def = jax.tree.flatten(b)
+  if a_def != b_def:
+    raise ValueError(f"`a` and `b` must have the same tree structure, got {a_def} and {b_def}.")
+  for x, y in zip(a_leaves, b_leaves):
+    check_same_shape(("a", "b"), jnp.asarray(x), jnp.asarray(y))
+  return sum((jnp.sum(upcast(x) * upcast(y)) for x, y in zip(a_leaves, b_leaves)),
+             jnp.float32(0.0))
 
 
 def masked_mean(values: chex.Array, where: chex.Array | None = None, axis=None) -> Array:
@@ -162,7 +197,10 @@ def masked_mean(values: chex.Array, where: chex.Array | None = None, axis=None) 
   """
   values = upcast(values)
   if where is None:
-    return jnp.mean(values, axis=axis)
+    total = jnp.sum(values, axis=axis)
+    count = values.size // total.size if total.size else 0
+    return total / max(count, 1)  # an empty reduction is 0, like a fully masked one
+  check_mask("where", where, values.shape)
   where = jnp.broadcast_to(jnp.asarray(where).astype(bool), values.shape)
   total = jnp.sum(jnp.where(where, values, 0.0), axis=axis)
   count = jnp.sum(where, axis=axis).astype(jnp.float32)
@@ -181,12 +219,18 @@ def soft_cap(logits: chex.Array, cap: float) -> Array:
 
 
 def log_softmax(logits: chex.Array, temperature: float | Array = 1.0, axis: int = -1) -> Array:
-  """float32 ``log softmax(logits / temperature)``; stable at any finite magnitude."""
-  return jax.nn.log_softmax(upcast(logits) / temperature, axis=axis)
+  """float32 ``log softmax(logits / temperature)``; stable at any finite magnitude.
+
+  ``temperature`` must be finite and > 0; under jit a bad traced temperature gives NaN.
+  """
+  check_positive("temperature", temperature)
+  out = jax.nn.log_softmax(upcast(logits) / temperature, axis=axis)
+  return nan_unless_positive(out, temperature)
 
 
 def xlogy_probs(p: Array, log_q: Array) -> Array:
   """``p * log_q`` with the convention ``0 * log 0 = 0`` (also for ``log_q = -inf``)."""
+  check_mask("log_q", log_q, jnp.shape(p))
   return jnp.where(p > 0, p * jnp.where(p > 0, log_q, 0.0), 0.0)
 
 
@@ -197,22 +241,26 @@ def kl_divergence_from_logits(
     axis: int = -1,
 ) -> Array:
   """Per-row ``KL(softmax(target/T) || softmax(logits/T))`` over ``axis`` in float32."""
+  check_same_shape(("target_logits", "logits"), jnp.asarray(target_logits), jnp.asarray(logits))
   log_p = log_softmax(target_logits, temperature, axis)
   log_q = log_softmax(logits, temperature, axis)
   p = jnp.exp(log_p)
-  return jnp.sum(xlogy_probs(p, log_p) - xlogy_probs(p, log_q), axis=axis)
+  kl = jnp.sum(xlogy_probs(p, log_p) - xlogy_probs(p, log_q), axis=axis)
+  return nan_unless_positive(kl, temperature)  # xlogy would hide the NaN of a bad traced T
 
 
 def entropy_from_logits(logits: chex.Array, temperature: float | Array = 1.0,
                         axis: int = -1) -> Array:
   """Per-row Shannon entropy (nats) of ``softmax(logits/T)``."""
   log_p = log_softmax(logits, temperature, axis)
-  return -jnp.sum(xlogy_probs(jnp.exp(log_p), log_p), axis=axis)
+  entropy = -jnp.sum(xlogy_probs(jnp.exp(log_p), log_p), axis=axis)
+  return nan_unless_positive(entropy, temperature)
 
 
 def js_divergence(p: chex.Array, q: chex.Array, axis: int = -1) -> Array:
   """Jensen-Shannon divergence (nats, in [0, log 2]) between probability vectors."""
   p, q = upcast(p), upcast(q)
+  check_same_shape(("p", "q"), p, q)
   m = 0.5 * (p + q)
   log_m = jnp.log(jnp.where(m > 0, m, 1.0))
   kl_pm = jnp.sum(xlogy_probs(p, jnp.log(jnp.where(p > 0, p, 1.0))) - xlogy_probs(p, log_m),

@@ -8,6 +8,7 @@ from logitlab import auctions
 from logitlab.auctions import brute_force
 from logitlab.auctions import cascade
 from logitlab.auctions import distributions
+from logitlab.auctions import instances
 from logitlab.auctions import mechanisms
 
 IRREGULAR = distributions.bimodal_uniform(0.75, (0.0, 0.5), (0.5, 1.0))
@@ -356,3 +357,59 @@ def test_paper_scale_mnl_matches_lp_and_cascade_certificate():
                                         rel=1e-9)
     approx = auctions.cascade_allocation(scores, ctr, None, k)
     assert approx.value >= 0.95 * approx.upper_bound
+
+
+def test_near_one_ctr_converges_and_matches_brute_force():
+  """Issue 16: with one CTR in [0.9999, 0.999999) (MNL weight up to 1e6) the absolute Dinkelbach
+  tolerance sat below the round-off of F(lambda): 45 of 200 VCG/Myerson calls raised "did not
+  converge". With the tolerance relative to the weights' scale none does, and the allocation
+  is still the brute-force optimum."""
+  gen = np.random.default_rng(0)
+  for _ in range(60):
+    ctr = instances.random_ctr(gen, 6, 3)
+    ctr[gen.integers(6), gen.integers(3)] = gen.uniform(0.9999, 0.999999)
+    values = gen.uniform(0, 1, 6)
+    outcome = mechanisms.vcg(values, ctr, 3)
+    _, best = brute_force.mnl_brute_force(values, ctr, 3)
+    got = auctions.mnl_objective(values, ctr, outcome.assignment)
+    assert got >= best - 1e-9 * (1 + abs(best))
+    mechanisms.myerson(values, ctr, 3, distributions.Uniform())  # must not raise
+
+
+CTR3 = np.array([[0.3, 0.2], [0.4, 0.1], [0.2, 0.2]])
+V3 = np.array([0.5, 0.8, 0.2])
+
+
+@pytest.mark.parametrize("call, name", [
+    (lambda: mechanisms.myerson(np.array([0.5, 1.5, 0.2]), CTR3, 1, distributions.Uniform()),
+     "values"),                                                   # outside the support
+    (lambda: mechanisms.myerson(V3, CTR3, 1, distributions.Exponential(rate=-1.0)), "rate"),
+    (lambda: distributions.Uniform(0.5, 0.5), "low"),
+    (lambda: distributions.bimodal_uniform(high_range=(0.7, 0.2)), "high_range"),
+    (lambda: mechanisms.vcg(V3, CTR3, 1.7), "max_ads"),           # was silently int(1.7) = 1
+    (lambda: mechanisms.vcg(V3, np.zeros((3, 0)), 1), "ctr"),     # was an IndexError
+    (lambda: mechanisms.vcg(np.array([0.5, np.nan, 0.2]), CTR3, 1), "values"),  # was `scores`
+    (lambda: auctions.rank_by_value_ctr(np.array([0.5, -0.1, 0.2]), CTR3, 1), "values"),
+    (lambda: mechanisms.cascade_vcg(V3, CTR3, np.full_like(CTR3, np.nan), 1), "continuation"),
+])
+def test_strict_inputs_name_the_argument(call, name):
+  with pytest.raises(ValueError, match=f"`{name}`"):
+    call()
+
+
+def test_cascade_outcome_keeps_the_display_order():
+  """The cascade click probabilities depend on the order, so the outcome carries it: ``order``
+  is the solver's display order, and the click probabilities follow from it."""
+  gen = np.random.default_rng(3)
+  for _ in range(10):
+    ctr = instances.random_ctr(gen, 5, 3)
+    cont = instances.random_continuation(gen, ctr)
+    values = gen.uniform(0, 1, 5)
+    outcome = mechanisms.cascade_vcg(values, ctr, cont, 3)
+    allocation = cascade.cascade_allocation(values, ctr, cont, 3)
+    np.testing.assert_array_equal(outcome.order, allocation.pairs[:, 0])
+    pairs = np.stack([outcome.order, outcome.assignment[outcome.order]], axis=1)
+    np.testing.assert_allclose(cascade.cascade_click_probs(ctr, cont, pairs), outcome.click_probs)
+  mnl_outcome = mechanisms.vcg(V3, CTR3, 2)
+  shown = mnl_outcome.order
+  assert np.all(np.diff(mnl_outcome.assignment[shown]) > 0)  # MNL: sorted by position

@@ -429,3 +429,279 @@ def test_weighted_gauss_newton_cg_on_paper_size_logsumexp(rng):
       problem.value_fn, problem.curvatures["weighted_gauss_newton"], linear_solver="cg")
   _, values = _scan(solver, jnp.asarray(rng.uniform(-1, 1, size=n), jnp.float32), problem.data, 60)
   assert float(values[-1]) - f_star < 1e-4
+
+
+def _float32_batch(seed, n=64, d=5):
+  r = np.random.default_rng(seed)
+  x = r.normal(size=(n, d)).astype(np.float32)
+  y = (x @ r.normal(size=d) + 0.5 * r.normal(size=n) > 0).astype(np.float32)
+  return jnp.asarray(x), jnp.asarray(y)
+
+
+def test_float32_stall_keeps_gamma_and_recovers_on_a_new_batch():
+  """Issue 16. In float32 the acceptance test cannot pass once the loss is at round-off; the
+  old rule halved gamma 40 times per iteration down to exactly 0.0, and the optax transform,
+  which carries gamma across batches, then never moved again (1.92 on a new batch for 10
+  steps, where a fresh optimizer reaches 0.27). Now gamma stays >= gamma_min, a stalled
+  iteration keeps its starting gamma, and training on the new batch matches a fresh start."""
+  tx = so.scale_by_gradient_normalized_newton(linear_solver="cholesky")
+
+  @jax.jit
+  def step(w, opt_state, x, y):
+    problem = so.problems.logistic_regression(x, y)
+    value_fn = lambda p: problem.value_fn(p, *problem.data)
+    updates, opt_state = tx.update(jax.grad(value_fn)(w), opt_state, w, value_fn=value_fn)
+    return optax.apply_updates(w, updates), opt_state, value_fn(w)
+
+  first, second = _float32_batch(0), _float32_batch(1)
+  w, opt_state = jnp.zeros(5, jnp.float32), tx.init(jnp.zeros(5))
+  stalled = 0
+  for _ in range(80):
+    w, opt_state, _ = step(w, opt_state, *first)
+    stalled += int(~opt_state.accepted)
+    assert float(opt_state.gamma) >= 1e-9
+  assert stalled > 10  # the first batch did reach round-off (the regime under test)
+  continued = [float(step_out[2]) for step_out in _steps(step, w, opt_state, second, 10)]
+  fresh = [float(step_out[2]) for step_out in _steps(step, jnp.zeros(5, jnp.float32),
+                                                     tx.init(jnp.zeros(5)), second, 10)]
+  assert continued[-1] <= fresh[-1] * (1 + 1e-3) + 1e-6
+  assert continued[-1] < 0.5 * continued[0]
+
+
+def _steps(step, w, opt_state, data, num):
+  outs = []
+  for _ in range(num):
+    w, opt_state, loss = step(w, opt_state, *data)
+    outs.append((w, opt_state, loss))
+  return outs
+
+
+@pytest.mark.parametrize("linear_solver", ["cholesky", "cg"])
+def test_fixed_gamma_mode_and_solve_diagnostics(rng, linear_solver):
+  """``adaptive_search=False`` (the reference's fixed-gamma mode): one solve per iteration at
+  gamma_init, always taken. The state reports the CG iterations and the relative residual of
+  the last solve (Cholesky: 0 iterations, residual at round-off)."""
+  features, labels = _logistic_data(rng, n=40, d=4)
+  problem = so.problems.logistic_regression(jnp.asarray(features), jnp.asarray(labels))
+  solver = so.gradient_normalized_newton(problem.value_fn, problem.curvatures["hessian"],
+                                         gamma_init=0.3, adaptive_search=False,
+                                         linear_solver=linear_solver, cg_tol=1e-6)
+  states = _run(solver, jnp.zeros(4), problem.data, 5)
+  for state in states[1:]:
+    assert bool(state.accepted) and int(state.num_solves) == 1
+    assert float(state.gamma) == pytest.approx(0.3)
+    assert float(state.step_norm) <= 0.3 * (1 + 1e-6)
+    assert float(state.cg_residual) < 1e-5
+    if linear_solver == "cg":
+      assert 1 <= int(state.cg_iterations) <= 10 * 4
+    else:
+      assert int(state.cg_iterations) == 0
+  capped = so.gradient_normalized_newton(problem.value_fn, problem.curvatures["hessian"],
+                                         linear_solver="cg", cg_maxiter=1)
+  state = jax.jit(capped.update)(capped.init(jnp.zeros(4), *problem.data), *problem.data)
+  assert int(state.cg_iterations) == 1 and float(state.cg_residual) > 1e-6
+
+
+def _official_ngm(f, grad, x0, num_iters, b_inv, gamma_0=1.0, eps=1e-8, gamma_min=1e-9):
+  """NumPy port of grad_norm_smooth_gradient_method (epfml/grad-norm-smooth, src/methods.py,
+  the inner adaptive search: lambda = ||g||_* / (gamma + eps), T = x - B^{-1} g / lambda,
+  accept if f - f(T) >= ||g(T)||_*^2 / (8 lambda) then gamma = max(2 gamma, gamma_min), else
+  halve; 40 trials)."""
+  dual = lambda g: float(np.sqrt(g @ b_inv @ g))
+  x, gamma, xs = np.array(x0, np.float64), gamma_0, []
+  for _ in range(num_iters):
+    g = grad(x)
+    for _ in range(40):
+      lam = dual(g) / (gamma + eps)
+      t = x - b_inv @ g / lam
+      if f(x) - f(t) >= dual(grad(t)) ** 2 / (8 * lam):
+        gamma = max(2 * gamma, gamma_min)
+        break
+      gamma *= 0.5
+    x = t
+    xs.append(x.copy())
+  return xs
+
+
+def test_zero_curvature_is_the_official_normalized_gradient_method(rng):
+  """``curvature.zero()`` + a metric B gives the reference NGM's iterates (float64 port)."""
+  features, labels = _logistic_data(rng, n=40, d=3)
+  metric = np.diag([2.0, 1.0, 0.5])
+  problem = so.problems.logistic_regression(jnp.asarray(features, jnp.float32),
+                                            jnp.asarray(labels))
+  solver = so.gradient_normalized_newton(problem.value_fn, curvature.zero(),
+                                         metric=jnp.asarray(metric, jnp.float32))
+  states = _run(solver, jnp.zeros(3), problem.data, 6)
+  signs = 2 * labels - 1
+  f = lambda w: float(np.mean(np.logaddexp(0.0, -signs * (features @ w))))
+  grad = lambda w: -(features.T @ (signs * _sigmoid(-signs * (features @ w)))) / len(labels)
+  reference = _official_ngm(f, grad, np.zeros(3), 6, np.linalg.inv(metric))
+  for state, x in zip(states[1:], reference):
+    np.testing.assert_allclose(np.asarray(state.params), x, rtol=2e-4, atol=1e-5)
+
+
+def _official_super_newton(f, grad, hess, x0, num_iters, h_0=1.0, alpha=1.0, h_min=1e-5):
+  """NumPy port of super_newton (epfml/grad-norm-smooth, src/methods.py; identity B):
+  lambda = H ||g||^alpha, dx = -(Hess + lambda I)^{-1} g, accept if <g_new, -dx> >=
+  ||g_new||^2 / (4 lambda) then H = max(H / 4, H_min), else H *= 4; 40 trials."""
+  x, h, xs = np.array(x0, np.float64), h_0, []
+  for _ in range(num_iters):
+    g, hs = grad(x), hess(x)
+    for _ in range(40):
+      lam = h * np.linalg.norm(g) ** alpha
+      dx = np.linalg.solve(hs + lam * np.eye(len(x)), -g)
+      g_new = grad(x + dx)
+      if g_new @ -dx >= g_new @ g_new / (4 * lam):
+        h = max(h * 0.25, h_min)
+        break
+      h *= 4
+    x = x + dx
+    xs.append(x.copy())
+  return xs
+
+
+def test_super_universal_newton_matches_the_official_code(rng):
+  features, labels = _logistic_data(rng, n=40, d=3)
+  problem = so.problems.logistic_regression(jnp.asarray(features, jnp.float32),
+                                            jnp.asarray(labels))
+  solver = so.super_universal_newton(problem.value_fn, problem.curvatures["hessian"])
+  update = jax.jit(solver.update)
+  state = solver.init(jnp.zeros(3), *problem.data)
+  signs = 2 * labels - 1
+  f = lambda w: float(np.mean(np.logaddexp(0.0, -signs * (features @ w))))
+  grad = lambda w: -(features.T @ (signs * _sigmoid(-signs * (features @ w)))) / len(labels)
+
+  def hess(w):
+    p = _sigmoid(features @ w)
+    return features.T @ (features * (p * (1 - p))[:, None]) / len(labels)
+
+  for x in _official_super_newton(f, grad, hess, np.zeros(3), 5):
+    state = update(state, *problem.data)
+    assert bool(state.accepted)
+    np.testing.assert_allclose(np.asarray(state.params), x, rtol=2e-4, atol=1e-5)
+
+
+def _official_gradient_methods(f, grad, x0, num_iters, b, accelerated, l_0=1.0, l_min=1e-5):
+  """NumPy port of gradient_method / fast_gradient_method (epfml/grad-norm-smooth,
+  src/methods.py lines 378-468 / 471-570): T = y - B^{-1} g(y) / L, accept if
+  f(T) <= f(y) + <g(y), T - y> + L/2 ||T - y||_B^2 then L = max(L/2, L_min), else L *= 2
+  (30 trials); FGM: a = (1 + sqrt(1 + 4 A L)) / (2 L), y = (a v + A x) / (a + A),
+  v = T + A/a (T - x), A += a (lines 541-564)."""
+  b_inv = np.linalg.inv(b)
+  x, v, big_a, lip, xs = np.array(x0, np.float64), np.array(x0, np.float64), 0.0, l_0, []
+  for _ in range(num_iters):
+    for _ in range(30):
+      if accelerated:
+        a = (1 + (1 + 4 * big_a * lip) ** 0.5) / (2 * lip)
+        y = (a * v + big_a * x) / (a + big_a)
+      else:
+        y = x
+      g = grad(y)
+      t = y - b_inv @ g / lip
+      if f(t) <= f(y) + g @ (t - y) + 0.5 * lip * (t - y) @ b @ (t - y):
+        lip = max(lip * 0.5, l_min)
+        break
+      lip *= 2
+    if accelerated:
+      v = t + big_a / a * (t - x)
+      big_a += a
+    x = t
+    xs.append(x.copy())
+  return xs
+
+
+@pytest.mark.parametrize("accelerated", [False, True])
+def test_gradient_methods_match_the_official_code(rng, accelerated):
+  """GM / FGM iterates with a metric B equal the float64 port of the reference."""
+  features, labels = _logistic_data(rng, n=40, d=3)
+  metric = np.diag([2.0, 1.0, 0.5])
+  problem = so.problems.logistic_regression(jnp.asarray(features, jnp.float32),
+                                            jnp.asarray(labels))
+  build = so.fast_gradient_method if accelerated else so.gradient_method
+  solver = build(problem.value_fn, metric=jnp.asarray(metric, jnp.float32), l_init=5.0)
+  states = _run(solver, jnp.zeros(3), problem.data, 12)
+  signs = 2 * labels - 1
+  f = lambda w: float(np.mean(np.logaddexp(0.0, -signs * (features @ w))))
+  grad = lambda w: -(features.T @ (signs * _sigmoid(-signs * (features @ w)))) / len(labels)
+  reference = _official_gradient_methods(f, grad, np.zeros(3), 12, metric, accelerated, l_0=5.0)
+  lips = {float(s.lipschitz) for s in states}
+  assert len(lips) > 2  # the line search both halved and doubled L
+  for state, x in zip(states[1:], reference):
+    assert bool(state.accepted)
+    np.testing.assert_allclose(np.asarray(state.params), x, rtol=2e-4, atol=1e-5)
+  values = [float(s.value) for s in states]
+  if not accelerated:
+    assert all(b <= a for a, b in zip(values, values[1:]))
+
+
+def test_gradient_method_fixed_l_and_stall_keeps_point(rng):
+  features, labels = _logistic_data(rng, n=20, d=2)
+  problem = so.problems.logistic_regression(jnp.asarray(features), jnp.asarray(labels))
+  fixed = so.gradient_method(problem.value_fn, l_init=3.0, line_search=False)
+  state = jax.jit(fixed.update)(fixed.init(jnp.zeros(2), *problem.data), *problem.data)
+  g = np.asarray(fixed.init(jnp.zeros(2), *problem.data).grad)
+  np.testing.assert_allclose(np.asarray(state.params), -g / 3.0, rtol=1e-5)
+  assert float(state.lipschitz) == 3.0
+  # NaN objective away from 0: every trial fails, the point and L stay.
+  nan_away = lambda w: jnp.where(jnp.all(w == 0), jnp.sum((w - 1.0) ** 2), jnp.nan)
+  stuck = so.fast_gradient_method(nan_away, max_search=3)
+  state = jax.jit(stuck.update)(stuck.init(jnp.zeros(2)))
+  assert not bool(state.accepted) and int(state.num_trials) == 3
+  assert np.all(np.asarray(state.params) == 0) and float(state.lipschitz) == 1.0
+
+
+def _official_rank_one_wsm(matrix, offsets, p, x0, num_iters, b, gamma_0=1.0, eps=1e-8,
+                           gamma_min=1e-9):
+  """NumPy port of grad_norm_smooth_for_rank_one with invert_backend="wsm" (epfml/grad-norm-
+  smooth, src/methods.py lines 678-808; Sherman-Morrison at lines 760-779) on
+  NonlinearEquationsOracle (src/oracles.py): alpha = (p-2)||u||^{p-4}, g0 = J^T u,
+  dx = P^{-1}(-g) - alpha / (1 + alpha g0^T P^{-1} g0) P^{-1} g0 (g0^T P^{-1}(-g)),
+  P = lambda B; the adaptive search of Algorithm 1."""
+  b_inv = np.linalg.inv(b)
+  f = lambda x: np.linalg.norm(matrix @ x - offsets) ** p / p
+  grad = lambda x: np.linalg.norm(matrix @ x - offsets) ** (p - 2) * matrix.T @ (
+      matrix @ x - offsets)
+  dual = lambda g: float(np.sqrt(b_inv.dot(g).dot(g)))
+  x, gamma, xs = np.array(x0, np.float64), gamma_0, []
+  for _ in range(num_iters):
+    g, u = grad(x), matrix @ x - offsets
+    alpha, g0 = (p - 2) * np.linalg.norm(u) ** (p - 4), matrix.T @ u
+    for _ in range(40):
+      lam = dual(g) / (gamma + eps)
+      pinv_g, pinv_g0 = b_inv.dot(-g) / lam, b_inv.dot(g0) / lam
+      dx = pinv_g - alpha / (1.0 + alpha * g0.dot(pinv_g0)) * pinv_g0 * g0.dot(pinv_g)
+      if f(x) - f(x + dx) >= dual(grad(x + dx)) ** 2 / (8 * lam):
+        gamma = max(2 * gamma, gamma_min)
+        break
+      gamma *= 0.5
+    x = x + dx
+    xs.append(x.copy())
+  return xs
+
+
+def test_rank_one_woodbury_matches_the_official_wsm_backend(rng):
+  """linear_solver="woodbury" on the rank-one Fisher term with B = A^T A + 1e-3 I follows the
+  reference's wsm iterates and equals the Cholesky solve of the same curvature."""
+  matrix, offsets = rng.normal(size=(6, 10)), rng.normal(size=6)
+  metric = matrix.T @ matrix + 1e-3 * np.eye(10)
+  problem = so.problems.nonlinear_equations(jnp.asarray(matrix), jnp.asarray(offsets), p=4.0)
+  with jax.enable_x64():
+    x0 = jnp.asarray(rng.normal(size=10))
+    kwargs = dict(metric=jnp.asarray(metric))
+    woodbury = so.gradient_normalized_newton(problem.value_fn, problem.curvatures["fisher_term"],
+                                             linear_solver="woodbury", **kwargs)
+    dense = so.gradient_normalized_newton(problem.value_fn, problem.curvatures["fisher_term"],
+                                          **kwargs)
+    data = tuple(jnp.asarray(d, jnp.float64) for d in (matrix, offsets))
+    states = _run(woodbury, x0, data, 8)
+    dense_states = _run(dense, x0, data, 8)
+    with pytest.raises(TypeError, match="`curvature_fn`"):
+      so.gradient_normalized_newton(problem.value_fn, problem.curvatures["hessian"],
+                                    linear_solver="woodbury").update(states[0], *data)
+  reference = _official_rank_one_wsm(matrix, offsets, 4.0, np.asarray(x0), 8, metric)
+  for state, dense_state, x in zip(states[1:], dense_states[1:], reference):
+    assert bool(state.accepted) and float(state.cg_residual) < 1e-8
+    np.testing.assert_allclose(np.asarray(state.params), x, rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(np.asarray(state.params), np.asarray(dense_state.params),
+                               rtol=1e-6, atol=1e-8)
+  assert float(states[-1].value) < 1e-2 * float(states[0].value)

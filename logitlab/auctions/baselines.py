@@ -34,7 +34,11 @@ def rank_by_value_ctr(values, ctr, max_ads: int, reserve: float = 0.0) -> Ranked
     max_ads: K, the most ads shown.
     reserve: per-click reserve price; ads bidding below it are not shown.
   """
-  values, ctr = mnl.check_instance(values, ctr, max_ads)
+  values, ctr = mnl.check_instance(values, ctr, max_ads, scores_name="values")
+  if np.any(values < 0):
+    raise ValueError(f"`values` (bids per click) must be >= 0, got {values}.")
+  if not (np.isfinite(reserve) and reserve >= 0):
+    raise ValueError(f"`reserve` must be a finite price >= 0, got {reserve}.")
   n, m = ctr.shape
   quality = ctr.mean(axis=1)
   rank_score = values * quality

@@ -50,22 +50,35 @@ class CascadeAllocation:
   upper_bound: float
 
 
-def check_cascade_instance(scores, ctr, continuation, max_ads):
+def check_cascade_instance(scores, ctr, continuation, max_ads, *, scores_name: str = "scores"):
   """Validates and returns (scores [n], ctr [n, m], continuation [n, m]) as float64."""
-  scores, ctr = mnl.check_instance(scores, ctr, max_ads)
+  scores, ctr = mnl.check_instance(scores, ctr, max_ads, scores_name=scores_name)
   if continuation is None:
     continuation = 1.0 - ctr
   continuation = np.asarray(continuation, np.float64)
   if continuation.shape != ctr.shape:
     raise ValueError(f"`continuation` must have the shape of `ctr` {ctr.shape}, got "
                      f"{continuation.shape}.")
-  if np.any(continuation < 0) or np.any(continuation > 1):
+  if not np.all((continuation >= 0) & (continuation <= 1)):  # NaN fails too
     raise ValueError("`continuation` must lie in [0, 1].")
   return scores, ctr, continuation
 
 
+def _check_items(gains, continuation) -> tuple[np.ndarray, np.ndarray]:
+  gains, continuation = np.asarray(gains, np.float64), np.asarray(continuation, np.float64)
+  if continuation.shape != gains.shape:
+    raise ValueError(f"`continuation` must have the shape of `gains` {gains.shape}, got "
+                     f"{continuation.shape}.")
+  if not np.all((continuation >= 0) & (continuation <= 1)):
+    raise ValueError("`continuation` must lie in [0, 1].")
+  if np.isnan(gains).any():
+    raise ValueError("`gains` must not be NaN.")
+  return gains, continuation
+
+
 def order_index(gains: np.ndarray, continuation: np.ndarray) -> np.ndarray:
   """r = g / (1 - c), the exchange-argument index (+-inf where c = 1; 0 if also g = 0)."""
+  gains, continuation = _check_items(gains, continuation)
   stop = 1.0 - continuation
   with np.errstate(divide="ignore", invalid="ignore"):
     index = gains / stop
@@ -80,6 +93,7 @@ def optimal_order(gains: np.ndarray, continuation: np.ndarray) -> np.ndarray:
 
 def sequence_value(gains: np.ndarray, continuation: np.ndarray) -> float:
   """sum_k g_k prod_{l<k} c_l for items already in display order."""
+  gains, continuation = _check_items(gains, continuation)
   reach = np.concatenate([[1.0], np.cumprod(continuation)])[:len(gains)]
   return float(reach @ gains)
 
@@ -91,6 +105,8 @@ def best_subsequence(gains: np.ndarray, continuation: np.ndarray,
   V_k(t) = max(V_k(t+1), g_t + c_t V_{k-1}(t+1)) is a reverse running max per layer k, so the
   DP is K vectorized passes.
   """
+  gains, continuation = _check_items(gains, continuation)
+  max_items = mnl.check_count("max_items", max_items)
   num = len(gains)
   layers = [np.zeros(num + 1)]
   takes = []
@@ -119,7 +135,8 @@ def useful_pairs(gains: np.ndarray, continuation: np.ndarray, max_ads: int) -> n
   lowering any term (repeat; the visit order makes this terminate at a kept pair). The K
   largest c seen so far are kept per position, so the pass is O(n K m).
   """
-  gains = np.asarray(gains, np.float64)
+  gains, continuation = _check_items(gains, continuation)
+  max_ads = mnl.check_max_ads(max_ads)
   num_ads, num_positions = gains.shape
   useful = gains > 0
   if max_ads >= num_ads:
@@ -155,6 +172,8 @@ def cascade_allocation(scores, ctr, continuation=None, max_ads: int = 1, *,
     max_moves: cap on local-search moves (default 10 K).
   """
   scores, ctr, continuation = check_cascade_instance(scores, ctr, continuation, max_ads)
+  if max_moves is not None:
+    mnl.check_count("max_moves", max_moves)
   n, m = ctr.shape
   gains, conts = (scores[:, None] * ctr).ravel(), continuation.ravel()
   candidates = np.flatnonzero(useful_pairs(scores[:, None] * ctr, continuation, max_ads))
@@ -213,8 +232,17 @@ class _SortedPairs:
 
 def cascade_click_probs(ctr, continuation, pairs) -> np.ndarray:
   """Click probability [n] of each ad when ``pairs`` [L, 2] (ad, position) show in order."""
-  pairs = np.asarray(pairs, np.int64).reshape(-1, 2)
+  ctr, continuation = np.asarray(ctr, np.float64), np.asarray(continuation, np.float64)
+  pairs = np.asarray(pairs).reshape(-1, 2)
   ads, positions = pairs[:, 0], pairs[:, 1]
+  if (not np.issubdtype(pairs.dtype, np.integer) or np.any((ads < 0) | (ads >= ctr.shape[0]))
+      or np.any((positions < 0) | (positions >= ctr.shape[1]))
+      or len(set(ads.tolist())) < len(ads) or len(set(positions.tolist())) < len(positions)):
+    raise ValueError(f"`pairs` must be distinct (ad, position) index pairs [L, 2] inside "
+                     f"{ctr.shape}, got {pairs.tolist()}.")
+  if continuation.shape != ctr.shape:
+    raise ValueError(f"`continuation` must have the shape of `ctr` {ctr.shape}, got "
+                     f"{continuation.shape}.")
   reach = np.concatenate([[1.0], np.cumprod(continuation[ads, positions])])[:len(ads)]
   click_probs = np.zeros(ctr.shape[0])
   click_probs[ads] = reach * ctr[ads, positions]

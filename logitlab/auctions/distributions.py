@@ -39,6 +39,10 @@ class Uniform:
   low: float = 0.0
   high: float = 1.0
 
+  def __post_init__(self):
+    if not (np.isfinite(self.low) and np.isfinite(self.high) and self.low < self.high):
+      raise ValueError(f"Uniform needs finite `low` < `high`, got [{self.low}, {self.high}].")
+
   def virtual_value(self, values):
     return 2.0 * np.asarray(values, np.float64) - self.high
 
@@ -56,6 +60,13 @@ class Exponential:
   low: float = 0.0
   high: float = np.inf
 
+  def __post_init__(self):
+    if not (np.isfinite(self.rate) and self.rate > 0):
+      raise ValueError(f"`rate` must be a finite number > 0, got {self.rate}.")
+    if (self.low, self.high) != (0.0, np.inf):
+      raise ValueError(f"Exponential is supported on [0, inf); got `low`={self.low}, "
+                       f"`high`={self.high}.")
+
   def virtual_value(self, values):
     return np.asarray(values, np.float64) - 1.0 / self.rate
 
@@ -71,6 +82,10 @@ class Identity:
   """Scores equal values (phi = v): plugging it into Myerson payments gives VCG payments."""
   low: float = 0.0
   high: float = np.inf
+
+  def __post_init__(self):
+    if not (np.isfinite(self.low) and self.low <= self.high):
+      raise ValueError(f"Identity needs a finite `low` <= `high`, got [{self.low}, {self.high}].")
 
   def virtual_value(self, values):
     return np.asarray(values, np.float64)
@@ -94,6 +109,17 @@ class Tabulated:
   cdf: np.ndarray
   ironed: np.ndarray
 
+  def __post_init__(self):
+    grid, cdf, ironed = (np.asarray(a, np.float64) for a in (self.grid, self.cdf, self.ironed))
+    if grid.ndim != 1 or len(grid) < 2 or not np.all(np.diff(grid) > 0) or not np.all(
+        np.isfinite(grid)):
+      raise ValueError(f"`grid` must be a finite increasing [num >= 2] array, got shape "
+                       f"{grid.shape}.")
+    if cdf.shape != grid.shape or not np.all((cdf >= 0) & (cdf <= 1)) or np.any(np.diff(cdf) < 0):
+      raise ValueError("`cdf` must be a nondecreasing array in [0, 1] with the shape of `grid`.")
+    if ironed.shape != grid.shape or np.any(np.diff(ironed) < 0) or not np.all(np.isfinite(ironed)):
+      raise ValueError("`ironed` must be a finite nondecreasing array with the shape of `grid`.")
+
   @property
   def low(self) -> float:
     return float(self.grid[0])
@@ -105,6 +131,10 @@ class Tabulated:
   @classmethod
   def from_cdf(cls, cdf: Callable[[np.ndarray], np.ndarray], low: float, high: float,
                num: int = 4097) -> "Tabulated":
+    if not (np.isfinite(low) and np.isfinite(high) and low < high):
+      raise ValueError(f"`low` < `high` must be finite, got [{low}, {high}].")
+    if not isinstance(num, (int, np.integer)) or num < 2:
+      raise ValueError(f"`num` must be an integer >= 2, got {num!r}.")
     grid = np.linspace(low, high, num)
     quantiles = np.clip(cdf(grid), 0.0, 1.0)
     # H(F(v)) (module docstring) plus int (1 - F) dv over gaps of the support (F flat), where
@@ -141,6 +171,13 @@ class Tabulated:
 def bimodal_uniform(weight_low: float = 0.7, low_range=(0.0, 0.3),
                     high_range=(0.7, 1.0)) -> Tabulated:
   """An irregular mixture of two uniforms (non-monotone phi, so ironing matters)."""
+  if not 0.0 <= weight_low <= 1.0:
+    raise ValueError(f"`weight_low` must be in [0, 1], got {weight_low}.")
+  for name, (lo, hi) in (("low_range", low_range), ("high_range", high_range)):
+    if not (np.isfinite(lo) and np.isfinite(hi) and lo < hi):
+      raise ValueError(f"`{name}` must be a finite interval (lo < hi), got {(lo, hi)}.")
+  if low_range[0] > high_range[0] or low_range[1] > high_range[1]:
+    raise ValueError(f"`low_range` {low_range} must lie below `high_range` {high_range}.")
   def cdf(v):
     part_low = np.clip((v - low_range[0]) / (low_range[1] - low_range[0]), 0, 1)
     part_high = np.clip((v - high_range[0]) / (high_range[1] - high_range[0]), 0, 1)

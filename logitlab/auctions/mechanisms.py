@@ -35,10 +35,20 @@ CascadeSolver = Callable[..., "cascade.CascadeAllocation"]
 
 @dataclasses.dataclass(frozen=True)
 class AuctionOutcome:
-  """assignment [n] (-1 = not shown), click_probs [n], payments [n] (expected, per auction)."""
+  """assignment [n] (-1 = not shown), click_probs [n], payments [n] (expected, per auction),
+  and ``order`` [L]: the shown ads in display order (top first). Under MNL the order does not
+  change any click probability; it is the ads sorted by position. Under the cascade model it is
+  the order the solver chose, which the click probabilities depend on."""
   assignment: np.ndarray
   click_probs: np.ndarray
   payments: np.ndarray
+  order: np.ndarray | None = None
+
+  def __post_init__(self):
+    if self.order is None:
+      shown = np.flatnonzero(np.asarray(self.assignment) != mnl.NOT_SHOWN)
+      order = shown[np.argsort(np.asarray(self.assignment)[shown], kind="stable")]
+      object.__setattr__(self, "order", order)
 
   def utilities(self, values: np.ndarray) -> np.ndarray:
     return np.asarray(values, np.float64) * self.click_probs - self.payments
@@ -66,7 +76,13 @@ def allocation_curve(scores: np.ndarray, ctr: np.ndarray, max_ads: int, bidder: 
   Others' scores are fixed; at own score 0 the ad is never shown (the objective is >= 0 and
   only edges with s_i > lambda* enter), so the curve starts at click probability 0.
   """
-  scores = np.array(scores, dtype=np.float64)
+  scores, ctr = mnl.check_instance(scores, ctr, max_ads)
+  scores = scores.copy()
+  if isinstance(bidder, bool) or not isinstance(bidder, (int, np.integer)) or not (
+      0 <= bidder < len(scores)):
+    raise ValueError(f"`bidder` must be an ad index in [0, {len(scores)}), got {bidder!r}.")
+  if not np.isfinite(max_score):
+    raise ValueError(f"`max_score` must be finite, got {max_score}.")
 
   def line_at(score):
     scores[bidder] = score
@@ -97,6 +113,9 @@ def allocation_curve(scores: np.ndarray, ctr: np.ndarray, max_ads: int, bidder: 
 def threshold_payment(breakpoints: Sequence[Breakpoint],
                       distribution: dists.ValueDistribution) -> float:
   """t = sum_k jump_k * z_k with z_k the value at which phi reaches the breakpoint score."""
+  if not hasattr(distribution, "threshold_value"):
+    raise TypeError(f"`distribution` must be a ValueDistribution, got "
+                    f"{type(distribution).__name__}.")
   if not breakpoints:
     return 0.0
   jumps = np.array([b.after - b.before for b in breakpoints])
@@ -112,7 +131,7 @@ def vcg(values: np.ndarray, ctr: np.ndarray, max_ads: int) -> AuctionOutcome:
     ctr: [n, m] standalone CTRs in [0, 1).
     max_ads: K, the most ads shown.
   """
-  values, ctr = mnl.check_instance(values, ctr, max_ads)
+  values, ctr = mnl.check_instance(values, ctr, max_ads, scores_name="values")
   _check_values(values)
   allocation = mnl.mnl_allocation(values, ctr, max_ads)
   payments = np.zeros_like(values)
@@ -130,20 +149,28 @@ def myerson(values: np.ndarray, ctr: np.ndarray, max_ads: int,
   """Revenue-optimal MNL auction: maximize virtual welfare, charge threshold payments.
 
   Args:
-    values: [n] reported values per click, inside each distribution's support.
+    values: [n] reported values per click, inside each distribution's support [low, high]
+      (a value outside it has no virtual value: ValueError naming `values`).
     ctr: [n, m] standalone CTRs in [0, 1).
     max_ads: K, the most ads shown.
     distributions: one ``ValueDistribution`` for all bidders or one per bidder; their
       (ironed) virtual values are the allocation scores. Ads with phi_i(v_i) <= lambda*
       (in particular phi_i(v_i) <= 0) are not shown: the reserve is automatic.
   """
-  values, ctr = mnl.check_instance(values, ctr, max_ads)
+  values, ctr = mnl.check_instance(values, ctr, max_ads, scores_name="values")
   _check_values(values)
   if not isinstance(distributions, Sequence):
     distributions = [distributions] * len(values)
   if len(distributions) != len(values):
     raise ValueError(f"`distributions` must have one entry per bidder ({len(values)}), got "
                      f"{len(distributions)}.")
+  for bidder, (d, v) in enumerate(zip(distributions, values)):
+    if not hasattr(d, "virtual_value") or not hasattr(d, "threshold_value"):
+      raise TypeError(f"`distributions` must hold ValueDistribution objects, got "
+                      f"{type(d).__name__} for bidder {bidder}.")
+    if not d.low <= v <= d.high:
+      raise ValueError(f"`values` must lie in each bidder's distribution support; bidder "
+                       f"{bidder} has value {v} outside [{d.low}, {d.high}].")
   scores = np.array([d.virtual_value(v) for d, v in zip(distributions, values)], np.float64)
   allocation = mnl.mnl_allocation(scores, ctr, max_ads)
   payments = np.zeros_like(values)
@@ -171,10 +198,11 @@ def cascade_vcg(values, ctr, continuation=None, max_ads: int = 1, *,
       order and ``value``.
 
   Returns:
-    ``AuctionOutcome`` whose ``assignment`` is the position of each ad (display order is the
-    solver's ``pairs`` order).
+    ``AuctionOutcome`` whose ``assignment`` is the position of each ad and whose ``order`` is
+    the display order of the shown ads (the solver's ``pairs`` order).
   """
-  values, ctr, continuation = cascade.check_cascade_instance(values, ctr, continuation, max_ads)
+  values, ctr, continuation = cascade.check_cascade_instance(values, ctr, continuation, max_ads,
+                                                             scores_name="values")
   _check_values(values)
   allocation = solver(values, ctr, continuation, max_ads)
   click_probs = cascade.cascade_click_probs(ctr, continuation, allocation.pairs)
@@ -185,9 +213,9 @@ def cascade_vcg(values, ctr, continuation=None, max_ads: int = 1, *,
     others = np.delete(np.arange(len(values)), bidder)
     welfare_without = solver(values[others], ctr[others], continuation[others], max_ads).value
     payments[bidder] = welfare_without - (allocation.value - values[bidder] * click_probs[bidder])
-  return AuctionOutcome(assignment, click_probs, payments)
+  return AuctionOutcome(assignment, click_probs, payments, order=allocation.pairs[:, 0].copy())
 
 
 def _check_values(values: np.ndarray) -> None:
   if np.any(values < 0):
-    raise ValueError("`values` (value per click) must be >= 0.")
+    raise ValueError(f"`values` (value per click) must be >= 0, got {values}.")

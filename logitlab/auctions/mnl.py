@@ -37,34 +37,70 @@ from scipy import sparse
 NOT_SHOWN = -1
 
 
-def check_instance(scores: np.ndarray, ctr: np.ndarray, max_ads: int) -> tuple[np.ndarray,
-                                                                                np.ndarray]:
-  """Validates an auction instance; returns (scores [n], ctr [n, m]) as float64."""
+def check_max_ads(max_ads) -> int:
+  """``max_ads`` as an int; raises unless it is an integer >= 0 (1.7 is not silently 1)."""
+  return check_count("max_ads", max_ads)
+
+
+def check_instance(scores: np.ndarray, ctr: np.ndarray, max_ads: int, *,
+                   scores_name: str = "scores") -> tuple[np.ndarray, np.ndarray]:
+  """Validates an auction instance; returns (scores [n], ctr [n, m]) as float64.
+
+  ``scores_name`` is the caller's name for the scores (``values`` for the mechanisms), so the
+  error names the argument the user passed.
+  """
   scores = np.asarray(scores, dtype=np.float64)
   ctr = np.asarray(ctr, dtype=np.float64)
   if scores.ndim != 1:
-    raise ValueError(f"`scores` must have shape [n], got shape {scores.shape}.")
-  if ctr.ndim != 2 or ctr.shape[0] != scores.shape[0]:
-    raise ValueError(f"`ctr` must have shape [n, m] = [{scores.shape[0]}, m], got shape "
+    raise ValueError(f"`{scores_name}` must have shape [n], got shape {scores.shape}.")
+  if ctr.ndim != 2 or ctr.shape[0] != scores.shape[0] or ctr.shape[1] == 0:
+    raise ValueError(f"`ctr` must have shape [n, m] = [{scores.shape[0]}, m >= 1], got shape "
                      f"{ctr.shape}.")
   if not np.all(np.isfinite(scores)):
-    raise ValueError("`scores` must be finite.")
+    raise ValueError(f"`{scores_name}` must be finite, got {scores}.")
   if np.any(ctr < 0) or np.any(ctr >= 1) or not np.all(np.isfinite(ctr)):
     raise ValueError("`ctr` must lie in [0, 1) (a CTR of 1 has infinite MNL weight).")
-  if int(max_ads) < 0:
-    raise ValueError(f"`max_ads` must be >= 0, got {max_ads}.")
+  check_max_ads(max_ads)
   return scores, ctr
+
+
+def check_count(name: str, value, minimum: int = 0) -> int:
+  """``value`` as an int; raises naming ``name`` unless it is an integer >= ``minimum``."""
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+    raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value!r}.")
+  return int(value)
+
+
+def check_assignment(assignment, num_ads: int, num_positions: int) -> np.ndarray:
+  """``assignment [..., n]`` as int64; raises unless each row is a matching (positions in
+  ``[0, m)`` or -1, no position used twice)."""
+  assignment = np.asarray(assignment)
+  if (not np.issubdtype(assignment.dtype, np.integer) or assignment.ndim < 1
+      or assignment.shape[-1] != num_ads):
+    raise ValueError(f"`assignment` must be an integer array [..., n = {num_ads}], got "
+                     f"{assignment.dtype} {assignment.shape}.")
+  if np.any((assignment < NOT_SHOWN) | (assignment >= num_positions)):
+    raise ValueError(f"`assignment` entries must be positions in [0, {num_positions}) or -1, got "
+                     f"{assignment}.")
+  # Not-shown entries become distinct negatives, so a repeat in a sorted row is a reused position.
+  distinct = np.where(assignment == NOT_SHOWN, -2 - np.arange(num_ads), assignment)
+  ordered = np.sort(distinct, axis=-1)
+  if np.any(ordered[..., 1:] == ordered[..., :-1]):
+    raise ValueError("`assignment` must use each position at most once per allocation.")
+  return assignment.astype(np.int64)
 
 
 def mnl_weights(ctr: np.ndarray) -> np.ndarray:
   """MNL attraction weights w = p / (1 - p) from standalone CTRs p in [0, 1) (same shape)."""
   ctr = np.asarray(ctr, dtype=np.float64)
+  if not np.all((ctr >= 0) & (ctr < 1)):
+    raise ValueError("`ctr` must lie in [0, 1) (a CTR of 1 has infinite MNL weight).")
   return ctr / (1.0 - ctr)
 
 
 def shown_weights(weights: np.ndarray, assignment: np.ndarray) -> np.ndarray:
   """w_{i, a_i} for shown ads and 0 otherwise; assignment [..., n] -> [..., n]."""
-  assignment = np.asarray(assignment)
+  assignment = check_assignment(assignment, *np.shape(weights))
   safe = np.where(assignment == NOT_SHOWN, 0, assignment)
   rows = np.arange(weights.shape[0])
   return np.where(assignment == NOT_SHOWN, 0.0, weights[rows, safe])
@@ -78,6 +114,9 @@ def mnl_click_probs(ctr: np.ndarray, assignment: np.ndarray) -> np.ndarray:
 
 def mnl_objective(scores: np.ndarray, ctr: np.ndarray, assignment: np.ndarray) -> np.ndarray:
   """sum_i s_i pi_i(x) for allocations [..., n] (welfare when s = v)."""
+  if np.shape(scores) != np.shape(ctr)[:1]:
+    raise ValueError(f"`scores` must have shape [n] = {np.shape(ctr)[:1]}, got "
+                     f"{np.shape(scores)}.")
   return (mnl_click_probs(ctr, assignment) * np.asarray(scores, np.float64)).sum(axis=-1)
 
 
@@ -97,8 +136,12 @@ def max_weight_matching(edge_weights: np.ndarray, max_edges: int) -> np.ndarray:
   K < min(n, m) is imposed with m - K dummy rows that must occupy real columns (weight 0
   there, forbidden on the per-row "skip" columns), leaving K columns to the real rows.
   """
+  edge_weights = np.asarray(edge_weights, np.float64)
+  if edge_weights.ndim != 2 or np.isnan(edge_weights).any():
+    raise ValueError(f"`edge_weights` must be a [n, m] array without NaN, got shape "
+                     f"{edge_weights.shape}.")
   n, m = edge_weights.shape
-  k = min(int(max_edges), n, m)
+  k = min(check_count("max_edges", max_edges), n, m)
   assignment = np.full(n, NOT_SHOWN, dtype=np.int64)
   positive = np.where(edge_weights > 0, edge_weights, 0.0)
   if k == 0 or not np.any(positive > 0):
@@ -137,7 +180,11 @@ def mnl_allocation(scores: np.ndarray, ctr: np.ndarray, max_ads: int, *, tol: fl
 
   Dinkelbach iteration (module docstring): start at lambda = 0 (the empty allocation),
   solve x = argmax sum x_ij w_ij (s_i - lambda) by ``max_weight_matching``, set
-  lambda = N(x) / D(x); stop when the matching's excess F(lambda) <= tol (1 + |lambda|).
+  lambda = N(x) / D(x); stop when the matching's excess F(lambda) <= tol * scale, with
+  scale = 1 + |lambda| + sum_i w_i |s_i - lambda| the magnitude of the terms F sums, so the
+  test is relative to the weights' scale (a CTR of 0.9999 has weight 9999, and an absolute
+  tolerance then sits below the round-off of F). Dinkelbach's lambda increases strictly; an
+  update that does not increase it is round-off, and the iteration stops there too.
 
   Args:
     scores: [n] per-click scores s_i (values or virtual values; any sign).
@@ -152,10 +199,12 @@ def mnl_allocation(scores: np.ndarray, ctr: np.ndarray, max_ads: int, *, tol: fl
     candidate = max_weight_matching(weights * (scores - lam)[:, None], max_ads)
     w = shown_weights(weights, candidate)
     excess = float(w @ (scores - lam)) - lam
-    if excess <= tol * (1.0 + abs(lam)):
+    if excess <= tol * (1.0 + abs(lam) + float(w @ np.abs(scores - lam))):
       break
-    assignment = candidate
-    lam = float(w @ scores) / (1.0 + w.sum())
+    new_lam = float(w @ scores) / (1.0 + w.sum())
+    if new_lam <= lam:  # No progress: F(lambda) > 0 only by round-off.
+      break
+    assignment, lam = candidate, new_lam
   else:
     raise RuntimeError(f"Dinkelbach did not converge in {max_iterations} iterations.")
   return MNLAllocation(assignment=assignment, value=float(lam),

@@ -74,19 +74,25 @@ def soft_cross_entropy(
 
   ``0 log 0 = 0``: classes with zero target mass (e.g. a dropped target class whose logit is
   ``-inf``) contribute nothing and get no gradient. ``target_probs`` is a constant
-  (``stop_gradient``), as soft labels are in every method here. Unlike
-  :func:`cross_entropy` the rows are not checked (internal soft labels such as USKD's Zipf
-  labels are built to sum to 1).
+  (``stop_gradient``), as soft labels are in every method here. Rows are checked like
+  :func:`cross_entropy`'s soft labels (concrete: raise; traced: NaN for that example).
 
   Args:
     logits: ``[..., C]`` float logits.
-    target_probs: ``[..., C]`` probability vectors (rows summing to 1).
+    target_probs: ``[..., C]`` probability vectors (entries >= 0, rows summing to 1 within
+      1e-3); under jit a row that is not one gives NaN for that example.
     where, weights, reduction: as in :func:`cross_entropy`.
   """
   numerics.check_logits("logits", logits)
   numerics.check_logits("target_probs", target_probs)
   numerics.check_same_shape(("logits", "target_probs"), logits, target_probs)
   target_probs = jax.lax.stop_gradient(numerics.upcast(target_probs))
+  row_sums = jnp.sum(target_probs, axis=-1)
+  ok = numerics.check_values(
+      "target_probs", jnp.all(target_probs >= 0, axis=-1) & (jnp.abs(row_sums - 1) <= 1e-3),
+      "probability vectors (entries >= 0, rows summing to 1)",
+      f"row sums in [{jnp.min(row_sums, initial=1.0)}, {jnp.max(row_sums, initial=1.0)}]")
   per_example = -jnp.sum(numerics.xlogy_probs(target_probs, numerics.log_softmax(logits)),
                          axis=-1)
+  per_example = numerics.nan_unless(per_example, ok)
   return _common.reduce_loss(per_example, where=where, weights=weights, reduction=reduction)

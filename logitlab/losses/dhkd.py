@@ -132,7 +132,11 @@ def project_conflicting(kd_grads: chex.ArrayTree, ce_grads: chex.ArrayTree) -> c
   The dot product and norm run over the whole pytree. Non-conflicting gradients (and a
   zero ``ce_grads``) are returned unchanged. Leaves keep their dtypes.
   """
-  chex.assert_trees_all_equal_shapes(kd_grads, ce_grads)
+  if (jax.tree.structure(kd_grads) != jax.tree.structure(ce_grads)
+      or [jnp.shape(x) for x in jax.tree.leaves(kd_grads)]
+      != [jnp.shape(x) for x in jax.tree.leaves(ce_grads)]):
+    raise ValueError("`ce_grads` must have the pytree structure and leaf shapes of `kd_grads`, "
+                     f"got {jax.tree.structure(ce_grads)} vs {jax.tree.structure(kd_grads)}.")
   dot = numerics.tree_vdot(kd_grads, ce_grads)
   ce_norm_sq = numerics.tree_vdot(ce_grads, ce_grads)
   coefficient = jnp.where(ce_norm_sq > 0, jnp.minimum(dot, 0.0) / jnp.where(

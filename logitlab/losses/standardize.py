@@ -40,6 +40,8 @@ def standardize(logits: chex.Array, *, axis: int = -1, eps: float = 1e-7,
     float32 array of the shape of ``logits``.
   """
   numerics.check_logits("logits", logits)
+  if not (isinstance(eps, (int, float)) and eps >= 0):
+    raise ValueError(f"`eps` must be a number >= 0, got {eps!r}.")
   num_classes = logits.shape[axis]
   if num_classes <= ddof:
     raise ValueError(f"`logits` needs more than ddof={ddof} entries along axis {axis} to "
@@ -66,6 +68,11 @@ def with_standardized_logits(loss_fn: Callable[..., jax.Array], *,
   nothing (for losses without a temperature). ``standardize_kwargs`` (``eps``, ``ddof``) are
   forwarded to :func:`standardize`.
   """
+  if not callable(loss_fn):
+    raise TypeError(f"`loss_fn` must be a callable loss, got {type(loss_fn).__name__}.")
+  unknown = set(standardize_kwargs) - {"axis", "eps", "ddof"}
+  if unknown:
+    raise TypeError(f"`standardize_kwargs` may hold axis, eps, ddof; got {sorted(unknown)}.")
   if temperature is not None:
     numerics.check_positive("temperature", temperature)
 

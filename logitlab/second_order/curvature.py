@@ -15,6 +15,8 @@ Approximations (all PSD):
 * ``weighted_gauss_newton(model_fn, mu)``: for ``f = mu logsumexp(z(x)/mu)``,
   ``W = (1/mu) J^T diag(softmax(z/mu)) J`` = Gauss-Newton + ``g g^T / mu`` (the true
   Hessian of the outer logsumexp without its ``-pi pi^T / mu`` term).
+* ``rank_one(factor_fn)``: ``s u u^T`` (e.g. the Fisher term of the nonlinear equations),
+  solvable by Sherman-Morrison (``linear_solver="woodbury"``).
 * ``fisher(per_example_fn)``: ``f = sum_i w_i l_i(x)``, empirical Fisher
   ``F = sum_i w_i grad l_i grad l_i^T``; with ``normalized=True`` each term is divided
   by ``l_i`` (``sum_i w_i grad l_i grad l_i^T / l_i``). For the logistic loss the
@@ -24,7 +26,7 @@ Approximations (all PSD):
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import chex
 import jax
@@ -38,12 +40,66 @@ LinearOperator = Callable[[Params], Params]
 CurvatureFn = Callable[..., LinearOperator]
 
 
+def _check_callable(name: str, fn) -> None:
+  if not callable(fn):
+    raise TypeError(f"`{name}` must be a callable, got {type(fn).__name__}.")
+
+
+def _check_nonnegative(name: str, value) -> None:
+  if not (isinstance(value, (int, float)) and value >= 0 and value < float("inf")):
+    raise ValueError(f"`{name}` must be a finite number >= 0, got {value!r}.")
+
+
 def hessian(value_fn: Callable[..., chex.Array]) -> CurvatureFn:
   """Exact Hessian-vector products of ``value_fn(params, *data)`` (forward-over-reverse)."""
+  _check_callable("value_fn", value_fn)
 
   def curvature_fn(params, *data):
     _, hvp = jax.linearize(lambda p: jax.grad(value_fn)(p, *data), params)
     return hvp
+
+  return curvature_fn
+
+
+def zero() -> CurvatureFn:
+  """``H = 0``: with it the solver is the reference code's normalized gradient method (NGM,
+  ``grad_norm_smooth_gradient_method``): ``dx = -B^{-1} g / lambda``, ``lambda = ||g||_* /
+  gamma``, with the same adaptive gamma search."""
+
+  def curvature_fn(params, *data):
+    del params, data
+    return lambda v: jax.tree.map(jnp.zeros_like, v)
+
+  return curvature_fn
+
+
+class RankOneOperator(NamedTuple):
+  """``H = scale * vector vector^T`` as a linear operator (``v -> H v``) that keeps its factors,
+  so that ``gradient_normalized_newton(linear_solver="woodbury")`` can solve
+  ``(H + lambda B) dx = -g`` by Sherman-Morrison in ``O(d)`` metric solves."""
+  scale: chex.Array
+  vector: Params
+
+  def __call__(self, v: Params) -> Params:
+    coeff = self.scale * sum(jnp.vdot(a, b) for a, b in zip(jax.tree.leaves(self.vector),
+                                                            jax.tree.leaves(v)))
+    return jax.tree.map(lambda u: coeff * u, self.vector)
+
+
+def rank_one(factor_fn: Callable[..., tuple[chex.Array, Params]]) -> CurvatureFn:
+  """``H = s u u^T`` from ``factor_fn(params, *data) -> (s, u)`` (``s >= 0`` scalar, ``u`` a
+  pytree like ``params``); the operator is a ``RankOneOperator``. Example: the reference's
+  Fisher term of ``(1/p)||r(x)||^p``, ``(p-2)||r||^{p-4} (J^T r)(J^T r)^T``
+  (``approx_hess_fn_fisher_term``, epfml/grad-norm-smooth ``src/approximations.py``)."""
+  _check_callable("factor_fn", factor_fn)
+
+  def curvature_fn(params, *data):
+    scale, vector = factor_fn(params, *data)
+    if jnp.ndim(scale) != 0:
+      raise ValueError(f"`factor_fn` must return a scalar scale, got shape {jnp.shape(scale)}.")
+    if jax.tree.structure(vector) != jax.tree.structure(params):
+      raise ValueError("`factor_fn` must return a vector with the pytree structure of `params`.")
+    return RankOneOperator(jnp.asarray(scale), vector)
 
   return curvature_fn
 
@@ -56,6 +112,8 @@ def gauss_newton(model_fn: Callable[..., chex.Array],
   one ``jvp`` (``J v``), one Hessian-vector product of ``loss_fn`` in ``z`` space and one
   ``vjp`` (``J^T u``). PSD whenever ``loss_fn`` is convex in ``z``.
   """
+  _check_callable("model_fn", model_fn)
+  _check_callable("loss_fn", loss_fn)
 
   def curvature_fn(params, *data):
     z, jvp_fn = jax.linearize(lambda p: model_fn(p, *data), params)
@@ -73,6 +131,8 @@ def weighted_gauss_newton(model_fn: Callable[..., chex.Array], mu: float) -> Cur
   Gauss-Newton for the logsumexp problem; it equals the true Hessian plus
   ``grad f grad f^T / mu``.
   """
+  _check_callable("model_fn", model_fn)
+  numerics.check_positive("mu", mu)
 
   def curvature_fn(params, *data):
     z, jvp_fn = jax.linearize(lambda p: model_fn(p, *data), params)
@@ -95,6 +155,7 @@ def fisher(per_example_fn: Callable[..., tuple[chex.Array, chex.Array]], *,
       ``f = sum_i weights_i losses_i`` (weights 0 on masked examples).
     normalized: divide each outer product by ``l_i`` (examples with ``l_i = 0`` add 0).
   """
+  _check_callable("per_example_fn", per_example_fn)
 
   def curvature_fn(params, *data):
     losses, jvp_fn, weights = jax.linearize(
@@ -111,6 +172,8 @@ def fisher(per_example_fn: Callable[..., tuple[chex.Array, chex.Array]], *,
 
 def add_ridge(curvature_fn: CurvatureFn, l2: float) -> CurvatureFn:
   """Curvature of ``f + (l2/2)||params||^2``: ``v -> H v + l2 v``."""
+  _check_callable("curvature_fn", curvature_fn)
+  _check_nonnegative("l2", l2)
   if l2 == 0:
     return curvature_fn
 
@@ -122,7 +185,9 @@ def add_ridge(curvature_fn: CurvatureFn, l2: float) -> CurvatureFn:
 
 
 def scale(curvature_fn: CurvatureFn, factor: float) -> CurvatureFn:
-  """``v -> factor * H v``."""
+  """``v -> factor * H v`` (``factor >= 0`` keeps a PSD curvature PSD)."""
+  _check_callable("curvature_fn", curvature_fn)
+  _check_nonnegative("factor", factor)
 
   def scaled_curvature_fn(params, *data):
     matvec = curvature_fn(params, *data)
@@ -136,6 +201,12 @@ def dense_matrix(matvec: LinearOperator, params: Params) -> jax.Array:
 
   One operator application per column (vmapped); meant for small ``d`` (Cholesky path).
   """
+  _check_callable("matvec", matvec)
+  leaves = jax.tree.leaves(params)
+  if not leaves or not all(hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.floating)
+                           for x in leaves):
+    raise TypeError(f"`params` must be a non-empty pytree of float arrays, got "
+                    f"{type(params).__name__}.")
   flat, unravel = ravel_pytree(params)
   columns = jax.vmap(lambda e: ravel_pytree(matvec(unravel(e)))[0])(
       jnp.eye(flat.size, dtype=flat.dtype))

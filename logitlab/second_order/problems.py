@@ -13,6 +13,7 @@ math is float32 or wider (``numerics.upcast``).
 """
 from __future__ import annotations
 
+import functools
 from typing import Callable, NamedTuple
 
 import chex
@@ -115,6 +116,10 @@ def softmax_regression(features: chex.Array, labels: chex.Array, num_classes: in
   _check_design(features, where)
   if labels.shape != features.shape[:1]:
     raise ValueError(f"`labels` must have shape [n] = {features.shape[:1]}, got {labels.shape}.")
+  if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+    raise ValueError(f"`num_classes` must be an integer >= 1, got {num_classes!r}.")
+  numerics.check_values("labels", (labels >= 0) & (labels < num_classes),
+                        f"class indices in [0, {num_classes})")
   one_hot = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
   weights = _example_weights(where, features.shape[0])
 
@@ -142,6 +147,7 @@ def logsumexp(matrix: chex.Array, offsets: chex.Array, mu: float = 1.0) -> Probl
   ``weighted_gauss_newton`` ``(1/mu) A^T diag(softmax) A`` (= Hessian + g g^T / mu).
   """
   _check_system(matrix, offsets)
+  numerics.check_positive("mu", mu)
 
   def scores(x, matrix, offsets):
     return numerics.upcast(matrix) @ x - offsets
@@ -161,15 +167,26 @@ def _power_norm(u, p):
   return jnp.sum(u * u) ** (p / 2) / p
 
 
+def _fisher_term_factors(residuals, p, x, *data):
+  """``((p-2)||u||^{p-4}, J^T u)``: the rank-one Fisher term of ``(1/p)||u(x)||^p`` (``0`` at
+  ``u = 0``, where the term vanishes for ``p > 2``; the reference divides by 0 there)."""
+  u, vjp_fn = jax.vjp(lambda z: residuals(z, *data), x)
+  norm = jnp.linalg.norm(u)
+  safe = jnp.where(norm > 0, norm, 1.0)
+  scale = jnp.where(norm > 0, (p - 2) * safe ** (p - 4), 0.0)
+  return scale, vjp_fn(u)[0]
+
+
 def nonlinear_equations(matrix: chex.Array, offsets: chex.Array, p: float = 4.0) -> Problem:
   """``f(x) = (1/p)||A x - b||^p``; params ``x [d]``.
 
   Curvatures: ``hessian``; ``gauss_newton`` (the paper's inexact Hessian, exact here since
-  ``u`` is linear); ``fisher_term`` ``(p-2)||u||^{p-4}(A^T u)(A^T u)^T`` (rank one; pair it
-  with the metric ``B = A^T A``).
+  ``u`` is linear); ``fisher_term`` ``(p-2)||u||^{p-4}(A^T u)(A^T u)^T``, a
+  ``curvature.rank_one`` (``linear_solver="woodbury"`` solves with it by Sherman-Morrison;
+  pair it with ``B = A^T A``).
   """
   _check_system(matrix, offsets)
-  if p < 2:
+  if not p >= 2:
     raise ValueError(f"`p` must be >= 2, got {p}.")
 
   def residuals(x, matrix, offsets):
@@ -178,21 +195,18 @@ def nonlinear_equations(matrix: chex.Array, offsets: chex.Array, p: float = 4.0)
   def value_fn(x, matrix, offsets):
     return _power_norm(residuals(x, matrix, offsets), p)
 
-  def single_example(x, matrix, offsets):
-    return value_fn(x, matrix, offsets)[None], jnp.ones((1,), jnp.float32)
-
   curvatures = {
       "hessian": curvature.hessian(value_fn),
       "gauss_newton": curvature.gauss_newton(residuals, lambda u, *_: _power_norm(u, p)),
-      # grad f grad f^T / f = p ||u||^{p-4} (A^T u)(A^T u)^T, so scale by (p-2)/p.
-      "fisher_term": curvature.scale(curvature.fisher(single_example, normalized=True),
-                                     (p - 2) / p),
+      "fisher_term": curvature.rank_one(functools.partial(_fisher_term_factors, residuals, p)),
   }
   return Problem(value_fn, curvatures, (jnp.asarray(matrix), numerics.upcast(offsets)))
 
 
 def rosenbrock_residuals(x: chex.Array) -> jax.Array:
-  """``u(x) = [10 (x_{i+1} - x_i^2), 1 - x_i]`` so that Rosenbrock ``= ||u||^2``."""
+  """``u(x) = [10 (x_{i+1} - x_i^2), 1 - x_i]`` so that Rosenbrock ``= ||u||^2``; ``x [d >= 2]``."""
+  if jnp.ndim(x) != 1 or jnp.shape(x)[0] < 2:
+    raise ValueError(f"`x` must be a vector [d >= 2], got shape {jnp.shape(x)}.")
   return jnp.concatenate([10.0 * (x[1:] - x[:-1] ** 2), 1.0 - x[:-1]])
 
 

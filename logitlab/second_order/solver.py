@@ -9,11 +9,14 @@ curvature ``H(x)`` (exact Hessian, Gauss-Newton, Fisher, ...)::
     else gamma <- gamma / 2 and re-solve (at most ``max_search`` solves)
     after acceptance: x <- x + dx, gamma <- max(2 gamma, gamma_min)
 
-This is the adaptive search of the authors' code (epfml/grad-norm-smooth), with two
-deliberate differences, both documented in docs/second_order.md: a failed solve (e.g. a
+This is the adaptive search of the authors' code (epfml/grad-norm-smooth), with three
+deliberate differences, documented in docs/second_order.md: a failed solve (e.g. a
 non-PD ``H + lambda B`` for an indefinite exact Hessian makes Cholesky return NaN) counts
-as a rejected trial and halves gamma instead of aborting, and when all ``max_search``
-trials fail the point is not moved (the reference moves anyway), so ``f`` never increases.
+as a rejected trial and halves gamma instead of aborting; when all ``max_search``
+trials fail the point is not moved (the reference moves anyway), so ``f`` never increases;
+and such a stalled iteration leaves gamma where it started, with ``gamma >= gamma_min``
+always (the reference only floors after an acceptance, so in float32 gamma reached 0.0).
+``adaptive_search=False`` is the reference's fixed-gamma mode.
 
 With a known Hessian-Lipschitz constant ``L`` (``hessian_lipschitz=L``) the search is
 replaced by ``lambda = sqrt(L ||g||_* / 2)`` (gradient regularization of Newton's
@@ -22,9 +25,11 @@ method), i.e. ``gamma = sqrt(2 ||g||_* / L)``, and every step is taken.
 Linear solves: ``linear_solver="cholesky"`` materializes ``H`` once per iteration
 (``curvature.dense_matrix``) and factors ``H + lambda B`` per trial;
 ``linear_solver="cg"`` is matrix-free (conjugate gradients on pytrees, one curvature
-product per CG iteration). The solver is functional: ``init`` and ``update`` are pure
-and jit-able, the gamma search is a ``jax.lax.while_loop``, and data are passed as
-arguments (``update(state, *data)``) so new batches of the same shape do not recompile.
+product per CG iteration); ``linear_solver="woodbury"`` solves a rank-one curvature
+(``curvature.rank_one``) by Sherman-Morrison, the reference's ``grad_norm_smooth_for_rank_one``
+"wsm" backend: one ``B`` solve per iteration, ``O(d)`` per trial. The solver is functional:
+``init`` and ``update`` are pure and jit-able, the gamma search is a
+``jax.lax.while_loop``, and data are passed as arguments (``update(state, *data)``) so new batches of the same shape do not recompile.
 """
 from __future__ import annotations
 
@@ -55,6 +60,9 @@ class GNSState(NamedTuple):
     accepted: whether the last iteration moved the point.
     num_solves: linear solves made by the last iteration's search.
     count: iterations done.
+    cg_iterations: CG iterations of the last solve (0 for Cholesky).
+    cg_residual: relative residual ``||(H + lambda B) dx + g|| / ||g||`` of the last solve
+      (both linear solvers); a value far above ``cg_tol`` means CG hit ``cg_maxiter``.
   """
   params: Params
   value: chex.Array
@@ -66,6 +74,8 @@ class GNSState(NamedTuple):
   accepted: chex.Array
   num_solves: chex.Array
   count: chex.Array
+  cg_iterations: chex.Array
+  cg_residual: chex.Array
 
 
 class GNSSolver(NamedTuple):
@@ -75,15 +85,46 @@ class GNSSolver(NamedTuple):
 
 
 def _metric_ops(metric: chex.Array | None):
-  """Returns ``(apply_b, dual_norm_sq)`` on flat vectors for the metric ``B``."""
+  """Returns ``(apply_b, solve_b, dual_norm_sq)`` on flat vectors for the metric ``B``
+  (``B v``, ``B^{-1} v`` by one Cholesky factorization, ``g^T B^{-1} g``)."""
   if metric is None:
-    return (lambda v: v), (lambda g: jnp.vdot(g, g))
+    return (lambda v: v), (lambda v: v), (lambda g: jnp.vdot(g, g))
   metric = numerics.upcast(metric)
   if metric.ndim != 2 or metric.shape[0] != metric.shape[1]:
     raise ValueError(f"`metric` must be a square SPD matrix [d, d], got shape {metric.shape}.")
   chol = jax.scipy.linalg.cho_factor(metric, lower=True)
-  return (lambda v: metric.astype(v.dtype) @ v), (
-      lambda g: jnp.vdot(g, jax.scipy.linalg.cho_solve(chol, g).astype(g.dtype)))
+  solve_b = lambda v: jax.scipy.linalg.cho_solve(chol, v).astype(v.dtype)
+  return (lambda v: metric.astype(v.dtype) @ v), solve_b, (lambda g: jnp.vdot(g, solve_b(g)))
+
+
+def _cg(matvec, b, *, tol: float, maxiter: int):
+  """Conjugate gradients on pytrees for SPD ``matvec``; returns ``(x, iterations, ||r||/||b||)``.
+
+  The same recurrence as ``jax.scipy.sparse.linalg.cg`` (x0 = 0, stop at ``||r|| <= tol ||b||``)
+  but it reports its iteration count and final residual (solver diagnostics).
+  """
+  vdot = lambda u, v: sum(jnp.vdot(a, c) for a, c in zip(jax.tree.leaves(u), jax.tree.leaves(v)))
+  axpy = lambda alpha, u, v: jax.tree.map(lambda a, c: alpha * a + c, u, v)
+  b_norm_sq = vdot(b, b)
+  threshold = tol**2 * b_norm_sq
+
+  def cond(carry):
+    _, r, _, rs, k = carry
+    return (rs > threshold) & (k < maxiter)
+
+  def body(carry):
+    x, r, p, rs, k = carry
+    ap = matvec(p)
+    alpha = rs / vdot(p, ap)
+    x = axpy(alpha, p, x)
+    r = axpy(-alpha, ap, r)
+    rs_new = vdot(r, r)
+    p = axpy(rs_new / rs, p, r)
+    return x, r, p, rs_new, k + 1
+
+  x0 = jax.tree.map(jnp.zeros_like, b)
+  x, _, _, rs, k = jax.lax.while_loop(cond, body, (x0, b, b, b_norm_sq, jnp.zeros((), jnp.int32)))
+  return x, k, jnp.sqrt(rs / jnp.where(b_norm_sq > 0, b_norm_sq, 1.0))
 
 
 def gradient_normalized_newton(
@@ -99,6 +140,7 @@ def gradient_normalized_newton(
     eps: float = 1e-8,
     cg_tol: float = 1e-6,
     cg_maxiter: int | None = None,
+    adaptive_search: bool = True,
 ) -> GNSSolver:
   """Builds the solver for ``min_x value_fn(x, *data)`` (arXiv 2506.13710, Algorithm 1).
 
@@ -107,22 +149,34 @@ def gradient_normalized_newton(
     curvature_fn: ``(params, *data) -> (v -> H v)``, e.g. from
       ``logitlab.second_order.curvature`` (``hessian``, ``gauss_newton``, ``fisher``,
       ``weighted_gauss_newton``). Must be PSD for the step bound to hold.
-    linear_solver: ``"cholesky"`` (dense, small ``d``) or ``"cg"`` (matrix-free).
+    linear_solver: ``"cholesky"`` (dense, small ``d``), ``"cg"`` (matrix-free) or
+      ``"woodbury"`` (Sherman-Morrison; ``curvature_fn`` must be a ``curvature.rank_one``).
     metric: SPD matrix ``B [d, d]`` over ``ravel_pytree(params)``; identity if None.
     gamma_init: initial step radius ``gamma_0``.
     gamma_min: lower clip applied after each acceptance (``max(2 gamma, gamma_min)``).
     max_search: maximum solves per iteration in the adaptive search (the paper's 40).
+      A search in which all of them fail (at round-off the acceptance test cannot pass)
+      leaves the point *and gamma* as they were, and gamma never drops below
+      ``gamma_min``: a stalled iteration carries no information about the curvature, so the
+      next data (a new batch through the optax transform) starts from the last useful radius.
     hessian_lipschitz: if given, ``lambda = sqrt(L ||g||_* / 2)`` and no search.
     eps: ``lambda = ||g||_* / (gamma + eps)`` as in the reference code.
-    cg_tol, cg_maxiter: relative tolerance and iteration cap of the CG solve.
+    cg_tol, cg_maxiter: relative tolerance and iteration cap (default ``10 d``) of the CG
+      solve; the state reports the iterations and the residual of the last solve.
+    adaptive_search: ``False`` is the reference code's ``adaptive_search=False`` (fixed gamma):
+      one solve per iteration at ``gamma = gamma_init``, always taken, gamma never changes.
   """
-  if linear_solver not in ("cholesky", "cg"):
-    raise ValueError(f"`linear_solver` must be 'cholesky' or 'cg', got {linear_solver!r}.")
+  if linear_solver not in ("cholesky", "cg", "woodbury"):
+    raise ValueError(f"`linear_solver` must be 'cholesky', 'cg' or 'woodbury', got "
+                     f"{linear_solver!r}.")
+  for name, value in (("gamma_init", gamma_init), ("gamma_min", gamma_min), ("eps", eps),
+                      ("cg_tol", cg_tol)):
+    numerics.check_positive(name, value)
   if max_search < 1:
     raise ValueError(f"`max_search` must be >= 1, got {max_search}.")
   if hessian_lipschitz is not None and hessian_lipschitz <= 0:
     raise ValueError(f"`hessian_lipschitz` must be > 0, got {hessian_lipschitz}.")
-  apply_b, dual_norm_sq = _metric_ops(metric)
+  apply_b, solve_b, dual_norm_sq = _metric_ops(metric)
   value_and_grad = jax.value_and_grad(value_fn)
 
   def dual_norm(grad):
@@ -137,8 +191,31 @@ def gradient_normalized_newton(
       eye_b = apply_b(jnp.eye(flat_params.size, dtype=flat_params.dtype))
 
       def solve(lam, neg_grad):
-        chol = jax.scipy.linalg.cho_factor(hess + lam * eye_b, lower=True)
-        return unravel(jax.scipy.linalg.cho_solve(chol, ravel_pytree(neg_grad)[0]))
+        system = hess + lam * eye_b
+        flat_b = ravel_pytree(neg_grad)[0]
+        flat_dx = jax.scipy.linalg.cho_solve(jax.scipy.linalg.cho_factor(system, lower=True),
+                                             flat_b)
+        residual = jnp.linalg.norm(system @ flat_dx - flat_b) / jnp.where(
+            jnp.any(flat_b != 0), jnp.linalg.norm(flat_b), 1.0)
+        return unravel(flat_dx), jnp.zeros((), jnp.int32), residual
+    elif linear_solver == "woodbury":
+      if not isinstance(matvec, curvature_lib.RankOneOperator):
+        raise TypeError("`curvature_fn` must build a curvature.rank_one operator for "
+                        f"linear_solver='woodbury', got {type(matvec).__name__}.")
+      flat_u = ravel_pytree(matvec.vector)[0].astype(flat_params.dtype)
+      binv_u = solve_b(flat_u)
+      scale = matvec.scale.astype(flat_params.dtype)
+
+      def solve(lam, neg_grad):
+        # Sherman-Morrison for (s u u^T + lam B)^{-1} b, the reference's "wsm" backend
+        # (grad_norm_smooth_for_rank_one): one B-solve per iteration, none per trial.
+        flat_b = ravel_pytree(neg_grad)[0]
+        p_b, p_u = solve_b(flat_b) / lam, binv_u / lam
+        flat_dx = p_b - scale / (1 + scale * jnp.vdot(flat_u, p_u)) * p_u * jnp.vdot(flat_u, p_b)
+        system_dx = scale * flat_u * jnp.vdot(flat_u, flat_dx) + lam * apply_b(flat_dx)
+        residual = jnp.linalg.norm(system_dx - flat_b) / jnp.where(
+            jnp.any(flat_b != 0), jnp.linalg.norm(flat_b), 1.0)
+        return unravel(flat_dx), jnp.zeros((), jnp.int32), residual
     else:
 
       def solve(lam, neg_grad):
@@ -146,9 +223,8 @@ def gradient_normalized_newton(
           bv = unravel(apply_b(ravel_pytree(v)[0]))
           return jax.tree.map(lambda hv, b: hv + lam * b, matvec(v), bv)
 
-        dx, _ = jax.scipy.sparse.linalg.cg(regularized, neg_grad, tol=cg_tol,
-                                           maxiter=cg_maxiter)
-        return dx
+        return _cg(regularized, neg_grad, tol=cg_tol,
+                   maxiter=10 * flat_params.size if cg_maxiter is None else cg_maxiter)
 
     return solve
 
@@ -164,7 +240,8 @@ def gradient_normalized_newton(
         params=params, value=value, grad=grad, grad_norm=dual_norm(grad),
         gamma=jnp.asarray(gamma_init, dtype), step_gamma=jnp.asarray(gamma_init, dtype),
         step_norm=jnp.zeros((), dtype), accepted=jnp.asarray(False),
-        num_solves=jnp.zeros((), jnp.int32), count=jnp.zeros((), jnp.int32))
+        num_solves=jnp.zeros((), jnp.int32), count=jnp.zeros((), jnp.int32),
+        cg_iterations=jnp.zeros((), jnp.int32), cg_residual=jnp.zeros((), dtype))
 
   def trial(state, solve, gamma, data):
     """One regularized Newton solve at radius ``gamma``."""
@@ -173,7 +250,7 @@ def gradient_normalized_newton(
     else:
       lam = jnp.sqrt(hessian_lipschitz * state.grad_norm / 2)
     neg_grad = jax.tree.map(jnp.negative, state.grad)
-    dx = solve(lam, neg_grad)
+    dx, cg_iterations, cg_residual = solve(lam, neg_grad)
     new_params = jax.tree.map(jnp.add, state.params, dx)
     new_value, new_grad = value_and_grad(new_params, *data)
     new_grad_norm = dual_norm(new_grad)
@@ -182,38 +259,47 @@ def gradient_normalized_newton(
     flat_dx = ravel_pytree(dx)[0]
     step_norm = jnp.sqrt(jnp.vdot(flat_dx, apply_b(flat_dx)))
     return sufficient & jnp.isfinite(new_value), (new_params, new_value, new_grad,
-                                                   new_grad_norm, step_norm)
+                                                   new_grad_norm, step_norm), (
+                                                       cg_iterations,
+                                                       cg_residual.astype(state.value.dtype))
 
   def update(state, *data):
     solve = make_solve(state.params, data)
     zero_candidate = (state.params, state.value, state.grad, state.grad_norm,
                       jnp.zeros_like(state.step_norm))
 
-    if hessian_lipschitz is not None:
-      gamma = jnp.sqrt(2 * state.grad_norm / hessian_lipschitz)
-      _, candidate = trial(state, solve, gamma, data)
+    if hessian_lipschitz is not None or not adaptive_search:
+      gamma = (state.gamma if hessian_lipschitz is None
+               else jnp.sqrt(2 * state.grad_norm / hessian_lipschitz))
+      _, candidate, (cg_iterations, cg_residual) = trial(state, solve, gamma, data)
       params, value, grad, grad_norm, step_norm = candidate
       return GNSState(params, value, grad, grad_norm, gamma, gamma, step_norm,
-                      jnp.asarray(True), jnp.ones((), jnp.int32), state.count + 1)
+                      jnp.asarray(True), jnp.ones((), jnp.int32), state.count + 1,
+                      cg_iterations, cg_residual)
 
     def search_cond(carry):
       num_solves, accepted = carry[0], carry[1]
       return (~accepted) & (num_solves < max_search)
 
     def search_body(carry):
-      num_solves, _, gamma, _, _ = carry
-      accepted, candidate = trial(state, solve, gamma, data)
-      next_gamma = jnp.where(accepted, jnp.maximum(2 * gamma, gamma_min), gamma / 2)
-      return num_solves + 1, accepted, next_gamma, gamma, candidate
+      num_solves, _, gamma, _, _, _ = carry
+      accepted, candidate, diagnostics = trial(state, solve, gamma, data)
+      # The floor applies to halving too: in float32, 40 halvings per stalled iteration
+      # reached gamma = 0.0 exactly, from which doubling never recovers.
+      next_gamma = jnp.maximum(jnp.where(accepted, 2 * gamma, gamma / 2), gamma_min)
+      return num_solves + 1, accepted, next_gamma, gamma, candidate, diagnostics
 
-    num_solves, accepted, gamma, step_gamma, candidate = jax.lax.while_loop(
+    zero_diagnostics = (jnp.zeros((), jnp.int32), jnp.zeros((), state.value.dtype))
+    num_solves, accepted, gamma, step_gamma, candidate, diagnostics = jax.lax.while_loop(
         search_cond, search_body,
         (jnp.zeros((), jnp.int32), jnp.asarray(False), state.gamma, state.gamma,
-         zero_candidate))
-    # If every trial failed, `candidate` is the last rejected one: stay at x.
+         zero_candidate, zero_diagnostics))
+    # If every trial failed, `candidate` is the last rejected one: stay at x, and keep the
+    # gamma this iteration started from (recovery: the stall says nothing about curvature).
     params, value, grad, grad_norm, step_norm = jax.tree.map(
         lambda new, old: jnp.where(accepted, new, old), candidate, zero_candidate)
+    gamma = jnp.where(accepted, gamma, jnp.maximum(state.gamma, gamma_min))
     return GNSState(params, value, grad, grad_norm, gamma, step_gamma, step_norm, accepted,
-                    num_solves, state.count + 1)
+                    num_solves, state.count + 1, *diagnostics)
 
   return GNSSolver(init=init, update=update)

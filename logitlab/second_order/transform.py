@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from logitlab import numerics
 from logitlab.second_order import curvature as curvature_lib
 from logitlab.second_order import solver as solver_lib
 
@@ -51,6 +52,8 @@ def scale_by_gradient_normalized_newton(
     linear_solver: ``"cg"`` (matrix-free, default for models) or ``"cholesky"``.
     **solver_kwargs: forwarded to ``gradient_normalized_newton`` (metric, max_search, ...).
   """
+
+  numerics.check_positive("gamma_init", gamma_init)
 
   def init_fn(params):
     del params

@@ -47,7 +47,7 @@ class MathProblem:
 def apply_template(template: str, question: str) -> str:
   """``template`` with ``{question}`` replaced literally (other braces are left alone)."""
   if "{question}" not in template:
-    raise ValueError(f"The prompt template must contain '{{question}}', got {template!r}.")
+    raise ValueError(f"`template` must contain '{{question}}', got {template!r}.")
   return template.replace("{question}", question)
 
 
@@ -127,6 +127,9 @@ def extract_normalized(text: str) -> str | None:
 def reference_answer(field: str) -> str:
   """The normalized reference of a dataset answer field: its final answer if it has a
   ``####`` / ``\\boxed{}`` marker (GSM8K, MATH solutions), else the whole field."""
+  if not isinstance(field, str):
+    raise TypeError(f"`field` must be a str (pass `str(value)` for a numeric answer), got "
+                    f"{type(field).__name__}.")
   answer = extract_answer(field)
   return normalize_answer(field if answer is None else answer)
 
@@ -185,6 +188,10 @@ def sample_problems(problems: Sequence[MathProblem], n: int, *, seed: int,
                     repeat: bool = True) -> list[MathProblem]:
   """``n`` problems in a seeded random order; with ``repeat`` further shuffled passes
   follow once the file is exhausted (epochs), else at most ``len(problems)``."""
+  if not problems:
+    raise ValueError("`problems` is empty (with `repeat` the sampler would never finish).")
+  if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+    raise ValueError(f"`n` must be an integer >= 0, got {n!r}.")
   rng = np.random.default_rng(seed)
   order: list[int] = []
   while len(order) < n:
