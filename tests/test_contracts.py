@@ -58,9 +58,10 @@ batched_radius, integrity, randaugment, run_config = _modules(
                                                   "vit", "wrn")))
 (grpo, logprobs, rewards, soft_grpo, trainer) = _modules(
     *(f"rl.{n}" for n in ("grpo", "logprobs", "rewards", "soft_grpo", "trainer")))
-(curvature, problems, solver, transform, super_universal, gradient_methods) = _modules(
+(curvature, problems, solver, transform, super_universal, gradient_methods,
+ cubic_newton) = _modules(
     *(f"second_order.{n}" for n in ("curvature", "problems", "solver", "transform",
-                                   "super_universal", "gradient_methods")))
+                                   "super_universal", "gradient_methods", "cubic_newton")))
 (arithmetic, math_jsonl) = _modules("tasks.arithmetic", "tasks.math_jsonl")
 (checkpoint, data, loop, mesh, metrics, state, step) = _modules(
     *(f"training.{n}" for n in ("checkpoint", "data", "loop", "mesh", "metrics", "state",
@@ -565,6 +566,12 @@ ROWS += rows_for(
 )
 
 ROWS += rows_for(
+    cubic_newton,
+    R("cubic_newton", lambda: cubic_newton.cubic_newton(
+        jnp.sum, curvature.hessian(jnp.sum), h_init=-1.0), arg("h_init")),
+)
+
+ROWS += rows_for(
     gradient_methods,
     R("gradient_method", lambda: gradient_methods.gradient_method(jnp.sum, l_init=0.0),
       arg("l_init")),
@@ -1065,6 +1072,8 @@ EXEMPT: dict[str, str] = {
         "second_order.gradient_methods.GradientSolver",
         "second_order.gradient_methods.GradientState",
         "second_order.curvature.RankOneOperator",
+        "second_order.cubic_newton.CubicNewtonSolver",
+        "second_order.cubic_newton.CubicNewtonState",
         "models.decoder_lm.KVCache", "models.decoder_lm.LMOutput", "ngram.NGramModel",
         "ngram.NGramStyleState", "ngram.NGramTable", "rl.soft_grpo.SoftGRPOState",
         "rl.trainer.Rollout", "soft_thinking.SoftThinkingState", "tasks.arithmetic.Problem",
