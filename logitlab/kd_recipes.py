@@ -55,6 +55,9 @@ class Recipe:
     logit_standardization: Z-score both logits before the KD term (arXiv 2403.01427);
       only for ``STANDARDIZABLE`` methods.
     ce_weight: weight of the CE term (DHKD ``-r``/gamma, CTKD ``-r``).
+    label_smoothing: ``eps`` of the CE term on the student's logits (the DeiT recipe's
+      ``LabelSmoothLoss(0.1, mode="original")``: target ``(1 - eps) q + eps / C``, also for
+      mixed labels ``q``).
     kd_weight: weight of the distillation term (DHKD ``-a``/alpha, LS ``--kd-weight``; for
       DKD it multiplies alpha and beta, as the LS script does).
     temperature: KD / DKD / NKD / BinaryKLNorm / MLKD base temperature (unused by CTKD,
@@ -75,6 +78,7 @@ class Recipe:
   method: str
   logit_standardization: bool = False
   ce_weight: float = 1.0
+  label_smoothing: float = 0.0
   kd_weight: float = 1.0
   temperature: float = 4.0
   dkd_alpha: float = 1.0
@@ -104,6 +108,8 @@ class Recipe:
     if self.dhkd_aux_head not in AUX_HEADS:
       raise ValueError(f"`dhkd_aux_head` must be one of {AUX_HEADS}, got "
                        f"{self.dhkd_aux_head!r}.")
+    if not 0.0 <= self.label_smoothing <= 1.0:
+      raise ValueError(f"`label_smoothing` must be in [0, 1], got {self.label_smoothing}.")
     for name in ("temperature", "ce_weight", "kd_weight"):
       if not getattr(self, name) > 0 and not (name == "ce_weight" and self.method == "dhkd"):
         raise ValueError(f"`{name}` must be > 0, got {getattr(self, name)}.")
@@ -132,8 +138,15 @@ class Recipe:
     return self.method == "mlkd"
 
 
+def _check_recipe(recipe) -> None:
+  if not isinstance(recipe, Recipe):
+    raise TypeError(f"`recipe` must be a kd_recipes.Recipe (e.g. `Recipe.from_config`), got "
+                    f"{type(recipe).__name__}.")
+
+
 def student_heads(recipe: Recipe) -> dict[str, Any]:
   """Keyword arguments of ``models.vision.build`` for the extra heads ``recipe`` trains."""
+  _check_recipe(recipe)
   if recipe.method == "uskd":
     return {"middle_head": True}
   if recipe.method == "dhkd":
@@ -149,6 +162,9 @@ class LearnedTemperatureStudent(nnx.Module):
   """
 
   def __init__(self, student: nnx.Module):
+    if not isinstance(student, nnx.Module) or not callable(getattr(student, "forward", None)):
+      raise TypeError(f"`student` must be an nnx.Module with a `forward` method (a "
+                      f"models.vision classifier), got {type(student).__name__}.")
     self.student = student
     self.temperature_param = nnx.Param(jnp.ones((), jnp.float32))
 
@@ -163,6 +179,7 @@ class LearnedTemperatureStudent(nnx.Module):
 def build_student(recipe: Recipe, model_fn: Callable[..., nnx.Module], rngs: nnx.Rngs,
                   **kwargs) -> nnx.Module:
   """``model_fn(rngs=rngs, **student_heads(recipe), **kwargs)``, wrapped for CTKD."""
+  _check_recipe(recipe)
   model = model_fn(rngs=rngs, **student_heads(recipe), **kwargs)
   return LearnedTemperatureStudent(model) if recipe.method == "ctkd" else model
 
@@ -196,15 +213,21 @@ def loss_terms(recipe: Recipe, student: Mapping[str, jax.Array],
     labels: ``[N]`` integer or ``[N, C]`` soft labels (soft: CE, NKD, USKD).
     epoch: :func:`mdistiller_epoch` (DKD warmup, CTKD curriculum).
   """
+  _check_recipe(recipe)
+  if not isinstance(student, Mapping) or "logits" not in student:
+    raise ValueError(f"`student` must be a mapping of outputs holding 'logits' "
+                     f"(``model.forward(x, train=True)``), got {type(student).__name__}"
+                     f"{' with keys ' + str(sorted(student)) if isinstance(student, Mapping) else ''}.")
   z = student["logits"]
-  ce = losses.cross_entropy(z, labels)
+  ce = losses.cross_entropy(z, labels, label_smoothing=recipe.label_smoothing)
   if recipe.method == "ce":
     return {"ce": ce}
   if recipe.method == "uskd":
     _, parts = losses.uskd(z, student["middle_logits"], labels, alpha=recipe.uskd_alpha,
                            beta=recipe.uskd_beta, mu=recipe.uskd_mu,
                            student_rank_scores=recipe.uskd_rank_scores)
-    return {"ce": parts["ce"], "target": recipe.uskd_alpha * parts["target"],
+    # parts["ce"] is the unsmoothed CE; the trainer's CE (label smoothing) replaces it.
+    return {"ce": ce, "target": recipe.uskd_alpha * parts["target"],
             "non_target": recipe.uskd_beta * parts["non_target"],
             "weak": recipe.uskd_mu * parts["weak"]}
   if teacher is None:
@@ -262,6 +285,7 @@ def objective(recipe: Recipe, apply_fn: Callable[[Any], tuple[Mapping[str, jax.A
   ``(1 - sg(c)) ce + binary_kl``, so the projection lives in the objective and any train step
   applies it (cost: two extra backward passes; ``c`` is logged as ``ga_coefficient``).
   """
+  _check_recipe(recipe)
   if recipe.method == "dhkd" and recipe.dhkd_gradient_alignment:
 
     def two_terms(p):
@@ -291,6 +315,7 @@ def module_loss(recipe: Recipe, model: nnx.Module, forward: Callable[[nnx.Module
   ``forward(module) -> student outputs`` runs the module in train mode; its non-parameter
   state (BatchNorm statistics, dropout RNG counters) is written back to ``model``.
   """
+  _check_recipe(recipe)
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
 
   def apply_fn(p):
