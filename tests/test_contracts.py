@@ -64,9 +64,9 @@ mixing, optimizers = _modules("training.mixing", "training.optimizers")
     *(f"second_order.{n}" for n in ("curvature", "problems", "solver", "transform",
                                    "super_universal", "gradient_methods", "cubic_newton")))
 (arithmetic, math_jsonl) = _modules("tasks.arithmetic", "tasks.math_jsonl")
-(checkpoint, data, loop, mesh, metrics, state, step) = _modules(
+(checkpoint, data, loop, mesh, metrics, state, step, remat) = _modules(
     *(f"training.{n}" for n in ("checkpoint", "data", "loop", "mesh", "metrics", "state",
-                               "step")))
+                               "step", "remat")))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -808,6 +808,14 @@ ROWS += rows_for(
       arg("grad_accum_steps"), case="indivisible"),
     R("split_micro_batches", lambda: step.split_micro_batches({"x": jnp.zeros((6, 2))}, 0),
       arg("grad_accum_steps"), case="zero"),
+)
+
+ROWS += rows_for(
+    remat,
+    R("check", lambda: remat.check("dots", ()), arg("remat_policy")),
+    R("policy", lambda: remat.policy("save_only_these_names"), arg("remat_policy")),
+    R("remat_blocks", lambda: remat.remat_blocks(nnx.Module(), (int,), "nothing_saveable"),
+      arg("remat_modules")),
 )
 
 ROWS += rows_for(
