@@ -59,13 +59,14 @@ mixing, optimizers = _modules("training.mixing", "training.optimizers")
                                                   "vit", "wrn")))
 (grpo, logprobs, rewards, soft_grpo, trainer) = _modules(
     *(f"rl.{n}" for n in ("grpo", "logprobs", "rewards", "soft_grpo", "trainer")))
-(curvature, problems, solver, transform, super_universal, gradient_methods) = _modules(
+(curvature, problems, solver, transform, super_universal, gradient_methods,
+ cubic_newton) = _modules(
     *(f"second_order.{n}" for n in ("curvature", "problems", "solver", "transform",
-                                   "super_universal", "gradient_methods")))
+                                   "super_universal", "gradient_methods", "cubic_newton")))
 (arithmetic, math_jsonl) = _modules("tasks.arithmetic", "tasks.math_jsonl")
-(checkpoint, data, loop, mesh, metrics, state, step) = _modules(
+(checkpoint, data, loop, mesh, metrics, state, step, remat) = _modules(
     *(f"training.{n}" for n in ("checkpoint", "data", "loop", "mesh", "metrics", "state",
-                               "step")))
+                               "step", "remat")))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -566,6 +567,12 @@ ROWS += rows_for(
 )
 
 ROWS += rows_for(
+    cubic_newton,
+    R("cubic_newton", lambda: cubic_newton.cubic_newton(
+        jnp.sum, curvature.hessian(jnp.sum), h_init=-1.0), arg("h_init")),
+)
+
+ROWS += rows_for(
     gradient_methods,
     R("gradient_method", lambda: gradient_methods.gradient_method(jnp.sum, l_init=0.0),
       arg("l_init")),
@@ -801,6 +808,14 @@ ROWS += rows_for(
       arg("grad_accum_steps"), case="indivisible"),
     R("split_micro_batches", lambda: step.split_micro_batches({"x": jnp.zeros((6, 2))}, 0),
       arg("grad_accum_steps"), case="zero"),
+)
+
+ROWS += rows_for(
+    remat,
+    R("check", lambda: remat.check("dots", ()), arg("remat_policy")),
+    R("policy", lambda: remat.policy("save_only_these_names"), arg("remat_policy")),
+    R("remat_blocks", lambda: remat.remat_blocks(nnx.Module(), (int,), "nothing_saveable"),
+      arg("remat_modules")),
 )
 
 ROWS += rows_for(
@@ -1104,6 +1119,8 @@ EXEMPT: dict[str, str] = {
         "second_order.gradient_methods.GradientSolver",
         "second_order.gradient_methods.GradientState",
         "second_order.curvature.RankOneOperator",
+        "second_order.cubic_newton.CubicNewtonSolver",
+        "second_order.cubic_newton.CubicNewtonState",
         "models.decoder_lm.KVCache", "models.decoder_lm.LMOutput", "ngram.NGramModel",
         "ngram.NGramStyleState", "ngram.NGramTable", "rl.soft_grpo.SoftGRPOState",
         "rl.trainer.Rollout", "soft_thinking.SoftThinkingState", "tasks.arithmetic.Problem",
