@@ -115,6 +115,9 @@ def step_fingerprints(params: PyTree, proposal: PyTree, scale: jax.Array) -> Ste
   inside the fused reduction XLA may skip the rounding of a low-precision ``p * scale``, so
   the guard fingerprints a low-precision returned update with :func:`fingerprint`.
   """
+  if jnp.ndim(scale) != 0 or not jnp.issubdtype(jnp.result_type(scale), jnp.floating):
+    raise ValueError(f"`scale` must be a float scalar, got shape {jnp.shape(scale)} and "
+                     f"dtype {jnp.result_type(scale)}.")
   param_leaves, leaves = jax.tree.leaves(params), jax.tree.leaves(proposal)
   scaled = [p * scale.astype(p.dtype) for p in leaves]
   if [jnp.shape(p) for p in leaves] != [jnp.shape(x) for x in param_leaves]:

@@ -919,6 +919,8 @@ ROWS += rows_for(
     R("fingerprint", lambda: guard_placement.fingerprint({}), arg("tree"), owner="issue 12"),
     R("check", lambda: guard_placement.check("fp", F, F, True), arg("params_now"), TypeError,
       owner="issue 12"),
+    R("step_fingerprints", lambda: guard_placement.step_fingerprints({"w": F}, {"w": F},
+                                                                      jnp.ones(2)), arg("scale")),
 )
 ROWS += rows_for(
     lm_head_radius,
@@ -1126,6 +1128,7 @@ EXEMPT: dict[str, str] = {
         "rl.trainer.Rollout", "soft_thinking.SoftThinkingState", "tasks.arithmetic.Problem",
         "tasks.math_jsonl.MathProblem", "training.loop.TrainResult", "training.state.TrainState",
         "training.step.StepContext", "guard_placement.Check", "guard_placement.Fingerprint",
+        "guard_placement.StepFingerprints",
         "radius_estimators.LogitSpreadControllerState", "radius_estimators.RatioEstimate",
         "radius_estimators.RatioEstimator", "training.checkpoint.Restored")},
     **{f"logitlab.training.faults.{name}": "exception class (raised by the training loop)"
