@@ -187,9 +187,9 @@ def _init_from(directory: str, state: TrainState, abstract: TrainState, sharding
 
 
 def _train(checkpointer: Checkpointer, signals: StopSignals, *, model_fn, tx, loss_fn,
-           train_data, mesh, workdir, num_steps, seed, log_every, eval_every, eval_fn, extra_args_fn, hooks, rules,
-           progress, on_nonfinite, config, allow_config_changes, handle_signals, frozen,
-           init_from, compute_dtype):
+           train_data, mesh, workdir, num_steps, seed, log_every, eval_every, eval_fn,
+           extra_args_fn, hooks, rules, progress, on_nonfinite, config, allow_config_changes,
+           handle_signals, frozen, init_from, compute_dtype):
   graphdef, abstract, shardings = abstract_train_state(model_fn, tx, mesh, seed=seed,
                                                        rules=rules)
   current_config = {**run_config.flatten(config),
