@@ -62,6 +62,11 @@ class StepContext(NamedTuple):
   grads: nnx.State
 
 
+def _check_callable(name: str, fn) -> None:
+  if not callable(fn):
+    raise TypeError(f"`{name}` must be callable, got {type(fn).__name__}.")
+
+
 def make_train_step(
     graphdef: nnx.GraphDef,
     tx: optax.GradientTransformation,
@@ -102,6 +107,10 @@ def make_train_step(
       returned loss stay float32 (``loss_fn`` should reduce in float32; logitlab's losses
       do). ``None``: no casting.
   """
+  _check_callable("loss_fn", loss_fn)
+  if extra_args_fn is not None:
+    _check_callable("extra_args_fn", extra_args_fn)
+  mesh_lib.check_mesh(mesh)
   if on_nonfinite not in ON_NONFINITE:
     raise ValueError(f"`on_nonfinite` must be one of {ON_NONFINITE}, got {on_nonfinite!r}.")
   if compute_dtype is not None and not jnp.issubdtype(compute_dtype, jnp.floating):
@@ -173,6 +182,8 @@ def make_eval_step(
   (e.g. ``jnp.sum(correct * batch["mask"])``) plus a ``count``; ``evaluate`` adds them over
   batches and divides once, so padding in the last batch never biases a mean.
   """
+  _check_callable("metrics_fn", metrics_fn)
+  mesh_lib.check_mesh(mesh)
 
   def eval_step(state: TrainState, batch: Batch):
     model = nnx.merge(graphdef, state.params, state.model_state)
