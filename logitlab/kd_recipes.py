@@ -132,8 +132,15 @@ class Recipe:
     return self.method == "mlkd"
 
 
+def _check_recipe(recipe) -> None:
+  if not isinstance(recipe, Recipe):
+    raise TypeError(f"`recipe` must be a kd_recipes.Recipe (e.g. `Recipe.from_config`), got "
+                    f"{type(recipe).__name__}.")
+
+
 def student_heads(recipe: Recipe) -> dict[str, Any]:
   """Keyword arguments of ``models.vision.build`` for the extra heads ``recipe`` trains."""
+  _check_recipe(recipe)
   if recipe.method == "uskd":
     return {"middle_head": True}
   if recipe.method == "dhkd":
@@ -149,6 +156,9 @@ class LearnedTemperatureStudent(nnx.Module):
   """
 
   def __init__(self, student: nnx.Module):
+    if not isinstance(student, nnx.Module) or not callable(getattr(student, "forward", None)):
+      raise TypeError(f"`student` must be an nnx.Module with a `forward` method (a "
+                      f"models.vision classifier), got {type(student).__name__}.")
     self.student = student
     self.temperature_param = nnx.Param(jnp.ones((), jnp.float32))
 
@@ -163,6 +173,7 @@ class LearnedTemperatureStudent(nnx.Module):
 def build_student(recipe: Recipe, model_fn: Callable[..., nnx.Module], rngs: nnx.Rngs,
                   **kwargs) -> nnx.Module:
   """``model_fn(rngs=rngs, **student_heads(recipe), **kwargs)``, wrapped for CTKD."""
+  _check_recipe(recipe)
   model = model_fn(rngs=rngs, **student_heads(recipe), **kwargs)
   return LearnedTemperatureStudent(model) if recipe.method == "ctkd" else model
 
@@ -196,6 +207,11 @@ def loss_terms(recipe: Recipe, student: Mapping[str, jax.Array],
     labels: ``[N]`` integer or ``[N, C]`` soft labels (soft: CE, NKD, USKD).
     epoch: :func:`mdistiller_epoch` (DKD warmup, CTKD curriculum).
   """
+  _check_recipe(recipe)
+  if not isinstance(student, Mapping) or "logits" not in student:
+    raise ValueError(f"`student` must be a mapping of outputs holding 'logits' "
+                     f"(``model.forward(x, train=True)``), got {type(student).__name__}"
+                     f"{' with keys ' + str(sorted(student)) if isinstance(student, Mapping) else ''}.")
   z = student["logits"]
   ce = losses.cross_entropy(z, labels)
   if recipe.method == "ce":
@@ -262,6 +278,7 @@ def objective(recipe: Recipe, apply_fn: Callable[[Any], tuple[Mapping[str, jax.A
   ``(1 - sg(c)) ce + binary_kl``, so the projection lives in the objective and any train step
   applies it (cost: two extra backward passes; ``c`` is logged as ``ga_coefficient``).
   """
+  _check_recipe(recipe)
   if recipe.method == "dhkd" and recipe.dhkd_gradient_alignment:
 
     def two_terms(p):
@@ -291,6 +308,7 @@ def module_loss(recipe: Recipe, model: nnx.Module, forward: Callable[[nnx.Module
   ``forward(module) -> student outputs`` runs the module in train mode; its non-parameter
   state (BatchNorm statistics, dropout RNG counters) is written back to ``model``.
   """
+  _check_recipe(recipe)
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
 
   def apply_fn(p):

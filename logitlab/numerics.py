@@ -180,8 +180,14 @@ def tree_vdot(a, b) -> Array:
   Elementwise products and sums, not ``jnp.vdot``: ``vdot`` ravels each leaf, a reshape that
   Explicit sharding rejects for a sharded leaf (``optax.tree_utils.tree_vdot`` does that).
   """
-  return sum((jnp.sum(upcast(x) * upcast(y)) for x, y in
-              zip(jax.tree.leaves(a), jax.tree.leaves(b))), jnp.float32(0.0))
+  a_leaves, a_def = jax.tree.flatten(a)
+  b_leaves, b_def = jax.tree.flatten(b)
+  if a_def != b_def:
+    raise ValueError(f"`a` and `b` must have the same tree structure, got {a_def} and {b_def}.")
+  for x, y in zip(a_leaves, b_leaves):
+    check_same_shape(("a", "b"), jnp.asarray(x), jnp.asarray(y))
+  return sum((jnp.sum(upcast(x) * upcast(y)) for x, y in zip(a_leaves, b_leaves)),
+             jnp.float32(0.0))
 
 
 def masked_mean(values: chex.Array, where: chex.Array | None = None, axis=None) -> Array:

@@ -116,6 +116,12 @@ def teacher_prompt(question: str, correct: str, incorrect: str,
                    template: str = DEFAULT_TEACHER_TEMPLATE) -> str:
   """The hinted teacher context (``template`` with ``{question}``, ``{correct}``,
   ``{incorrect}``)."""
+  if not isinstance(template, str):
+    raise TypeError(f"`template` must be a str, got {type(template).__name__}.")
+  missing = [f for f in ("{question}", "{correct}", "{incorrect}") if f not in template]
+  if missing:
+    raise ValueError(f"`template` must contain the fields {{question}}, {{correct}} and "
+                     f"{{incorrect}}, missing {', '.join(missing)}.")
   return template.format(question=question, correct=correct, incorrect=incorrect)
 
 
@@ -129,6 +135,8 @@ def align_replies(prefixes: Sequence[Sequence[int]], replies: Sequence[Sequence[
   their reply positions, so the loss compares the same tokens.
   """
   n = len(prefixes)
+  if len(replies) != n:
+    raise ValueError(f"`replies` must hold one reply per prefix ({n}), got {len(replies)}.")
   tokens = np.full((n, width), pad_id, np.int32)
   attention = np.zeros((n, width), bool)
   reply_mask = np.zeros((n, width), bool)
@@ -141,6 +149,16 @@ def align_replies(prefixes: Sequence[Sequence[int]], replies: Sequence[Sequence[
     attention[i, lo:hi] = True
     reply_mask[i, reply_start:hi] = True
   return {"tokens": tokens, "attention_mask": attention, "reply_mask": reply_mask}
+
+
+def _check_batch(batch, *keys: str) -> None:
+  """Raises naming `batch` unless it is a mapping holding ``keys``."""
+  if not hasattr(batch, "keys"):
+    raise TypeError(f"`batch` must be a dict of arrays, got {type(batch).__name__}.")
+  missing = [k for k in keys if k not in batch]
+  if missing:
+    raise ValueError(f"`batch` must hold the keys {list(keys)} (``align_replies`` output), "
+                     f"missing {missing}.")
 
 
 def teacher_targets(teacher_logits: chex.Array, top_k: int | None = None, *,
@@ -190,6 +208,9 @@ def model_ssb_loss(model, batch: dict[str, Array], *, temperature: float = 2.0,
   """SSB loss of a ``DecoderLM`` student on an aligned batch with stored teacher targets
   (keys ``tokens``, ``attention_mask``, ``reply_mask`` and either ``teacher_hidden`` or
   ``teacher_logits``, ``teacher_ids`` with an optional ``teacher_rest``)."""
+  _check_batch(batch, "tokens", "attention_mask", "reply_mask")
+  if "teacher_hidden" not in batch:
+    _check_batch(batch, "teacher_logits", "teacher_ids")
   hidden = rl_logprobs.shift_right(
       rl_logprobs.final_hidden(model, batch["tokens"], batch["attention_mask"]))
   if "teacher_hidden" in batch:
@@ -206,6 +227,7 @@ def model_teacher_hidden(model, batch: dict[str, Array]) -> Array:
   instead of logits, they give exact full-vocabulary targets (``ssb_loss(teacher_hidden=)``)
   at D instead of V floats per token. The student's LM head must stay frozen (LoRA
   training does not touch it), so it is the teacher's head too."""
+  _check_batch(batch, "tokens", "attention_mask")
   return rl_logprobs.shift_right(
       rl_logprobs.final_hidden(model, batch["tokens"], batch["attention_mask"]))
 
@@ -220,6 +242,7 @@ def model_teacher_targets(model, batch: dict[str, Array], top_k: int | None, *,
   (``distill_chunked.map_token_chunks``), so ``[B, T, V]`` logits never exist at once:
   only ``[B, chunk_size, V]`` plus the stored ``[B, T, k]`` targets.
   """
+  _check_batch(batch, "tokens", "attention_mask")
   hidden = rl_logprobs.shift_right(
       rl_logprobs.final_hidden(model, batch["tokens"], batch["attention_mask"]))
   return distill_chunked.map_token_chunks(
@@ -233,6 +256,8 @@ def add_lora(model: nnx.Module, rank: int, *, rngs: nnx.Rngs) -> nnx.Module:
   ``y = W x + B A x``, A ``[in, r]`` He-uniform, B ``[r, out]`` zeros, so the wrapped model
   starts identical to the base; the adapters are ``nnx.LoRAParam`` variables.
   """
+  if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+    raise ValueError(f"`rank` must be a positive int, got {rank!r}.")
   parents = [m for _, m in nnx.iter_modules(model)]
   for parent in parents:
     for name, child in list(vars(parent).items()):
@@ -244,6 +269,8 @@ def add_lora(model: nnx.Module, rank: int, *, rngs: nnx.Rngs) -> nnx.Module:
 
 def lora_optimizer(model: nnx.Module, learning_rate: float = 2e-4) -> nnx.Optimizer:
   """AdamW over the LoRA adapters only (``wrt=nnx.LoRAParam``); base weights stay frozen."""
+  if not jax.tree.leaves(nnx.state(model, nnx.LoRAParam)):
+    raise ValueError("`model` has no nnx.LoRAParam adapters; wrap it with `add_lora` first.")
   return nnx.Optimizer(model, optax.adamw(learning_rate, weight_decay=0.0), wrt=nnx.LoRAParam)
 
 

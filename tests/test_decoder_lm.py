@@ -1,4 +1,6 @@
 """DecoderLM against a float64 NumPy reference written from the Llama/Qwen2 equations."""
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -165,32 +167,62 @@ def test_bf16_params_give_float32_logits_close_to_float32(model):
   assert np.isfinite(np.asarray(forward(bf16, inputs_embeds=embeds).logits)).all()
 
 
-def test_shard_model_on_fsdp_tensor_mesh():
+_E, _A = jax.sharding.AxisType.Explicit, jax.sharding.AxisType.Auto
+
+
+def _sharded_jit(fn, mesh, out_shardings):
+  """``jax.jit(fn)`` on ``mesh`` with its Explicit axes switched to Auto for the body, as the
+  training step and ``sampling.generate`` run the model (docs/scaling.md, "Sharding modes")."""
+  from logitlab.training import mesh as mesh_lib
+  return jax.jit(mesh_lib.auto_axes(fn, mesh, out_shardings), out_shardings=out_shardings)
+
+
+# Explicit (the jax.make_mesh default), Auto and mixed axis types; the batch is sharded too.
+@pytest.mark.parametrize("axis_types", [(_E, _E), (_A, _A), (_E, _A)],
+                         ids=["explicit", "auto", "mixed"])
+def test_shard_model_on_fsdp_tensor_mesh(axis_types):
   model = random_model(tiny_config(vocab_size=64))
   tokens = jnp.asarray(np.random.default_rng(5).integers(0, 64, (2, 10)))
   ref = forward(model, tokens).logits
-  mesh = jax.make_mesh((2, 4), ("fsdp", "tensor"),
-                       axis_types=(jax.sharding.AxisType.Auto,) * 2)
-  decoder_lm.shard_model(model, mesh)
+  mesh = jax.make_mesh((2, 4), ("fsdp", "tensor"), axis_types=axis_types)
+  decoder_lm.shard_model(model, mesh)  # no `data` axis: the default rules replicate over it
   q_kernel = model.layers[0].self_attn.q_proj.kernel[...]
   assert q_kernel.sharding.spec == jax.P("fsdp", "tensor")
   assert model.embed_tokens.embedding[...].sharding.spec == jax.P("tensor", "fsdp")
-  np.testing.assert_allclose(forward(model, tokens).logits, ref, atol=1e-5)
+  graphdef, state = nnx.split(model)
+  rows = jax.sharding.NamedSharding(mesh, jax.P("fsdp"))
+  logits_fn = lambda state, tokens: nnx.merge(graphdef, state)(tokens).logits
+  with jax.set_mesh(mesh):
+    logits = _sharded_jit(logits_fn, mesh, rows)(state, jax.device_put(tokens, rows))
+  assert logits.sharding.spec == jax.P("fsdp")
+  np.testing.assert_allclose(logits, ref, rtol=1e-5, atol=1e-6)
 
 
-def test_shard_model_on_3_axis_mesh_shared_rules_alternating_kernels_and_gradients():
+def _next_token_loss(model, tokens):
+  logits = model(tokens[:, :-1]).logits
+  return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), tokens[:, 1:, None], -1))
+
+
+def _untied_model_and_tokens():
+  model = random_model(tiny_config(vocab_size=64, tie_word_embeddings=False), scale=0.1)
+  return model, jnp.asarray(np.random.default_rng(6).integers(0, 64, (4, 8)))
+
+
+@functools.cache
+def _one_device_gradients():
+  model, tokens = _untied_model_and_tokens()
+  return nnx.to_pure_dict(nnx.jit(nnx.grad(_next_token_loss))(model, tokens))
+
+
+@pytest.mark.parametrize("axis_types", ["explicit", "auto", (_E, _E, _A)],
+                         ids=["explicit", "auto", "mixed"])
+def test_shard_model_on_3_axis_mesh_shared_rules_alternating_kernels_and_gradients(axis_types):
   from logitlab.training import mesh as mesh_lib
   assert decoder_lm.LOGICAL_AXIS_RULES is mesh_lib.LOGICAL_AXIS_RULES  # one source of truth
-  model = random_model(tiny_config(vocab_size=64, tie_word_embeddings=False), scale=0.1)
-  tokens = jnp.asarray(np.random.default_rng(6).integers(0, 64, (4, 8)))
-
-  def loss(model):
-    logits = model(tokens[:, :-1]).logits
-    return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), tokens[:, 1:, None], -1))
-
-  grad_fn = nnx.jit(nnx.grad(loss))
-  reference = nnx.to_pure_dict(grad_fn(model))
-  decoder_lm.shard_model(model, mesh_lib.make_mesh({"data": 2, "fsdp": 2, "tensor": 2}))
+  reference = _one_device_gradients()
+  model, tokens = _untied_model_and_tokens()
+  mesh = mesh_lib.make_mesh({"data": 2, "fsdp": 2, "tensor": 2}, axis_types=axis_types)
+  decoder_lm.shard_model(model, mesh)
   layer = model.layers[0]
   column, row = jax.P("fsdp", "tensor"), jax.P("tensor", "fsdp")
   # Megatron-style: each kernel's output axis is the next one's input axis.
@@ -201,10 +233,15 @@ def test_shard_model_on_3_axis_mesh_shared_rules_alternating_kernels_and_gradien
   assert layer.mlp.down_proj.kernel[...].sharding.spec == row
   assert model.lm_head[...].sharding.spec == column
   assert model.embed_tokens.embedding[...].sharding.spec == row
-  sharded = nnx.to_pure_dict(grad_fn(model))
+  graphdef, state = nnx.split(model)
+  shardings = jax.tree.map(lambda x: x.sharding, state)
+  grad_fn = jax.grad(lambda state, tokens: _next_token_loss(nnx.merge(graphdef, state), tokens))
+  with jax.set_mesh(mesh):
+    grads = _sharded_jit(grad_fn, mesh, shardings)(state, mesh_lib.put_batch(tokens, mesh))
+  sharded = nnx.to_pure_dict(grads)
   for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(reference),
                           jax.tree.leaves(sharded)):
-    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5 * np.abs(a).max() + 1e-8,
+    np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6 * np.abs(a).max() + 1e-8,
                                err_msg=jax.tree_util.keystr(path))
 
 

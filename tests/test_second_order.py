@@ -579,3 +579,129 @@ def test_super_universal_newton_matches_the_official_code(rng):
     state = update(state, *problem.data)
     assert bool(state.accepted)
     np.testing.assert_allclose(np.asarray(state.params), x, rtol=2e-4, atol=1e-5)
+
+
+def _official_gradient_methods(f, grad, x0, num_iters, b, accelerated, l_0=1.0, l_min=1e-5):
+  """NumPy port of gradient_method / fast_gradient_method (epfml/grad-norm-smooth,
+  src/methods.py lines 378-468 / 471-570): T = y - B^{-1} g(y) / L, accept if
+  f(T) <= f(y) + <g(y), T - y> + L/2 ||T - y||_B^2 then L = max(L/2, L_min), else L *= 2
+  (30 trials); FGM: a = (1 + sqrt(1 + 4 A L)) / (2 L), y = (a v + A x) / (a + A),
+  v = T + A/a (T - x), A += a (lines 541-564)."""
+  b_inv = np.linalg.inv(b)
+  x, v, big_a, lip, xs = np.array(x0, np.float64), np.array(x0, np.float64), 0.0, l_0, []
+  for _ in range(num_iters):
+    for _ in range(30):
+      if accelerated:
+        a = (1 + (1 + 4 * big_a * lip) ** 0.5) / (2 * lip)
+        y = (a * v + big_a * x) / (a + big_a)
+      else:
+        y = x
+      g = grad(y)
+      t = y - b_inv @ g / lip
+      if f(t) <= f(y) + g @ (t - y) + 0.5 * lip * (t - y) @ b @ (t - y):
+        lip = max(lip * 0.5, l_min)
+        break
+      lip *= 2
+    if accelerated:
+      v = t + big_a / a * (t - x)
+      big_a += a
+    x = t
+    xs.append(x.copy())
+  return xs
+
+
+@pytest.mark.parametrize("accelerated", [False, True])
+def test_gradient_methods_match_the_official_code(rng, accelerated):
+  """GM / FGM iterates with a metric B equal the float64 port of the reference."""
+  features, labels = _logistic_data(rng, n=40, d=3)
+  metric = np.diag([2.0, 1.0, 0.5])
+  problem = so.problems.logistic_regression(jnp.asarray(features, jnp.float32),
+                                            jnp.asarray(labels))
+  build = so.fast_gradient_method if accelerated else so.gradient_method
+  solver = build(problem.value_fn, metric=jnp.asarray(metric, jnp.float32), l_init=5.0)
+  states = _run(solver, jnp.zeros(3), problem.data, 12)
+  signs = 2 * labels - 1
+  f = lambda w: float(np.mean(np.logaddexp(0.0, -signs * (features @ w))))
+  grad = lambda w: -(features.T @ (signs * _sigmoid(-signs * (features @ w)))) / len(labels)
+  reference = _official_gradient_methods(f, grad, np.zeros(3), 12, metric, accelerated, l_0=5.0)
+  lips = {float(s.lipschitz) for s in states}
+  assert len(lips) > 2  # the line search both halved and doubled L
+  for state, x in zip(states[1:], reference):
+    assert bool(state.accepted)
+    np.testing.assert_allclose(np.asarray(state.params), x, rtol=2e-4, atol=1e-5)
+  values = [float(s.value) for s in states]
+  if not accelerated:
+    assert all(b <= a for a, b in zip(values, values[1:]))
+
+
+def test_gradient_method_fixed_l_and_stall_keeps_point(rng):
+  features, labels = _logistic_data(rng, n=20, d=2)
+  problem = so.problems.logistic_regression(jnp.asarray(features), jnp.asarray(labels))
+  fixed = so.gradient_method(problem.value_fn, l_init=3.0, line_search=False)
+  state = jax.jit(fixed.update)(fixed.init(jnp.zeros(2), *problem.data), *problem.data)
+  g = np.asarray(fixed.init(jnp.zeros(2), *problem.data).grad)
+  np.testing.assert_allclose(np.asarray(state.params), -g / 3.0, rtol=1e-5)
+  assert float(state.lipschitz) == 3.0
+  # NaN objective away from 0: every trial fails, the point and L stay.
+  nan_away = lambda w: jnp.where(jnp.all(w == 0), jnp.sum((w - 1.0) ** 2), jnp.nan)
+  stuck = so.fast_gradient_method(nan_away, max_search=3)
+  state = jax.jit(stuck.update)(stuck.init(jnp.zeros(2)))
+  assert not bool(state.accepted) and int(state.num_trials) == 3
+  assert np.all(np.asarray(state.params) == 0) and float(state.lipschitz) == 1.0
+
+
+def _official_rank_one_wsm(matrix, offsets, p, x0, num_iters, b, gamma_0=1.0, eps=1e-8,
+                           gamma_min=1e-9):
+  """NumPy port of grad_norm_smooth_for_rank_one with invert_backend="wsm" (epfml/grad-norm-
+  smooth, src/methods.py lines 678-808; Sherman-Morrison at lines 760-779) on
+  NonlinearEquationsOracle (src/oracles.py): alpha = (p-2)||u||^{p-4}, g0 = J^T u,
+  dx = P^{-1}(-g) - alpha / (1 + alpha g0^T P^{-1} g0) P^{-1} g0 (g0^T P^{-1}(-g)),
+  P = lambda B; the adaptive search of Algorithm 1."""
+  b_inv = np.linalg.inv(b)
+  f = lambda x: np.linalg.norm(matrix @ x - offsets) ** p / p
+  grad = lambda x: np.linalg.norm(matrix @ x - offsets) ** (p - 2) * matrix.T @ (
+      matrix @ x - offsets)
+  dual = lambda g: float(np.sqrt(b_inv.dot(g).dot(g)))
+  x, gamma, xs = np.array(x0, np.float64), gamma_0, []
+  for _ in range(num_iters):
+    g, u = grad(x), matrix @ x - offsets
+    alpha, g0 = (p - 2) * np.linalg.norm(u) ** (p - 4), matrix.T @ u
+    for _ in range(40):
+      lam = dual(g) / (gamma + eps)
+      pinv_g, pinv_g0 = b_inv.dot(-g) / lam, b_inv.dot(g0) / lam
+      dx = pinv_g - alpha / (1.0 + alpha * g0.dot(pinv_g0)) * pinv_g0 * g0.dot(pinv_g)
+      if f(x) - f(x + dx) >= dual(grad(x + dx)) ** 2 / (8 * lam):
+        gamma = max(2 * gamma, gamma_min)
+        break
+      gamma *= 0.5
+    x = x + dx
+    xs.append(x.copy())
+  return xs
+
+
+def test_rank_one_woodbury_matches_the_official_wsm_backend(rng):
+  """linear_solver="woodbury" on the rank-one Fisher term with B = A^T A + 1e-3 I follows the
+  reference's wsm iterates and equals the Cholesky solve of the same curvature."""
+  matrix, offsets = rng.normal(size=(6, 10)), rng.normal(size=6)
+  metric = matrix.T @ matrix + 1e-3 * np.eye(10)
+  problem = so.problems.nonlinear_equations(jnp.asarray(matrix), jnp.asarray(offsets), p=4.0)
+  with jax.enable_x64():
+    x0 = jnp.asarray(rng.normal(size=10))
+    kwargs = dict(metric=jnp.asarray(metric))
+    woodbury = so.gradient_normalized_newton(problem.value_fn, problem.curvatures["fisher_term"],
+                                             linear_solver="woodbury", **kwargs)
+    dense = so.gradient_normalized_newton(problem.value_fn, problem.curvatures["fisher_term"],
+                                          **kwargs)
+    data = tuple(jnp.asarray(d, jnp.float64) for d in (matrix, offsets))
+    states = _run(woodbury, x0, data, 8)
+    dense_states = _run(dense, x0, data, 8)
+    with pytest.raises(TypeError, match="`curvature_fn`"):
+      so.gradient_normalized_newton(problem.value_fn, problem.curvatures["hessian"],
+                                    linear_solver="woodbury").update(states[0], *data)
+  reference = _official_rank_one_wsm(matrix, offsets, 4.0, np.asarray(x0), 8, metric)
+  for state, dense_state, x in zip(states[1:], dense_states[1:], reference):
+    assert bool(state.accepted) and float(state.cg_residual) < 1e-8
+    np.testing.assert_allclose(np.asarray(state.params), x, rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(np.asarray(state.params), np.asarray(dense_state.params),
+                               rtol=1e-6, atol=1e-8)
+  assert float(states[-1].value) < 1e-2 * float(states[0].value)

@@ -223,8 +223,9 @@ def test_no_intact_checkpoint_is_a_clear_error(tmp_path):
   checkpointer.close()
 
 
-def test_checksums_are_sharding_independent_and_detect_one_changed_word():
-  mesh = training.make_mesh({"data": 2, "fsdp": 4})
+@pytest.mark.parametrize("axis_types", ["explicit", "auto"])
+def test_checksums_are_sharding_independent_and_detect_one_changed_word(axis_types):
+  mesh = training.make_mesh({"data": 2, "fsdp": 4}, axis_types=axis_types)
   x = np.random.default_rng(0).normal(size=(8, 16)).astype(np.float32)
   tree = {"x": x, "h": x.astype(jnp.bfloat16), "i": np.arange(8, dtype=np.int64),
           "k": np.array([True, False])}
@@ -283,7 +284,8 @@ def test_unwritable_checkpoint_dir_raises_clearly_and_process_exits(tmp_path):
 
 @pytest.mark.parametrize("name, value", [
     ("log_every", 0), ("checkpoint_every", 0), ("keep_checkpoints", 0), ("steps", 0),
-    ("eval_every", -1), ("seed", -1), ("log_every", 1.5), ("on_nonfinite", "ignore")])
+    ("eval_every", -1), ("seed", -1), ("log_every", 1.5), ("on_nonfinite", "ignore"),
+    ("grad_accum_steps", 0)])
 def test_every_loop_setting_is_validated_by_name(tmp_path, name, value):
   with pytest.raises(ValueError, match=f"`{'num_steps' if name == 'steps' else name}`"):
     _train(tmp_path / "bad", **{name: value})

@@ -74,13 +74,15 @@ def one_device_update():
   return _one_step(training.make_mesh({"data": 1}, jax.devices()[:1]))[0]
 
 
+@pytest.mark.parametrize("axis_types", ["explicit", "auto"])
 @pytest.mark.parametrize("shape", [
     {"fsdp": 8},
     # The rule leaves tensor-sharded kernels alone here; with P(None, None, "fsdp", "tensor")
     # conv kernels this mesh gave wrong updates (the XLA issue). ~25 s of compilation.
     pytest.param({"data": 2, "fsdp": 2, "tensor": 2}, marks=pytest.mark.slow)])
-def test_conv_kernels_sharded_over_fsdp_and_same_update_as_one_device(one_device_update, shape):
-  params, shardings = _one_step(training.make_mesh(shape))
+def test_conv_kernels_sharded_over_fsdp_and_same_update_as_one_device(one_device_update, shape,
+                                                                     axis_types):
+  params, shardings = _one_step(training.make_mesh(shape, axis_types=axis_types))
   spec = shardings["conv2"]["kernel"].get_value().spec
   P = jax.sharding.PartitionSpec
   assert spec == (P(None, None, None, "fsdp") if "tensor" not in shape

@@ -17,16 +17,25 @@ import chex
 import jax
 import jax.numpy as jnp
 
+from logitlab import numerics
 from logitlab.losses.kd import kd
 
 
-@jax.custom_vjp
 def gradient_reversal(x: chex.Array, scale: chex.Numeric) -> jax.Array:
   """Identity forward; backward multiplies the gradient by ``scale`` (negative: reversal).
 
   As the official ``GradientReversalFunction`` (``dx = lambda_ * grads``); ``scale`` gets
-  no gradient.
+  no gradient. ``x`` must be a floating array (a gradient flows through it).
   """
+  if isinstance(x, bool) or not (hasattr(x, "dtype") or isinstance(x, (int, float))):
+    raise TypeError(f"`x` must be a floating array, got {type(x).__name__}.")
+  if not jnp.issubdtype(jnp.result_type(x), jnp.floating):
+    raise TypeError(f"`x` must be a floating array, got dtype {jnp.result_type(x)}.")
+  return _gradient_reversal(x, scale)
+
+
+@jax.custom_vjp
+def _gradient_reversal(x, scale):
   return jnp.asarray(x)
 
 
@@ -38,7 +47,7 @@ def _reversal_bwd(scale, cotangent):
   return (scale * cotangent).astype(cotangent.dtype), jnp.zeros_like(scale)
 
 
-gradient_reversal.defvjp(_reversal_fwd, _reversal_bwd)
+_gradient_reversal.defvjp(_reversal_fwd, _reversal_bwd)
 
 
 def ctkd_lambda(epoch: chex.Numeric, *, max_value: float = 0.0, min_value: float = -1.0,
@@ -63,10 +72,16 @@ def ctkd_temperature(temperature_param: chex.Array, grad_scale: chex.Numeric, *,
   """``t_start + t_end * sigmoid(GRL(param, lambda))`` (helper/loops.py:133-134).
 
   ``temperature_param`` is the learnable global scalar (official init 1, so T starts at
-  ``1 + 20 sigmoid(1) = 15.6``), ``grad_scale`` the curriculum's ``lambda``.
+  ``1 + 20 sigmoid(1) = 15.6``), ``grad_scale`` the curriculum's ``lambda``. The range
+  ``(t_start, t_start + t_end)`` needs ``t_start >= 0`` and a width ``t_end > 0``; under jit,
+  a traced ``t_end`` <= 0 gives NaN.
   """
-  return t_start + t_end * jax.nn.sigmoid(gradient_reversal(
+  if not numerics.is_traced(t_start) and not 0 <= float(t_start) < math.inf:
+    raise ValueError(f"`t_start` must be a finite number >= 0, got {t_start!r}.")
+  numerics.check_positive("t_end", t_end)
+  temperature = t_start + t_end * jax.nn.sigmoid(gradient_reversal(
       jnp.asarray(temperature_param, jnp.float32), jnp.asarray(grad_scale, jnp.float32)))
+  return numerics.nan_unless_positive(temperature, t_end)
 
 
 def ctkd(

@@ -94,6 +94,7 @@ def group_advantages(rewards: chex.Array, group_size: int, *,
 def k3_kl(logp: chex.Array, ref_logp: chex.Array, *, clamp: float | None = None) -> Array:
   """Per-token k3 estimate of KL(pi || pi_ref): ``exp(d) - d - 1``, ``d = ref - logp``;
   ``clamp`` c limits it to ``[-c, c]`` (verl ``core_algos.kl_penalty`` "low_var_kl": 10)."""
+  numerics.check_same_shape(("logp", "ref_logp"), jnp.asarray(logp), jnp.asarray(ref_logp))
   delta = numerics.upcast(ref_logp) - numerics.upcast(logp)
   kl = jnp.expm1(delta) - delta
   if clamp is not None:
@@ -154,6 +155,8 @@ def _check_clip(eps_low, eps_high) -> None:
 def sequence_log_ratio(logp: chex.Array, old_logp: chex.Array, mask: chex.Array) -> Array:
   """GSPO's per-sequence log importance ratio ``[B, 1]``: the mean over valid tokens of
   ``logp - old_logp`` (TRL ``importance_sampling_level="sequence"``)."""
+  numerics.check_same_shape(("logp", "old_logp"), jnp.asarray(logp), jnp.asarray(old_logp))
+  _check_token_mask(mask, jnp.shape(logp))
   diff = numerics.upcast(logp) - jax.lax.stop_gradient(numerics.upcast(old_logp))
   return numerics.masked_mean(diff, mask, axis=-1)[:, None]
 

@@ -26,6 +26,9 @@ Array = jax.Array
 
 def shift_right(values: Array) -> Array:
   """``[B, T, ...] -> [B, T, ...]`` with row t holding ``values[:, t - 1]`` (zeros at t = 0)."""
+  if jnp.ndim(values) < 2:
+    raise ValueError(f"`values` must have shape [B, T, ...] (rank >= 2), got shape "
+                     f"{jnp.shape(values)}.")
   return jnp.pad(values[:, :-1], [(0, 0), (1, 0)] + [(0, 0)] * (values.ndim - 2))
 
 

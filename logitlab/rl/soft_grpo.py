@@ -121,6 +121,16 @@ class SoftGRPOPolicy:
   after_think_top_k: int | None = 5
   after_think_top_p: float | None = 0.95
 
+  def __post_init__(self):
+    if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 1:
+      raise ValueError(f"`top_k` must be a positive int (the K soft candidates), got "
+                       f"{self.top_k!r}.")
+    numerics.check_positive("tau", self.tau)
+    # Temperature and filter settings are checked by the sampling policies they mirror.
+    sampling.SamplingPolicy(temperature=self.temperature, top_p=self.top_p)
+    sampling.SamplingPolicy(temperature=self.after_think_temperature,
+                            top_k=self.after_think_top_k, top_p=self.after_think_top_p)
+
   def __call__(self, logits: Array, state: SoftGRPOState, key: chex.PRNGKey):
     numerics.check_logits("logits", logits, min_rank=2)
     noise_key, discrete_key = jax.random.split(key)
@@ -149,10 +159,12 @@ def soft_input_embeddings(embedding_matrix: chex.Array, tokens: chex.Array, ids:
                           detach: bool = True) -> Array:
   """Re-creates the rollout's inputs ``[B, T, D]``: ``sum_i softmax(g'/tau)_i E[ids_i]`` at
   soft positions, ``E[tokens]`` elsewhere. The gradient never reaches ``g'``; it reaches
-  ``E`` only with ``detach=False`` (the reference detaches, module docstring)."""
+  ``E`` only with ``detach=False`` (the reference detaches, module docstring).
+  Under jit, a traced ``tau`` <= 0 gives NaN."""
+  numerics.check_positive("tau", tau)
   if detach:
     embedding_matrix = jax.lax.stop_gradient(embedding_matrix)
   weights = jax.nn.softmax(jax.lax.stop_gradient(numerics.upcast(perturbed)) / tau, axis=-1)
   mixed = soft_thinking.soft_embedding(weights, ids, embedding_matrix)
   hard = numerics.upcast(jnp.take(embedding_matrix, tokens, axis=0))
-  return jnp.where(soft[..., None], mixed, hard)
+  return numerics.nan_unless_positive(jnp.where(soft[..., None], mixed, hard), tau)

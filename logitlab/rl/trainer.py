@@ -117,8 +117,19 @@ class Rollout(NamedTuple):
   soft: Array
 
 
+def _check_config(config) -> None:
+  if not isinstance(config, RLConfig):
+    raise TypeError(f"`config` must be an RLConfig, got {type(config).__name__}.")
+
+
+def _check_rollout(batch) -> None:
+  if not isinstance(batch, Rollout):
+    raise TypeError(f"`batch` must be a Rollout (from `rollout`), got {type(batch).__name__}.")
+
+
 def rollout_policy(config: RLConfig, *, end_think_id: int, embedding_matrix=None):
   """(policy, initial state) for ``sampling.generate`` from ``config``."""
+  _check_config(config)
   if not config.soft:
     return sampling.SamplingPolicy(temperature=config.temperature, top_k=config.top_k,
                                    top_p=config.top_p), None
@@ -138,6 +149,10 @@ def rollout(model, prompt_tokens: Array, prompt_lengths: Array, key: Array, conf
   Returns the ``Rollout`` and the completion tokens ``[B, N]`` and lengths ``[B]`` (numpy),
   rows group-major.
   """
+  _check_config(config)
+  if jnp.ndim(prompt_tokens) != 2 or jnp.shape(prompt_lengths) != jnp.shape(prompt_tokens)[:1]:
+    raise ValueError(f"`prompt_lengths` must have shape [P] matching `prompt_tokens` [P, W], "
+                     f"got {jnp.shape(prompt_lengths)} and {jnp.shape(prompt_tokens)}.")
   prompts = jnp.repeat(jnp.asarray(prompt_tokens), config.group_size, axis=0)
   lengths = jnp.repeat(jnp.asarray(prompt_lengths), config.group_size, axis=0)
   prompt_mask = jnp.arange(prompts.shape[1])[None] < lengths[:, None]
@@ -170,6 +185,8 @@ def rollout(model, prompt_tokens: Array, prompt_lengths: Array, key: Array, conf
 def policy_logprobs(model, batch: Rollout, config: RLConfig, *, return_entropy: bool = False):
   """Per-position policy log-probs ``[B, L]`` of a rollout (index t scores token t);
   ``return_entropy`` also returns the policy entropies ``[B, L]``."""
+  _check_rollout(batch)
+  _check_config(config)
   if not config.soft:
     return rl_logprobs.sequence_logprobs(model, batch.tokens, batch.attention_mask,
                                          temperature=config.temperature,
@@ -198,13 +215,21 @@ def _logprobs(model, batch: Rollout, config: RLConfig) -> Array:
 
 def trainable(config: RLConfig):
   """The ``nnx`` variable filter the optimizer trains and checkpoints save."""
+  _check_config(config)
   return nnx.LoRAParam if config.lora else nnx.Param
 
 
-@nnx.jit(static_argnames="config")
 def update_step(model, optimizer: nnx.Optimizer, batch: Rollout, old_logp: Array,
                 ref_logp: Array | None, advantages: Array, config: RLConfig):
-  """One optimizer step on the GRPO objective; returns (loss, metrics)."""
+  """One optimizer step on the GRPO objective (jitted); returns (loss, metrics)."""
+  _check_rollout(batch)
+  _check_config(config)
+  return _update_step(model, optimizer, batch, old_logp, ref_logp, advantages, config)
+
+
+@nnx.jit(static_argnames="config")
+def _update_step(model, optimizer: nnx.Optimizer, batch: Rollout, old_logp: Array,
+                 ref_logp: Array | None, advantages: Array, config: RLConfig):
   def loss_fn(m):
     logp = policy_logprobs(m, batch, config)
     return grpo.grpo_loss(logp, old_logp, advantages, batch.completion_mask, ref_logp,
@@ -218,6 +243,7 @@ def update_step(model, optimizer: nnx.Optimizer, batch: Rollout, old_logp: Array
 
 def make_optimizer(model, config: RLConfig) -> nnx.Optimizer:
   """Adam (clip 1) over ``trainable(config)``: all parameters, or only the LoRA adapters."""
+  _check_config(config)
   if config.lora and not jax.tree.leaves(nnx.state(model, nnx.LoRAParam)):
     raise ValueError("`config.lora` is True but `model` has no nnx.LoRAParam adapters; wrap it "
                      "with `logitlab.ssb.add_lora` first.")
@@ -231,14 +257,15 @@ def check_rewards(rewards, batch: int) -> np.ndarray:
   anything else that is not a finite real number raises."""
   array = np.asarray(rewards)
   if array.shape != (batch,):
-    raise ValueError(f"The reward function must return one reward per completion, shape "
-                     f"[B] = ({batch},), got shape {array.shape}.")
+    raise ValueError(f"`rewards` (the reward function's output) must have one reward per "
+                     f"completion, shape [B] = ({batch},), got shape {array.shape}.")
   if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)
           or array.dtype == bool):
-    raise TypeError(f"The reward function must return real numbers, got dtype {array.dtype}.")
+    raise TypeError(f"`rewards` (the reward function's output) must be real numbers, got "
+                    f"dtype {array.dtype}.")
   array = array.astype(np.float32)
   if np.isinf(array).any():
-    raise ValueError(f"The reward function returned infinite rewards at rows "
+    raise ValueError(f"`rewards` (the reward function's output) are infinite at rows "
                      f"{np.flatnonzero(np.isinf(array)).tolist()}; use NaN for unscorable.")
   return array
 
@@ -331,6 +358,9 @@ def save_checkpoint(directory: str, step: int, model, optimizer: nnx.Optimizer,
   """Writes the trainable variables (only the LoRA adapters with ``config.lora``), the
   optimizer state and the trainer's PRNG ``key`` at ``directory/<step>`` (Orbax, through
   ``logitlab.training.Checkpointer``); ``restore_checkpoint`` resumes bit-exactly."""
+  if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 0:
+    raise ValueError(f"`step` must be an int >= 0, got {step!r}.")
+  _check_config(config)
   checkpointer = training.Checkpointer(directory, save_interval_steps=1, max_to_keep=2,
                                        async_save=False)
   checkpointer.save(step, _checkpoint_tree(model, optimizer, config, key),

@@ -5,6 +5,7 @@ approximate Hessian and the authors' adaptive step-radius search; ``curvature`` 
 exact-Hessian, Gauss-Newton, Fisher and weighted Gauss-Newton operators (matrix-free,
 jvp/vjp based); ``problems`` holds the paper's test problems;
 ``super_universal_newton`` is the reference code's super-universal Newton baseline;
+``gradient_method`` / ``fast_gradient_method`` are its first-order baselines (GM / FGM);
 ``scale_by_gradient_normalized_newton`` wraps one solver iteration as an optax
 transformation (extra arg ``value_fn``).
 
@@ -21,6 +22,10 @@ Example::
 """
 from logitlab.second_order import curvature
 from logitlab.second_order import problems
+from logitlab.second_order.gradient_methods import GradientSolver
+from logitlab.second_order.gradient_methods import GradientState
+from logitlab.second_order.gradient_methods import fast_gradient_method
+from logitlab.second_order.gradient_methods import gradient_method
 from logitlab.second_order.solver import GNSSolver
 from logitlab.second_order.solver import GNSState
 from logitlab.second_order.solver import gradient_normalized_newton
@@ -32,4 +37,5 @@ from logitlab.second_order.transform import scale_by_gradient_normalized_newton
 
 __all__ = ["curvature", "problems", "GNSSolver", "GNSState", "gradient_normalized_newton",
            "ScaleByGNSState", "scale_by_gradient_normalized_newton", "SuperUniversalSolver",
-           "SuperUniversalState", "super_universal_newton"]
+           "SuperUniversalState", "super_universal_newton", "GradientSolver", "GradientState",
+           "gradient_method", "fast_gradient_method"]

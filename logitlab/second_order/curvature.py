@@ -15,6 +15,8 @@ Approximations (all PSD):
 * ``weighted_gauss_newton(model_fn, mu)``: for ``f = mu logsumexp(z(x)/mu)``,
   ``W = (1/mu) J^T diag(softmax(z/mu)) J`` = Gauss-Newton + ``g g^T / mu`` (the true
   Hessian of the outer logsumexp without its ``-pi pi^T / mu`` term).
+* ``rank_one(factor_fn)``: ``s u u^T`` (e.g. the Fisher term of the nonlinear equations),
+  solvable by Sherman-Morrison (``linear_solver="woodbury"``).
 * ``fisher(per_example_fn)``: ``f = sum_i w_i l_i(x)``, empirical Fisher
   ``F = sum_i w_i grad l_i grad l_i^T``; with ``normalized=True`` each term is divided
   by ``l_i`` (``sum_i w_i grad l_i grad l_i^T / l_i``). For the logistic loss the
@@ -24,7 +26,7 @@ Approximations (all PSD):
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import chex
 import jax
@@ -67,6 +69,37 @@ def zero() -> CurvatureFn:
   def curvature_fn(params, *data):
     del params, data
     return lambda v: jax.tree.map(jnp.zeros_like, v)
+
+  return curvature_fn
+
+
+class RankOneOperator(NamedTuple):
+  """``H = scale * vector vector^T`` as a linear operator (``v -> H v``) that keeps its factors,
+  so that ``gradient_normalized_newton(linear_solver="woodbury")`` can solve
+  ``(H + lambda B) dx = -g`` by Sherman-Morrison in ``O(d)`` metric solves."""
+  scale: chex.Array
+  vector: Params
+
+  def __call__(self, v: Params) -> Params:
+    coeff = self.scale * sum(jnp.vdot(a, b) for a, b in zip(jax.tree.leaves(self.vector),
+                                                            jax.tree.leaves(v)))
+    return jax.tree.map(lambda u: coeff * u, self.vector)
+
+
+def rank_one(factor_fn: Callable[..., tuple[chex.Array, Params]]) -> CurvatureFn:
+  """``H = s u u^T`` from ``factor_fn(params, *data) -> (s, u)`` (``s >= 0`` scalar, ``u`` a
+  pytree like ``params``); the operator is a ``RankOneOperator``. Example: the reference's
+  Fisher term of ``(1/p)||r(x)||^p``, ``(p-2)||r||^{p-4} (J^T r)(J^T r)^T``
+  (``approx_hess_fn_fisher_term``, epfml/grad-norm-smooth ``src/approximations.py``)."""
+  _check_callable("factor_fn", factor_fn)
+
+  def curvature_fn(params, *data):
+    scale, vector = factor_fn(params, *data)
+    if jnp.ndim(scale) != 0:
+      raise ValueError(f"`factor_fn` must return a scalar scale, got shape {jnp.shape(scale)}.")
+    if jax.tree.structure(vector) != jax.tree.structure(params):
+      raise ValueError("`factor_fn` must return a vector with the pytree structure of `params`.")
+    return RankOneOperator(jnp.asarray(scale), vector)
 
   return curvature_fn
 

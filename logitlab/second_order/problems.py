@@ -13,6 +13,7 @@ math is float32 or wider (``numerics.upcast``).
 """
 from __future__ import annotations
 
+import functools
 from typing import Callable, NamedTuple
 
 import chex
@@ -166,12 +167,23 @@ def _power_norm(u, p):
   return jnp.sum(u * u) ** (p / 2) / p
 
 
+def _fisher_term_factors(residuals, p, x, *data):
+  """``((p-2)||u||^{p-4}, J^T u)``: the rank-one Fisher term of ``(1/p)||u(x)||^p`` (``0`` at
+  ``u = 0``, where the term vanishes for ``p > 2``; the reference divides by 0 there)."""
+  u, vjp_fn = jax.vjp(lambda z: residuals(z, *data), x)
+  norm = jnp.linalg.norm(u)
+  safe = jnp.where(norm > 0, norm, 1.0)
+  scale = jnp.where(norm > 0, (p - 2) * safe ** (p - 4), 0.0)
+  return scale, vjp_fn(u)[0]
+
+
 def nonlinear_equations(matrix: chex.Array, offsets: chex.Array, p: float = 4.0) -> Problem:
   """``f(x) = (1/p)||A x - b||^p``; params ``x [d]``.
 
   Curvatures: ``hessian``; ``gauss_newton`` (the paper's inexact Hessian, exact here since
-  ``u`` is linear); ``fisher_term`` ``(p-2)||u||^{p-4}(A^T u)(A^T u)^T`` (rank one; pair it
-  with the metric ``B = A^T A``).
+  ``u`` is linear); ``fisher_term`` ``(p-2)||u||^{p-4}(A^T u)(A^T u)^T``, a
+  ``curvature.rank_one`` (``linear_solver="woodbury"`` solves with it by Sherman-Morrison;
+  pair it with ``B = A^T A``).
   """
   _check_system(matrix, offsets)
   if not p >= 2:
@@ -183,15 +195,10 @@ def nonlinear_equations(matrix: chex.Array, offsets: chex.Array, p: float = 4.0)
   def value_fn(x, matrix, offsets):
     return _power_norm(residuals(x, matrix, offsets), p)
 
-  def single_example(x, matrix, offsets):
-    return value_fn(x, matrix, offsets)[None], jnp.ones((1,), jnp.float32)
-
   curvatures = {
       "hessian": curvature.hessian(value_fn),
       "gauss_newton": curvature.gauss_newton(residuals, lambda u, *_: _power_norm(u, p)),
-      # grad f grad f^T / f = p ||u||^{p-4} (A^T u)(A^T u)^T, so scale by (p-2)/p.
-      "fisher_term": curvature.scale(curvature.fisher(single_example, normalized=True),
-                                     (p - 2) / p),
+      "fisher_term": curvature.rank_one(functools.partial(_fisher_term_factors, residuals, p)),
   }
   return Problem(value_fn, curvatures, (jnp.asarray(matrix), numerics.upcast(offsets)))
 

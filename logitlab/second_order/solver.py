@@ -25,9 +25,11 @@ method), i.e. ``gamma = sqrt(2 ||g||_* / L)``, and every step is taken.
 Linear solves: ``linear_solver="cholesky"`` materializes ``H`` once per iteration
 (``curvature.dense_matrix``) and factors ``H + lambda B`` per trial;
 ``linear_solver="cg"`` is matrix-free (conjugate gradients on pytrees, one curvature
-product per CG iteration). The solver is functional: ``init`` and ``update`` are pure
-and jit-able, the gamma search is a ``jax.lax.while_loop``, and data are passed as
-arguments (``update(state, *data)``) so new batches of the same shape do not recompile.
+product per CG iteration); ``linear_solver="woodbury"`` solves a rank-one curvature
+(``curvature.rank_one``) by Sherman-Morrison, the reference's ``grad_norm_smooth_for_rank_one``
+"wsm" backend: one ``B`` solve per iteration, ``O(d)`` per trial. The solver is functional:
+``init`` and ``update`` are pure and jit-able, the gamma search is a
+``jax.lax.while_loop``, and data are passed as arguments (``update(state, *data)``) so new batches of the same shape do not recompile.
 """
 from __future__ import annotations
 
@@ -83,15 +85,16 @@ class GNSSolver(NamedTuple):
 
 
 def _metric_ops(metric: chex.Array | None):
-  """Returns ``(apply_b, dual_norm_sq)`` on flat vectors for the metric ``B``."""
+  """Returns ``(apply_b, solve_b, dual_norm_sq)`` on flat vectors for the metric ``B``
+  (``B v``, ``B^{-1} v`` by one Cholesky factorization, ``g^T B^{-1} g``)."""
   if metric is None:
-    return (lambda v: v), (lambda g: jnp.vdot(g, g))
+    return (lambda v: v), (lambda v: v), (lambda g: jnp.vdot(g, g))
   metric = numerics.upcast(metric)
   if metric.ndim != 2 or metric.shape[0] != metric.shape[1]:
     raise ValueError(f"`metric` must be a square SPD matrix [d, d], got shape {metric.shape}.")
   chol = jax.scipy.linalg.cho_factor(metric, lower=True)
-  return (lambda v: metric.astype(v.dtype) @ v), (
-      lambda g: jnp.vdot(g, jax.scipy.linalg.cho_solve(chol, g).astype(g.dtype)))
+  solve_b = lambda v: jax.scipy.linalg.cho_solve(chol, v).astype(v.dtype)
+  return (lambda v: metric.astype(v.dtype) @ v), solve_b, (lambda g: jnp.vdot(g, solve_b(g)))
 
 
 def _cg(matvec, b, *, tol: float, maxiter: int):
@@ -146,7 +149,8 @@ def gradient_normalized_newton(
     curvature_fn: ``(params, *data) -> (v -> H v)``, e.g. from
       ``logitlab.second_order.curvature`` (``hessian``, ``gauss_newton``, ``fisher``,
       ``weighted_gauss_newton``). Must be PSD for the step bound to hold.
-    linear_solver: ``"cholesky"`` (dense, small ``d``) or ``"cg"`` (matrix-free).
+    linear_solver: ``"cholesky"`` (dense, small ``d``), ``"cg"`` (matrix-free) or
+      ``"woodbury"`` (Sherman-Morrison; ``curvature_fn`` must be a ``curvature.rank_one``).
     metric: SPD matrix ``B [d, d]`` over ``ravel_pytree(params)``; identity if None.
     gamma_init: initial step radius ``gamma_0``.
     gamma_min: lower clip applied after each acceptance (``max(2 gamma, gamma_min)``).
@@ -162,8 +166,9 @@ def gradient_normalized_newton(
     adaptive_search: ``False`` is the reference code's ``adaptive_search=False`` (fixed gamma):
       one solve per iteration at ``gamma = gamma_init``, always taken, gamma never changes.
   """
-  if linear_solver not in ("cholesky", "cg"):
-    raise ValueError(f"`linear_solver` must be 'cholesky' or 'cg', got {linear_solver!r}.")
+  if linear_solver not in ("cholesky", "cg", "woodbury"):
+    raise ValueError(f"`linear_solver` must be 'cholesky', 'cg' or 'woodbury', got "
+                     f"{linear_solver!r}.")
   for name, value in (("gamma_init", gamma_init), ("gamma_min", gamma_min), ("eps", eps),
                       ("cg_tol", cg_tol)):
     numerics.check_positive(name, value)
@@ -171,7 +176,7 @@ def gradient_normalized_newton(
     raise ValueError(f"`max_search` must be >= 1, got {max_search}.")
   if hessian_lipschitz is not None and hessian_lipschitz <= 0:
     raise ValueError(f"`hessian_lipschitz` must be > 0, got {hessian_lipschitz}.")
-  apply_b, dual_norm_sq = _metric_ops(metric)
+  apply_b, solve_b, dual_norm_sq = _metric_ops(metric)
   value_and_grad = jax.value_and_grad(value_fn)
 
   def dual_norm(grad):
@@ -191,6 +196,24 @@ def gradient_normalized_newton(
         flat_dx = jax.scipy.linalg.cho_solve(jax.scipy.linalg.cho_factor(system, lower=True),
                                              flat_b)
         residual = jnp.linalg.norm(system @ flat_dx - flat_b) / jnp.where(
+            jnp.any(flat_b != 0), jnp.linalg.norm(flat_b), 1.0)
+        return unravel(flat_dx), jnp.zeros((), jnp.int32), residual
+    elif linear_solver == "woodbury":
+      if not isinstance(matvec, curvature_lib.RankOneOperator):
+        raise TypeError("`curvature_fn` must build a curvature.rank_one operator for "
+                        f"linear_solver='woodbury', got {type(matvec).__name__}.")
+      flat_u = ravel_pytree(matvec.vector)[0].astype(flat_params.dtype)
+      binv_u = solve_b(flat_u)
+      scale = matvec.scale.astype(flat_params.dtype)
+
+      def solve(lam, neg_grad):
+        # Sherman-Morrison for (s u u^T + lam B)^{-1} b, the reference's "wsm" backend
+        # (grad_norm_smooth_for_rank_one): one B-solve per iteration, none per trial.
+        flat_b = ravel_pytree(neg_grad)[0]
+        p_b, p_u = solve_b(flat_b) / lam, binv_u / lam
+        flat_dx = p_b - scale / (1 + scale * jnp.vdot(flat_u, p_u)) * p_u * jnp.vdot(flat_u, p_b)
+        system_dx = scale * flat_u * jnp.vdot(flat_u, flat_dx) + lam * apply_b(flat_dx)
+        residual = jnp.linalg.norm(system_dx - flat_b) / jnp.where(
             jnp.any(flat_b != 0), jnp.linalg.norm(flat_b), 1.0)
         return unravel(flat_dx), jnp.zeros((), jnp.int32), residual
     else:

@@ -50,6 +50,11 @@ class Problem:
 def solve(operands: Sequence[int], operators: Sequence[str]) -> tuple[tuple[str, ...], int]:
   """Worked steps ``("a*b=c.", ...)`` and value of ``operands[0] op operands[1] ...``."""
   values, ops = list(operands), list(operators)
+  if len(ops) != len(values) - 1:
+    raise ValueError(f"`operators` must hold one fewer entry than `operands` ({len(values)}), "
+                     f"got {len(ops)}.")
+  if not set(ops) <= set(_OPERATORS):
+    raise ValueError(f"`operators` must be in {list(_OPERATORS)}, got {ops}.")
   steps = []
   for precedence in (("*",), ("+", "-")):
     i = 0
@@ -78,6 +83,8 @@ def make_problem(rng: np.random.Generator, num_ops: int, max_operand: int = 9) -
 
 def in_test_split(prompt: str, test_fraction: float = 0.1) -> bool:
   """Deterministic split by a CRC32 hash of the prompt (same on every machine)."""
+  if not 0.0 <= test_fraction <= 1.0:
+    raise ValueError(f"`test_fraction` must be in [0, 1], got {test_fraction!r}.")
   return zlib.crc32(prompt.encode()) % 1000 < int(round(test_fraction * 1000))
 
 
@@ -180,6 +187,9 @@ def decode_completions(tokenizer: tokenizers.Tokenizer, tokens: np.ndarray,
                        lengths: np.ndarray) -> list[str]:
   """Texts of generated ``tokens [N, T]`` up to ``lengths [N]``, special tokens kept."""
   tokens, lengths = np.asarray(tokens), np.asarray(lengths)
+  if tokens.ndim != 2 or lengths.shape != tokens.shape[:1]:
+    raise ValueError(f"`lengths` must have shape [N] matching `tokens` [N, T], got "
+                     f"{lengths.shape} and {tokens.shape}.")
   return [tokenizer.decode(row[:n].tolist(), skip_special_tokens=False)
           for row, n in zip(tokens, lengths)]
 
@@ -188,6 +198,9 @@ def rewards(tokenizer: tokenizers.Tokenizer, problems: Sequence[Problem], tokens
             lengths: np.ndarray) -> np.ndarray:
   """float32 ``[N]`` correctness rewards of generated completions."""
   texts = decode_completions(tokenizer, tokens, lengths)
+  if len(problems) != len(texts):
+    raise ValueError(f"`problems` must hold one problem per completion ({len(texts)}), got "
+                     f"{len(problems)}.")
   return np.array([reward(t, p.answer) for t, p in zip(texts, problems)], np.float32)
 
 
@@ -216,6 +229,9 @@ def evaluate_policy(model, tokenizer: tokenizers.Tokenizer, problems: Sequence[P
   tokens incl. ``<eos>``). Rows are problem-major (all samples of problem 0 first).
   """
   from logitlab import sampling  # local: keeps the task importable without the LM stack
+
+  if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+    raise ValueError(f"`num_samples` must be a positive int, got {num_samples!r}.")
 
   prompts, prompt_lengths = encode_prompts(tokenizer, problems, prompt_width)
   prompts = np.repeat(prompts, num_samples, axis=0)

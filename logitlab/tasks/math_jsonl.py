@@ -127,6 +127,9 @@ def extract_normalized(text: str) -> str | None:
 def reference_answer(field: str) -> str:
   """The normalized reference of a dataset answer field: its final answer if it has a
   ``####`` / ``\\boxed{}`` marker (GSM8K, MATH solutions), else the whole field."""
+  if not isinstance(field, str):
+    raise TypeError(f"`field` must be a str (pass `str(value)` for a numeric answer), got "
+                    f"{type(field).__name__}.")
   answer = extract_answer(field)
   return normalize_answer(field if answer is None else answer)
 

@@ -16,7 +16,8 @@ from logitlab.training.mesh import (LOGICAL_AXIS_RULES, MESH_AXES, batch_shardin
 from logitlab.training.metrics import MetricsWriter, batch_checksum, optimizer_scalars, read_jsonl
 from logitlab.training.state import (TrainState, abstract_train_state, create_train_state,
                                      num_params, state_shardings)
-from logitlab.training.step import ON_NONFINITE, StepContext, make_eval_step, make_train_step
+from logitlab.training.step import (ON_NONFINITE, StepContext, make_eval_step, make_train_step,
+                                    radius_guard_args)
 
 __all__ = [
     "ArraySource", "CheckpointCorruptError", "CheckpointStorageError", "Checkpointer",
@@ -25,6 +26,7 @@ __all__ = [
     "ResumableBatches", "StepContext", "TrainResult", "TrainState", "abstract_train_state",
     "batch_checksum", "batch_sharding", "create_train_state", "eval_batches", "evaluate",
     "image_transform", "make_eval_step", "make_mesh", "make_train_step", "num_params",
-    "optimizer_scalars", "put_batch", "read_jsonl", "replicated", "state_shardings",
+    "optimizer_scalars", "put_batch", "radius_guard_args", "read_jsonl", "replicated",
+    "state_shardings",
     "tfds_image_data", "train",
 ]

@@ -64,8 +64,9 @@ def _check_int(name: str, value, minimum: int) -> None:
 
 
 def _validate(num_steps, seed, log_every, checkpoint_every, keep_checkpoints, eval_every,
-              on_nonfinite, hooks):
+              on_nonfinite, hooks, grad_accum_steps):
   _check_int("num_steps", num_steps, 1)
+  _check_int("grad_accum_steps", grad_accum_steps, 1)
   _check_int("seed", seed, 0)
   _check_int("log_every", log_every, 1)
   _check_int("checkpoint_every", checkpoint_every, 1)
@@ -104,6 +105,7 @@ def train(
     frozen: Any = None,
     init_from: str | None = None,
     compute_dtype: Any = None,
+    grad_accum_steps: int = 1,
 ) -> TrainResult:
   """Trains for ``num_steps`` optimizer steps (resuming from ``workdir`` when possible).
 
@@ -144,12 +146,16 @@ def train(
       shardings, with a fresh optimizer state for them (fine-tuning). Ignored on resume.
     compute_dtype: mixed precision (``jnp.bfloat16``: bf16 compute, float32 master
       parameters, optimizer state and loss; ``step.make_train_step``).
+    grad_accum_steps: average the gradient of this many micro-batches of each global batch
+      (``lax.scan``, one micro-batch of activations in memory; ``step.make_train_step``).
+      With the radius guard use ``extra_args_fn=step.radius_guard_args(logits_fn)`` so the
+      update is capped on every micro-batch.
 
   Returns:
     ``TrainResult(graphdef, state, shardings)`` at ``num_steps``.
   """
   _validate(num_steps, seed, log_every, checkpoint_every, keep_checkpoints, eval_every,
-            on_nonfinite, hooks)
+            on_nonfinite, hooks, grad_accum_steps)
   require_local_dir(workdir)  # before any checkpoint I/O
   checkpointer = Checkpointer(checkpoint_dir or os.path.join(workdir, "checkpoints"),
                               save_interval_steps=checkpoint_every,
@@ -163,7 +169,8 @@ def train(
                     extra_args_fn=extra_args_fn, hooks=hooks, rules=rules, progress=progress,
                     on_nonfinite=on_nonfinite, config=config,
                     allow_config_changes=allow_config_changes, handle_signals=handle_signals,
-                    frozen=frozen, init_from=init_from, compute_dtype=compute_dtype)
+                    frozen=frozen, init_from=init_from, compute_dtype=compute_dtype,
+                    grad_accum_steps=grad_accum_steps)
   finally:
     checkpointer.close()
 
@@ -189,14 +196,15 @@ def _init_from(directory: str, state: TrainState, abstract: TrainState, sharding
 def _train(checkpointer: Checkpointer, signals: StopSignals, *, model_fn, tx, loss_fn,
            train_data, mesh, workdir, num_steps, seed, log_every, eval_every, eval_fn,
            extra_args_fn, hooks, rules, progress, on_nonfinite, config, allow_config_changes,
-           handle_signals, frozen, init_from, compute_dtype):
+           handle_signals, frozen, init_from, compute_dtype, grad_accum_steps):
   graphdef, abstract, shardings = abstract_train_state(model_fn, tx, mesh, seed=seed,
                                                        rules=rules)
   current_config = {**run_config.flatten(config),
                     **run_config.flatten({"loop": {"seed": seed, "num_steps": num_steps,
                                                    "on_nonfinite": on_nonfinite,
                                                    "init_from": init_from or "",
-                                                   "compute_dtype": str(compute_dtype)}}),
+                                                   "compute_dtype": str(compute_dtype),
+                                                   "grad_accum_steps": grad_accum_steps}}),
                     **run_config.state_signature(abstract)}
 
   def check_config(stored, step):
@@ -221,7 +229,7 @@ def _train(checkpointer: Checkpointer, signals: StopSignals, *, model_fn, tx, lo
   frozen_args = () if frozen is None else (frozen,)
   train_step = make_train_step(
       graphdef, tx, loss_fn, shardings, mesh, extra_args_fn=extra_args_fn,
-      on_nonfinite=on_nonfinite, compute_dtype=compute_dtype,
+      on_nonfinite=on_nonfinite, compute_dtype=compute_dtype, grad_accum_steps=grad_accum_steps,
       frozen_shardings=None if frozen is None else jax.tree.map(lambda x: x.sharding, frozen))
   start_step = int(state.step)
   if on_nonfinite == "stop" and int(state.nonfinite_steps):

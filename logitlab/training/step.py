@@ -20,6 +20,18 @@ is not applied (parameters, optimizer and model state keep their values) and
 the loop (which reads ``nonfinite_steps`` at log and save steps, big_vision-style, instead of
 syncing every step) raises ``faults.Diverged`` naming step ``state.step + 1`` and the state
 it holds is the last finite one.
+
+Gradient accumulation (``grad_accum_steps=k``): the global batch of ``B`` examples is split
+into ``k`` micro-batches of ``B / k`` (micro-batch ``i`` holds examples ``i, i + k, i + 2k,
+...``, so each one stays spread over every device of the batch axes) and ``lax.scan`` runs
+forward + backward on one micro-batch at a time, summing the float32 gradients; the update
+uses their mean, which is the full-batch gradient of a per-example mean loss (activation
+memory of one micro-batch). Model state (BatchNorm statistics, RNG counts) is carried from
+one micro-batch to the next, as ``k`` small batches would update it; ``loss`` and the
+``loss_fn`` metrics are the means over micro-batches; micro-batch ``i`` gets the key
+``fold_in(step_rng, i)``. With the radius guard, :func:`radius_guard_args` caps the
+accumulated update on *every* micro-batch (``logitlab.batched_radius``: one JVP per
+micro-batch, again one micro-batch in memory at a time).
 """
 
 from __future__ import annotations
@@ -33,6 +45,7 @@ from flax import nnx
 
 import jax.numpy as jnp
 
+from logitlab import batched_radius
 from logitlab.training import mesh as mesh_lib
 from logitlab.training.integrity import all_finite
 from logitlab.training.metrics import optimizer_scalars
@@ -54,12 +67,72 @@ class StepContext(NamedTuple):
     rng: typed PRNG key of this step (the one ``loss_fn`` received).
     loss: the loss at the current parameters.
     grads: gradients of ``loss`` w.r.t. the parameters (an ``nnx.State``).
+    micro_batches: with ``grad_accum_steps=k > 1``, the batch as ``k`` micro-batches (every
+      leaf ``[k, B / k, ...]``, the split the gradients were accumulated over); else ``None``.
+    params: the parameters of this step (the point the update is applied at).
   """
   to_model: Callable[[nnx.State], nnx.Module]
   batch: Batch
   rng: jax.Array
   loss: jax.Array
   grads: nnx.State
+  micro_batches: Batch | None = None
+  params: nnx.State | None = None
+
+
+def radius_guard_args(
+    logits_fn: Callable[[nnx.Module, Batch], jax.Array],
+) -> Callable[[StepContext], dict[str, Any]]:
+  """``extra_args_fn`` for ``logitlab.radius_guard`` that caps against every micro-batch.
+
+  Args:
+    logits_fn: ``(model, batch) -> logits [b, ..., K]`` in eval mode, e.g.
+      ``lambda model, batch: model(batch["image"], train=False)``.
+
+  Returns:
+    ``ctx -> {"logits_fn": ...}`` without accumulation (one JVP over the batch), and with
+    ``grad_accum_steps=k > 1`` ``ctx -> {"logits_spread": ...}`` from
+    ``batched_radius.microbatch_spread_fn``: the spreads of the accumulated update on each
+    of the ``k`` micro-batches, one JVP per micro-batch (memory of one micro-batch), so the
+    applied update has ``r <= max_ratio`` on every one of them.
+  """
+  if not callable(logits_fn):
+    raise ValueError(f"`logits_fn` must be a callable `(model, batch) -> logits`, got "
+                     f"{logits_fn!r}.")
+
+  def extra_args_fn(ctx: StepContext) -> dict[str, Any]:
+    if ctx.micro_batches is None:
+      return {"logits_fn": lambda params: logits_fn(ctx.to_model(params), ctx.batch)}
+    batch_logits = lambda params, batch: logits_fn(ctx.to_model(params), batch)
+    return {"logits_spread": batched_radius.microbatch_spread_fn(
+        batch_logits, ctx.params, ctx.micro_batches)}
+
+  return extra_args_fn
+
+
+def _check_grad_accum_steps(value) -> None:
+  if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    raise ValueError(f"`grad_accum_steps` must be an int >= 1, got {value!r}.")
+
+
+def split_micro_batches(batch: Batch, grad_accum_steps: int) -> Batch:
+  """Every leaf ``[B, ...] -> [k, B / k, ...]``, micro-batch ``i`` = examples ``i::k``.
+
+  Strided rather than contiguous: a batch sharded over devices along its leading axis keeps
+  ``B / (k * devices)`` examples of every micro-batch on each device, so no micro-batch sits
+  on a subset of the devices.
+  """
+  _check_grad_accum_steps(grad_accum_steps)
+  k = grad_accum_steps
+
+  def split(path, x):
+    if x.ndim == 0 or x.shape[0] % k:
+      raise ValueError(
+          f"`grad_accum_steps` = {k} must divide the global batch size; "
+          f"`batch{jax.tree_util.keystr(path)}` has shape {x.shape}.")
+    return x.reshape((x.shape[0] // k, k) + x.shape[1:]).swapaxes(0, 1)
+
+  return jax.tree_util.tree_map_with_path(split, batch)
 
 
 def _check_callable(name: str, fn) -> None:
@@ -78,6 +151,7 @@ def make_train_step(
     on_nonfinite: str = "stop",
     frozen_shardings: Any = None,
     compute_dtype: Any = None,
+    grad_accum_steps: int = 1,
 ) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
   """Returns ``train_step(state, batch) -> (state, metrics)``, jitted with donated state.
 
@@ -106,6 +180,10 @@ def make_train_step(
       gradients (the cast's transpose returns float32), optimizer state, model state and the
       returned loss stay float32 (``loss_fn`` should reduce in float32; logitlab's losses
       do). ``None``: no casting.
+    grad_accum_steps: ``k >= 1``: accumulate the gradient over ``k`` micro-batches of the
+      global batch (module docstring); ``k`` must divide the batch size (checked at trace).
+      ``loss_fn`` must return a per-example *mean* for the mean of micro-batch gradients to be
+      the full-batch gradient.
   """
   _check_callable("loss_fn", loss_fn)
   if extra_args_fn is not None:
@@ -113,6 +191,7 @@ def make_train_step(
   mesh_lib.check_mesh(mesh)
   if on_nonfinite not in ON_NONFINITE:
     raise ValueError(f"`on_nonfinite` must be one of {ON_NONFINITE}, got {on_nonfinite!r}.")
+  _check_grad_accum_steps(grad_accum_steps)
   if compute_dtype is not None and not jnp.issubdtype(compute_dtype, jnp.floating):
     raise ValueError(f"`compute_dtype` must be a floating dtype, got {compute_dtype!r}.")
 
@@ -122,25 +201,56 @@ def make_train_step(
     return jax.tree.map(lambda x: x.astype(compute_dtype) if x.dtype == jnp.float32 else x,
                         tree)
 
-  def train_step(state: TrainState, batch: Batch, *frozen):
-    rng, step_rng = jax.random.split(jax.random.wrap_key_data(state.rng))
+  def gradients(params, model_state, batch, rng, frozen):
+    """``(loss, metrics, new model_state, grads)`` of ``loss_fn`` on one (micro-)batch."""
 
-    def objective(params, model_state):
+    def objective(params):
       # copy=True: fresh Variables owned by this (grad) trace, which the forward pass may
       # update (BatchNorm statistics); the jit-level ones cannot be mutated here.
       model = nnx.merge(graphdef, cast(params), model_state, copy=True)
-      loss, metrics = loss_fn(model, cast(batch), step_rng, *frozen)
+      loss, metrics = loss_fn(model, cast(batch), rng, *frozen)
       return loss.astype(jnp.float32), (metrics, nnx.state(model, nnx.Not(nnx.Param)))
 
-    (loss, (metrics, model_state)), grads = jax.value_and_grad(objective, has_aux=True)(
-        state.params, state.model_state)
+    (loss, (metrics, new_model_state)), grads = jax.value_and_grad(objective, has_aux=True)(
+        params)
     # Statistics computed from compute_dtype activations keep their stored dtype.
-    model_state = jax.tree.map(lambda new, old: new.astype(old.dtype), model_state,
-                               state.model_state)
+    new_model_state = jax.tree.map(lambda new, old: new.astype(old.dtype), new_model_state,
+                                   model_state)
+    return loss, metrics, new_model_state, grads
+
+  def accumulated_gradients(params, model_state, micro_batches, rng, frozen):
+    """Mean loss, metrics and float32 gradients over micro-batches (``lax.scan``)."""
+
+    def body(carry, xs):
+      model_state, grad_sum = carry
+      index, micro_batch = xs
+      loss, metrics, model_state, grads = gradients(
+          params, model_state, micro_batch, jax.random.fold_in(rng, index), frozen)
+      grad_sum = jax.tree.map(lambda s, g: s + g.astype(jnp.float32), grad_sum, grads)
+      return (model_state, grad_sum), (loss, metrics)
+
+    zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+    (model_state, grad_sum), (losses, metrics) = jax.lax.scan(
+        body, (model_state, zeros), (jnp.arange(grad_accum_steps), micro_batches))
+    grads = jax.tree.map(lambda s, p: (s / grad_accum_steps).astype(p.dtype), grad_sum, params)
+    metrics = jax.tree.map(lambda m: jnp.mean(m.astype(jnp.float32), axis=0), metrics)
+    return jnp.mean(losses), metrics, model_state, grads
+
+  def train_step(state: TrainState, batch: Batch, *frozen):
+    rng, step_rng = jax.random.split(jax.random.wrap_key_data(state.rng))
+    micro_batches = None
+    if grad_accum_steps == 1:
+      loss, metrics, model_state, grads = gradients(state.params, state.model_state, batch,
+                                                    step_rng, frozen)
+    else:
+      micro_batches = split_micro_batches(batch, grad_accum_steps)
+      loss, metrics, model_state, grads = accumulated_gradients(
+          state.params, state.model_state, micro_batches, step_rng, frozen)
     extra_args = {}
     if extra_args_fn is not None:
       to_model = lambda params: nnx.merge(graphdef, params, state.model_state)
-      extra_args = extra_args_fn(StepContext(to_model, batch, step_rng, loss, grads))
+      extra_args = extra_args_fn(StepContext(to_model, batch, step_rng, loss, grads,
+                                             micro_batches, state.params))
     updates, opt_state = tx.update(grads, state.opt_state, state.params, **extra_args)
     params = optax.apply_updates(state.params, updates)
     apply = all_finite((loss, grads, params))

@@ -34,6 +34,7 @@ metadata only (``eager_sharding=False``) until ``training.state.create_train_sta
 
 from __future__ import annotations
 
+import numbers
 from typing import Literal
 
 import jax
@@ -99,6 +100,13 @@ def classifier_axes(in_axis: FeatureAxis) -> tuple[str, str | None]:
   return ("embed", "vocab") if in_axis == "embed" else ("mlp", None)
 
 
+def _check_sizes(**sizes) -> None:
+  """Raises naming the argument unless every given layer size is a positive int."""
+  for name, value in sizes.items():
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+      raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
+
+
 def dense(in_features: int, out_features: int, *, axes=("embed", "vocab"),
           rngs: nnx.Rngs) -> nnx.Linear:
   """``nnx.Linear`` whose kernel ``[in_features, out_features]`` carries logical ``axes``."""
@@ -134,6 +142,8 @@ def run_stages(stages: nnx.List, x: jax.Array, *, train: bool) -> list[jax.Array
 
 def global_avg_pool(x: jax.Array) -> jax.Array:
   """``[N, H, W, C] -> [N, C]``."""
+  if jnp.ndim(x) != 4:
+    raise ValueError(f"`x` must have shape [N, H, W, C], got shape {jnp.shape(x)}.")
   return jnp.mean(x, axis=(1, 2))
 
 
@@ -147,6 +157,7 @@ class MLPHead(nnx.Module):
 
   def __init__(self, in_features: int, num_classes: int, *, in_axis: FeatureAxis = "embed",
                rngs: nnx.Rngs):
+    _check_sizes(in_features=in_features, num_classes=num_classes)
     hidden_axes = alternate_axes(in_axis)
     self.hidden = dense(in_features, in_features, axes=hidden_axes, rngs=rngs)
     self.out = dense(in_features, num_classes, axes=classifier_axes(hidden_axes[1]), rngs=rngs)
@@ -165,6 +176,9 @@ class DHKDNonlinearHead(nnx.Module):
 
   def __init__(self, in_features: int, num_classes: int, *, in_axis: FeatureAxis = "embed",
                hidden: int = 200, dropout: float = 0.1, rngs: nnx.Rngs):
+    _check_sizes(in_features=in_features, num_classes=num_classes, hidden=hidden)
+    if not 0.0 <= dropout < 1.0:
+      raise ValueError(f"`dropout` must be in [0, 1), got {dropout!r}.")
     self.hidden = dense(in_features, hidden, axes=(in_axis, None), rngs=rngs)
     self.dropout = nnx.Dropout(dropout, rngs=rngs)
     self.bn = nnx.BatchNorm(hidden, momentum=_BN_MOMENTUM, epsilon=_BN_EPSILON, rngs=rngs)
