@@ -51,15 +51,10 @@ def recipe_of(spec: ml_collections.ConfigDict) -> kd_recipes.Recipe:
 # --------------------------------------------------------------------------- optimizer
 
 
-def make_optimizer(c: ml_collections.ConfigDict, steps: int) -> optax.GradientTransformation:
-  """mdistiller SGD: momentum, coupled weight decay, lr x ``decay_factor`` at fractions of the run.
-
-  ``decay_at`` are fractions of ``steps`` (150/240, 180/240, 210/240 for the CIFAR protocol).
-  """
-  boundaries = {int(round(f * steps)): c.decay_factor for f in c.decay_at}
-  schedule = optax.piecewise_constant_schedule(c.learning_rate, boundaries)
-  return optax.chain(optax.add_decayed_weights(c.weight_decay),
-                     optax.sgd(schedule, momentum=c.momentum, nesterov=c.nesterov))
+def make_optimizer(c: ml_collections.ConfigDict, steps: int,
+                   steps_per_epoch: int = 1) -> optax.GradientTransformation:
+  """The config's optimizer block (``logitlab.training.optimizers.from_config``)."""
+  return training.optimizers.from_config(c.to_dict(), steps, steps_per_epoch)
 
 
 # --------------------------------------------------------------------------- embedded path
@@ -122,7 +117,7 @@ def train_embedded_runs(model_fn, recipe: kd_recipes.Recipe, c: ml_collections.C
   x_train, y_train, x_test, y_test = (jnp.asarray(a) for a in data)
   t = c.train
   steps_per_epoch = max(len(x_train) // t.batch_size, 1)
-  tx = make_optimizer(c.optimizer, t.steps)
+  tx = make_optimizer(c.optimizer, t.steps, steps_per_epoch)
   graphdef, (params, rest, opt_state) = _init_states(model_fn, tx, seeds)
 
   def one_step(carry, step):
@@ -276,7 +271,7 @@ def load_teacher(c: ml_collections.ConfigDict, mesh) -> tuple[nnx.GraphDef, dict
   by the loss would be inlined into the compiled program as replicated constants.
   """
   teacher_fn = _model_fn(c.teacher, c.num_classes, kd_recipes.Recipe("ce"))
-  tx = make_optimizer(c.optimizer, c.train.steps)
+  tx = make_optimizer(c.optimizer, c.train.steps, c.train.steps_per_epoch)
   graphdef, abstract, _ = training.abstract_train_state(teacher_fn, tx, mesh)
   checkpointer = training.Checkpointer(os.path.join(c.teacher_workdir, "checkpoints"),
                                       read_only=True)
@@ -298,10 +293,9 @@ def run_tfds(c: ml_collections.ConfigDict) -> dict[str, float]:
   CTKD ``best_acc``), logitlab's default reading is the final one.
   """
   recipe = recipe_of(c.recipe)
-  if c.get("data_recipe", "crop_flip") != "crop_flip":
-    raise NotImplementedError(
-        f"`data_recipe={c.data_recipe!r}` (mixup / CutMix / RandAugment / AdamW) is not "
-        "implemented by logitlab.training yet; the loss side (soft labels) is.")
+  data_recipe = c.get("data_recipe", "crop_flip")
+  if data_recipe not in ("crop_flip", "deit"):
+    raise ValueError(f"`data_recipe` must be 'crop_flip' or 'deit', got {data_recipe!r}.")
   mesh = training.make_mesh(dict(c.mesh))
   t = c.train
   data_dir = c.data_dir or None
@@ -309,7 +303,12 @@ def run_tfds(c: ml_collections.ConfigDict) -> dict[str, float]:
   train_batches = training.tfds_image_data(c.dataset, "train", global_batch_size=t.batch_size,
                                            train=True, seed=t.seed, data_dir=data_dir,
                                            num_threads=t.num_threads,
-                                           strong_view=recipe.needs_strong_view)
+                                           strong_view=recipe.needs_strong_view,
+                                           augment="deit" if data_recipe == "deit" else
+                                           "standard")
+  if data_recipe == "deit":  # mixed [B, C] soft labels (Mixup or CutMix per batch)
+    train_batches = training.mixing.MixedBatches(train_batches, c.num_classes, seed=t.seed,
+                                                 **c.mixing)
   train_data = _WithEpoch(train_batches, t.steps_per_epoch)
   teacher_graphdef, teacher_arrays = (load_teacher(c, mesh) if recipe.needs_teacher
                                       else (None, None))
@@ -356,7 +355,7 @@ def run_tfds(c: ml_collections.ConfigDict) -> dict[str, float]:
     return metrics
 
   student_fn = _model_fn(c.student, c.num_classes, recipe)
-  tx = make_optimizer(c.optimizer, t.steps)
+  tx = make_optimizer(c.optimizer, t.steps, t.steps_per_epoch)
   _, _, result_shardings = training.abstract_train_state(student_fn, tx, mesh, seed=t.seed)
   result = training.train(
       model_fn=student_fn, tx=tx, loss_fn=loss_fn, train_data=train_data, mesh=mesh,

@@ -55,6 +55,9 @@ class Recipe:
     logit_standardization: Z-score both logits before the KD term (arXiv 2403.01427);
       only for ``STANDARDIZABLE`` methods.
     ce_weight: weight of the CE term (DHKD ``-r``/gamma, CTKD ``-r``).
+    label_smoothing: ``eps`` of the CE term on the student's logits (the DeiT recipe's
+      ``LabelSmoothLoss(0.1, mode="original")``: target ``(1 - eps) q + eps / C``, also for
+      mixed labels ``q``).
     kd_weight: weight of the distillation term (DHKD ``-a``/alpha, LS ``--kd-weight``; for
       DKD it multiplies alpha and beta, as the LS script does).
     temperature: KD / DKD / NKD / BinaryKLNorm / MLKD base temperature (unused by CTKD,
@@ -75,6 +78,7 @@ class Recipe:
   method: str
   logit_standardization: bool = False
   ce_weight: float = 1.0
+  label_smoothing: float = 0.0
   kd_weight: float = 1.0
   temperature: float = 4.0
   dkd_alpha: float = 1.0
@@ -104,6 +108,8 @@ class Recipe:
     if self.dhkd_aux_head not in AUX_HEADS:
       raise ValueError(f"`dhkd_aux_head` must be one of {AUX_HEADS}, got "
                        f"{self.dhkd_aux_head!r}.")
+    if not 0.0 <= self.label_smoothing <= 1.0:
+      raise ValueError(f"`label_smoothing` must be in [0, 1], got {self.label_smoothing}.")
     for name in ("temperature", "ce_weight", "kd_weight"):
       if not getattr(self, name) > 0 and not (name == "ce_weight" and self.method == "dhkd"):
         raise ValueError(f"`{name}` must be > 0, got {getattr(self, name)}.")
@@ -213,14 +219,15 @@ def loss_terms(recipe: Recipe, student: Mapping[str, jax.Array],
                      f"(``model.forward(x, train=True)``), got {type(student).__name__}"
                      f"{' with keys ' + str(sorted(student)) if isinstance(student, Mapping) else ''}.")
   z = student["logits"]
-  ce = losses.cross_entropy(z, labels)
+  ce = losses.cross_entropy(z, labels, label_smoothing=recipe.label_smoothing)
   if recipe.method == "ce":
     return {"ce": ce}
   if recipe.method == "uskd":
     _, parts = losses.uskd(z, student["middle_logits"], labels, alpha=recipe.uskd_alpha,
                            beta=recipe.uskd_beta, mu=recipe.uskd_mu,
                            student_rank_scores=recipe.uskd_rank_scores)
-    return {"ce": parts["ce"], "target": recipe.uskd_alpha * parts["target"],
+    # parts["ce"] is the unsmoothed CE; the trainer's CE (label smoothing) replaces it.
+    return {"ce": ce, "target": recipe.uskd_alpha * parts["target"],
             "non_target": recipe.uskd_beta * parts["non_target"],
             "weak": recipe.uskd_mu * parts["weak"]}
   if teacher is None:

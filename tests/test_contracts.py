@@ -46,6 +46,7 @@ def _modules(*names):
 ctkd, mlkd, chat_template = _modules("losses.ctkd", "losses.mlkd", "models.chat_template")
 batched_radius, integrity, randaugment, run_config = _modules(
     "batched_radius", "training.integrity", "training.randaugment", "training.run_config")
+mixing, optimizers = _modules("training.mixing", "training.optimizers")
 (baselines, brute_force, cascade, distributions, instances, mechanisms, mnl) = _modules(
     *(f"auctions.{n}" for n in ("baselines", "brute_force", "cascade", "distributions",
                                "instances", "mechanisms", "mnl")))
@@ -58,13 +59,14 @@ batched_radius, integrity, randaugment, run_config = _modules(
                                                   "vit", "wrn")))
 (grpo, logprobs, rewards, soft_grpo, trainer) = _modules(
     *(f"rl.{n}" for n in ("grpo", "logprobs", "rewards", "soft_grpo", "trainer")))
-(curvature, problems, solver, transform, super_universal, gradient_methods) = _modules(
+(curvature, problems, solver, transform, super_universal, gradient_methods,
+ cubic_newton) = _modules(
     *(f"second_order.{n}" for n in ("curvature", "problems", "solver", "transform",
-                                   "super_universal", "gradient_methods")))
+                                   "super_universal", "gradient_methods", "cubic_newton")))
 (arithmetic, math_jsonl) = _modules("tasks.arithmetic", "tasks.math_jsonl")
-(checkpoint, data, loop, mesh, metrics, state, step) = _modules(
+(checkpoint, data, loop, mesh, metrics, state, step, remat) = _modules(
     *(f"training.{n}" for n in ("checkpoint", "data", "loop", "mesh", "metrics", "state",
-                               "step")))
+                               "step", "remat")))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -565,6 +567,12 @@ ROWS += rows_for(
 )
 
 ROWS += rows_for(
+    cubic_newton,
+    R("cubic_newton", lambda: cubic_newton.cubic_newton(
+        jnp.sum, curvature.hessian(jnp.sum), h_init=-1.0), arg("h_init")),
+)
+
+ROWS += rows_for(
     gradient_methods,
     R("gradient_method", lambda: gradient_methods.gradient_method(jnp.sum, l_init=0.0),
       arg("l_init")),
@@ -700,6 +708,44 @@ ROWS += rows_for(
         np.zeros((4, 4, 3)), np.random.default_rng(0), size=0), arg("size")),
     R("resize_center_crop", lambda: data.resize_center_crop(np.zeros((4, 4, 3)), 4, size=8),
       arg("size")),
+    R("random_erasing", lambda: data.random_erasing(np.zeros((4, 4, 3), np.uint8),
+                                                    np.random.default_rng(0), (0.5,) * 3,
+                                                    (0.2,) * 3, probability=2.0),
+      arg("probability"), owner="issue 14"),
+    R("random_erasing", lambda: data.random_erasing(np.zeros((4, 4, 3)), np.random.default_rng(0),
+                                                    (0.5,) * 3, (0.2,) * 3),
+      arg("image"), case="float", owner="issue 14"),
+)
+_IMAGES, _SOFT = np.zeros((2, 4, 4, 3), np.float32), np.eye(2, dtype=np.float32)
+ROWS += rows_for(
+    mixing,
+    R("one_hot", lambda: mixing.one_hot(np.array([0, 3]), 3), arg("labels"), owner="issue 14"),
+    R("mixup", lambda: mixing.mixup(_IMAGES, _SOFT, 1.5, np.arange(2)), arg("lam"),
+      owner="issue 14"),
+    R("mixup", lambda: mixing.mixup(_IMAGES, _SOFT, 0.5, np.array([0, 0])), arg("perm"),
+      case="perm", owner="issue 14"),
+    R("cutmix_box", lambda: mixing.cutmix_box(4, 4, -0.1, np.random.default_rng(0)), arg("lam"),
+      owner="issue 14"),
+    R("cutmix", lambda: mixing.cutmix(_IMAGES, _SOFT, (0, 5, 0, 2), np.arange(2)), arg("box"),
+      owner="issue 14"),
+    R("mixup_or_cutmix", lambda: mixing.mixup_or_cutmix(_IMAGES, _SOFT[:1],
+                                                        np.random.default_rng(0)),
+      arg("labels"), owner="issue 14"),
+    R("MixedBatches", lambda: mixing.MixedBatches(iter([]), 1, seed=0), arg("num_classes"),
+      owner="issue 14"),
+)
+ROWS += rows_for(
+    optimizers,
+    R("step_decay_sgd", lambda: optimizers.step_decay_sgd(0.1, 0), arg("steps"),
+      owner="issue 14"),
+    R("decay_mask", lambda: optimizers.decay_mask({"w": "text"}), arg("params"), TypeError,
+      owner="issue 14"),
+    R("warmup_cosine_schedule", lambda: optimizers.warmup_cosine_schedule(1e-3, 10, 12),
+      arg("warmup_steps"), owner="issue 14"),
+    R("adamw_warmup_cosine", lambda: optimizers.adamw_warmup_cosine(0.0, 10, 2),
+      arg("learning_rate"), owner="issue 14"),
+    R("from_config", lambda: optimizers.from_config({"name": "lamb"}, 10, 1), arg("name"),
+      owner="issue 14"),
 )
 
 ROWS += rows_for(
@@ -759,6 +805,14 @@ ROWS += rows_for(
       arg("grad_accum_steps"), case="indivisible"),
     R("split_micro_batches", lambda: step.split_micro_batches({"x": jnp.zeros((6, 2))}, 0),
       arg("grad_accum_steps"), case="zero"),
+)
+
+ROWS += rows_for(
+    remat,
+    R("check", lambda: remat.check("dots", ()), arg("remat_policy")),
+    R("policy", lambda: remat.policy("save_only_these_names"), arg("remat_policy")),
+    R("remat_blocks", lambda: remat.remat_blocks(nnx.Module(), (int,), "nothing_saveable"),
+      arg("remat_modules")),
 )
 
 ROWS += rows_for(
@@ -1049,6 +1103,8 @@ EXEMPT: dict[str, str] = {
         "second_order.gradient_methods.GradientSolver",
         "second_order.gradient_methods.GradientState",
         "second_order.curvature.RankOneOperator",
+        "second_order.cubic_newton.CubicNewtonSolver",
+        "second_order.cubic_newton.CubicNewtonState",
         "models.decoder_lm.KVCache", "models.decoder_lm.LMOutput", "ngram.NGramModel",
         "ngram.NGramStyleState", "ngram.NGramTable", "rl.soft_grpo.SoftGRPOState",
         "rl.trainer.Rollout", "soft_thinking.SoftThinkingState", "tasks.arithmetic.Problem",

@@ -139,3 +139,24 @@ def test_tfds_path_mlkd_strong_view_with_mock_cifar100(tmp_path):
   assert [r["step"] for r in train_records] == [1, 2]
   assert all(np.isfinite(r["loss"]) and {"ce", "kd", "cc", "bc"} <= set(r)
              for r in train_records)
+
+
+@pytest.mark.slow  # ~30-60 s: TFDS mock ImageNet at 224 px, RandAugment, a 2-block ViT; -m slow
+def test_tfds_path_uskd_deit_recipe_with_mock_imagenet(tmp_path):
+  """The USKD DeiT-Tiny row end to end: DeiT augmentation, Mixup / CutMix soft labels, AdamW
+  with warmup + cosine, label smoothing, one checkpointed run."""
+  from experiments.configs import kd_imagenet_uskd_deit_tiny
+  c = kd_imagenet_uskd_deit_tiny.get_config()
+  c.student.kwargs.update({"dim": 24, "depth": 2, "num_heads": 2})
+  c.workdir = str(tmp_path / "uskd")
+  c.train.update({"steps": 3, "steps_per_epoch": 1, "batch_size": 8, "log_every": 1,
+                  "eval_every": 0, "checkpoint_every": 3, "num_threads": 1, "progress": False})
+  c.optimizer.warmup_epochs = 2
+  with tfds.testing.mock_data(num_examples=16):
+    metrics = kd.run(c)
+  assert 0.0 <= metrics["accuracy"] <= metrics["best_accuracy"] <= 1.0
+  records = [json.loads(line) for line in open(tmp_path / "uskd" / "metrics.jsonl")]
+  train_records = [r for r in records if "loss" in r]
+  assert [r["step"] for r in train_records] == [1, 2, 3]
+  assert all(np.isfinite(r["loss"]) and {"ce", "target", "non_target", "weak"} <= set(r)
+             for r in train_records)

@@ -50,7 +50,10 @@ def normalize(z):  # KD.py:7-10 (torch.std is unbiased)
   return (z - z.mean(-1, keepdims=True)) / (1e-7 + z.std(-1, ddof=1, keepdims=True))
 
 
-def ce(z, y):
+def ce(z, y, label_smoothing=0.0):
+  if label_smoothing:  # mmcls LabelSmoothLoss mode "original" (label_smooth_loss.py:114-118)
+    y = np.eye(z.shape[1])[y] if y.ndim == 1 else y
+    y = y * (1 - label_smoothing) + label_smoothing / z.shape[1]
   if y.ndim == 2:  # soft labels (mmcls CrossEntropyLoss with soft targets)
     return -(y * log_softmax(z)).sum(1).mean()
   return -log_softmax(z)[np.arange(len(y)), y].mean()
@@ -178,9 +181,9 @@ def official_objective(r, student, teacher, y, epoch, detached=None):
   detached = student if detached is None else detached
   zs = student["logits"]
   if r.method == "ce":
-    return ce(zs, y)
+    return ce(zs, y, r.label_smoothing)
   if r.method == "uskd":
-    return ce(zs, y) + uskd_loss(student["middle_logits"], zs, y, r.uskd_alpha, r.uskd_beta,
+    return ce(zs, y, r.label_smoothing) + uskd_loss(student["middle_logits"], zs, y, r.uskd_alpha, r.uskd_beta,
                                  r.uskd_mu, zs_detached=detached["logits"])
   zt = teacher["logits"]
   if r.method == "kd":

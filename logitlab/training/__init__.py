@@ -4,6 +4,7 @@ See docs/training.md for the contracts (loss_fn, extra_args_fn, data iterators, 
 docs/scaling.md for launching on GPU boxes and TPU pod slices.
 """
 
+from logitlab.training import mixing, optimizers
 from logitlab.training.checkpoint import Checkpointer, Restored
 from logitlab.training.data import (ArraySource, ResumableBatches, eval_batches, image_transform,
                                     tfds_image_data)
@@ -25,8 +26,8 @@ __all__ = [
     "MetricsWriter", "ON_NONFINITE", "Preempted", "Restored",
     "ResumableBatches", "StepContext", "TrainResult", "TrainState", "abstract_train_state",
     "batch_checksum", "batch_sharding", "create_train_state", "eval_batches", "evaluate",
-    "image_transform", "make_eval_step", "make_mesh", "make_train_step", "num_params",
-    "optimizer_scalars", "put_batch", "radius_guard_args", "read_jsonl", "replicated",
-    "state_shardings",
+    "image_transform", "make_eval_step", "make_mesh", "make_train_step", "mixing", "num_params",
+    "optimizer_scalars", "optimizers", "put_batch", "radius_guard_args", "read_jsonl",
+    "replicated", "state_shardings",
     "tfds_image_data", "train",
 ]

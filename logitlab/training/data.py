@@ -253,16 +253,60 @@ def _check_dataset(dataset: str) -> None:
     raise ValueError(f"`dataset` must be one of {sorted(NORMALIZATION)}, got {dataset!r}.")
 
 
-def image_transform(dataset: str, *, train: bool, strong_view: bool = False):
-  """The standard transform of ``dataset`` ("cifar10", "cifar100", "imagenet2012").
+def random_erasing(image: np.ndarray, rng: np.random.Generator, mean, std, *,
+                   probability: float = 0.25, area=(0.02, 1 / 3),
+                   aspect=(3 / 10, 10 / 3)) -> np.ndarray:
+  """mmcls ``RandomErasing(mode="rand")`` of the DeiT recipe (cls_KD
+  mmcls/datasets/transforms/processing.py:529-575): with ``probability``, a box of area
+  fraction ``U(area)`` and log-uniform aspect ratio is filled with per-pixel
+  ``N(255 mean, 255 std)`` noise, clipped to uint8. uint8 ``[H, W, 3]`` in and out."""
+  if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
+    raise ValueError(f"`image` must be uint8 [H, W, 3], got {image.dtype} {image.shape}.")
+  if not 0.0 <= probability <= 1.0:
+    raise ValueError(f"`probability` must be in [0, 1], got {probability}.")
+  if not 0.0 < area[0] <= area[1] <= 1.0:
+    raise ValueError(f"`area` must be (low, high) with 0 < low <= high <= 1, got {area}.")
+  if not 0.0 < aspect[0] <= aspect[1]:
+    raise ValueError(f"`aspect` must be (low, high) with 0 < low <= high, got {aspect}.")
+  if rng.random() > probability:
+    return image
+  height, width = image.shape[:2]
+  ratio = math.exp(rng.uniform(math.log(aspect[0]), math.log(aspect[1])))
+  box_area = height * width * rng.uniform(*area)
+  h = min(int(round(math.sqrt(box_area * ratio))), height)
+  w = min(int(round(math.sqrt(box_area / ratio))), width)
+  top = int(rng.integers(0, height - h)) if height > h else 0
+  left = int(rng.integers(0, width - w)) if width > w else 0
+  noise = rng.normal(255 * np.asarray(mean), 255 * np.asarray(std), (h, w, 3))
+  image = image.copy()
+  image[top:top + h, left:left + w] = np.clip(noise.astype(np.int32), 0, 255)
+  return image
+
+
+AUGMENTS = ("standard", "deit")
+
+
+def image_transform(dataset: str, *, train: bool, strong_view: bool = False,
+                    augment: str = "standard"):
+  """The training / evaluation transform of ``dataset`` ("cifar10", "cifar100", "imagenet2012").
 
   Returns ``(example, rng) -> {"image": float32 [H, W, 3], "label": int32}`` when ``train``,
   else ``example -> ...`` (deterministic). ``strong_view`` (train only) adds
   ``"image_strong"``: an independent crop + flip followed by ``RandAugment(2, 10)``, the
   strong view of MLKD (its official ``get_cifar100_train_transform_strong``).
+
+  ``augment="deit"`` (train only) is the per-image part of the DeiT recipe as cls_KD runs it
+  (configs/_base_/datasets/imagenet_bs64_swin_224.py:15-41): random-resized crop + flip,
+  RandAugment (two operations, no Cutout) and :func:`random_erasing`; the batch part is
+  ``mixing.MixedBatches``. Deviations (docs/distillation.md): our RandAugment is the
+  FixMatch operation list, not timm's ``rand-m9-mstd0.5-inc1``, and resizing is bilinear.
   """
   if strong_view and not train:
     raise ValueError("`strong_view` applies to training transforms only (`train=True`).")
+  if augment not in AUGMENTS:
+    raise ValueError(f"`augment` must be one of {AUGMENTS}, got {augment!r}.")
+  if augment == "deit" and (strong_view or not train):
+    raise ValueError("`augment='deit'` is a training transform without a strong view.")
   _check_dataset(dataset)
   mean, std = NORMALIZATION[dataset]
   is_imagenet = dataset.startswith("imagenet")
@@ -277,8 +321,14 @@ def image_transform(dataset: str, *, train: bool, strong_view: bool = False):
       image = augment(image, rng)
       return image[:, ::-1] if is_imagenet and rng.random() < 0.5 else image
 
+    def deit(image, rng):
+      image = randaugment.rand_augment(np.ascontiguousarray(weak(image, rng)), rng,
+                                       with_cutout=False)
+      return random_erasing(image, rng, mean, std)
+
     def train_transform(example, rng):
-      out = output(weak(example["image"], rng), example)
+      view = deit if augment == "deit" else weak
+      out = output(view(example["image"], rng), example)
       if strong_view:
         strong = randaugment.rand_augment(np.ascontiguousarray(weak(example["image"], rng)), rng)
         out["image_strong"] = normalize(strong, mean, std)
@@ -293,17 +343,17 @@ def image_transform(dataset: str, *, train: bool, strong_view: bool = False):
 
 def tfds_image_data(dataset: str, split: str, *, global_batch_size: int, train: bool,
                     seed: int = 0, data_dir: str | None = None, num_threads: int = 8,
-                    strong_view: bool = False):
+                    strong_view: bool = False, augment: str = "standard"):
   """TFDS image classification data via ``tfds.data_source`` + grain.
 
-  Returns ``ResumableBatches`` (train) or an ``eval_batches`` pass (eval) with the standard
-  transform of ``dataset``. The dataset must already be prepared in ``data_dir`` (see
-  docs/scaling.md); nothing is downloaded here.
+  Returns ``ResumableBatches`` (train) or an ``eval_batches`` pass (eval) with
+  ``image_transform(dataset, augment=augment, ...)``. The dataset must already be
+  prepared in ``data_dir`` (see docs/scaling.md); nothing is downloaded here.
   """
   _check_dataset(dataset)  # before the TFDS lookup, whose error lists every TFDS dataset
   import tensorflow_datasets as tfds  # ~1.5 s import; only TFDS runs pay it
   source = tfds.data_source(dataset, split=split, data_dir=data_dir)
-  transform = image_transform(dataset, train=train, strong_view=strong_view)
+  transform = image_transform(dataset, train=train, strong_view=strong_view, augment=augment)
   if train:
     return ResumableBatches(source, global_batch_size=global_batch_size, seed=seed,
                             transform=transform, num_threads=num_threads)

@@ -62,8 +62,11 @@ def cutout(img: Image.Image, fraction: float, rng: np.random.Generator) -> Image
   return img
 
 
-def rand_augment(image: np.ndarray, rng: np.random.Generator, num_ops: int = 2) -> np.ndarray:
-  """uint8 ``[H, W, 3]`` -> uint8 ``[H, W, 3]``: ``num_ops`` random operations then Cutout."""
+def rand_augment(image: np.ndarray, rng: np.random.Generator, num_ops: int = 2, *,
+                 with_cutout: bool = True) -> np.ndarray:
+  """uint8 ``[H, W, 3]`` -> uint8 ``[H, W, 3]``: ``num_ops`` random operations, then Cutout
+  (the official FixMatch variant) unless ``with_cutout=False`` (the DeiT recipe, whose
+  occlusion is RandomErasing instead)."""
   if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
     raise ValueError(f"`image` must be uint8 [H, W, 3], got {image.dtype} {image.shape}.")
   if isinstance(num_ops, bool) or not isinstance(num_ops, (int, np.integer)) or num_ops < 0:
@@ -72,4 +75,4 @@ def rand_augment(image: np.ndarray, rng: np.random.Generator, num_ops: int = 2) 
   for index in rng.integers(0, len(OPERATIONS), size=num_ops):
     operation, low, high = OPERATIONS[index]
     img = operation(img, low + (high - low) * rng.random())
-  return np.asarray(cutout(img, 0.5 * rng.random(), rng))
+  return np.asarray(cutout(img, 0.5 * rng.random(), rng) if with_cutout else img)
