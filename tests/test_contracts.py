@@ -530,6 +530,8 @@ ROWS += rows_for(
     R("nonlinear_equations", lambda: problems.nonlinear_equations(X2, jnp.zeros(4), p=1.0),
       arg("p")),
     R("rosenbrock_residuals", lambda: problems.rosenbrock_residuals(jnp.zeros(1)), arg("x")),
+    R("chebyshev_residuals", lambda: problems.chebyshev_residuals(jnp.zeros((2, 2))), arg("x")),
+    R("chebyshev", lambda: problems.chebyshev(p=1.5), arg("p")),
     R("rosenbrock", lambda: problems.rosenbrock().value_fn(jnp.array([-1.2, 1.0])),
       returns=lambda v: abs(float(v) - 24.2) < 1e-4, case="no arguments: f(-1.2, 1) = 24.2"),
 )
