@@ -745,6 +745,7 @@ ROWS += rows_for(
 ROWS += rows_for(
     mesh,
     R("make_mesh", lambda: mesh.make_mesh({"model": 2}), arg("shape")),
+    R("constrain_batch", lambda: mesh.constrain_batch(jnp.zeros((4, 2)), axis=-1), arg("axis")),
     R("batch_sharding", lambda: mesh.batch_sharding("mesh"), arg("mesh"), TypeError,
       owner="issue 13"),
     R("replicated", lambda: mesh.replicated("mesh"), arg("mesh"), TypeError, owner="issue 13"),
