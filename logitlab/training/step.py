@@ -136,6 +136,11 @@ def split_micro_batches(batch: Batch, grad_accum_steps: int) -> Batch:
   return jax.tree_util.tree_map_with_path(split, batch)
 
 
+def _check_callable(name: str, fn) -> None:
+  if not callable(fn):
+    raise TypeError(f"`{name}` must be callable, got {type(fn).__name__}.")
+
+
 def make_train_step(
     graphdef: nnx.GraphDef,
     tx: optax.GradientTransformation,
@@ -194,6 +199,10 @@ def make_train_step(
       so that ``loss_fn`` can pin activations the same way with ``mesh.constrain_batch``
       (e.g. the logits); otherwise their layout is left to sharding propagation.
   """
+  _check_callable("loss_fn", loss_fn)
+  if extra_args_fn is not None:
+    _check_callable("extra_args_fn", extra_args_fn)
+  mesh_lib.check_mesh(mesh)
   if on_nonfinite not in ON_NONFINITE:
     raise ValueError(f"`on_nonfinite` must be one of {ON_NONFINITE}, got {on_nonfinite!r}.")
   _check_grad_accum_steps(grad_accum_steps)
@@ -317,6 +326,8 @@ def make_eval_step(
   (e.g. ``jnp.sum(correct * batch["mask"])``) plus a ``count``; ``evaluate`` adds them over
   batches and divides once, so padding in the last batch never biases a mean.
   """
+  _check_callable("metrics_fn", metrics_fn)
+  mesh_lib.check_mesh(mesh)
 
   def eval_step(state: TrainState, batch: Batch):
     model = nnx.merge(graphdef, state.params, state.model_state)
