@@ -49,6 +49,12 @@ def _leading_size(name: str, tree: PyTree, axis: int = 0) -> int:
   return sizes.pop()
 
 
+def _check_where(where: chex.Array | None, n: int, of: str) -> None:
+  if where is not None and jnp.shape(where)[:1] != (n,):
+    raise ValueError(f"`where` must have the leading batch-count axis n = {n} of `{of}`, "
+                     f"got shape {jnp.shape(where)}.")
+
+
 def batch_spreads(
     logits_fn: BatchLogitsFn,
     params: PyTree,
@@ -69,10 +75,7 @@ def batch_spreads(
   Returns:
     ``[n, b, ...]``: one JVP per batch, run sequentially (``lax.map``).
   """
-  n = _leading_size("batches", batches)
-  if where is not None and jnp.shape(where)[:1] != (n,):
-    raise ValueError(f"`where` must have the leading batch-count axis n = {n} of `batches`, "
-                     f"got shape {jnp.shape(where)}.")
+  _check_where(where, _leading_size("batches", batches), "batches")
 
   def one(args):
     batch, mask = args
@@ -96,7 +99,7 @@ def microbatch_spread_fn(
   logits_spread=microbatch_spread_fn(logits_fn, params, micro_batches))`` caps the
   accumulated update at ``r <= max_ratio`` on every micro-batch (docs/radius_guard.md).
   """
-  _leading_size("micro_batches", micro_batches)
+  _check_where(where, _leading_size("micro_batches", micro_batches), "micro_batches")
   return lambda update: batch_spreads(logits_fn, params, update, micro_batches, where=where)
 
 

@@ -68,11 +68,19 @@ def _weighted(x: jax.Array, leaf_index: int) -> jax.Array:
 
 
 def fingerprint(tree: PyTree) -> Fingerprint:
-  """``<v, tree>`` over all floating leaves, with its rounding bound."""
+  """``<v, tree>`` over all floating leaves, with its rounding bound.
+
+  A tree without floating leaves has no fingerprint (every check would pass): it raises.
+  """
+  leaves = jax.tree.leaves(tree)
+  if not any(hasattr(leaf, "dtype") and jnp.issubdtype(leaf.dtype, jnp.inexact)
+             for leaf in leaves):
+    raise ValueError(f"`tree` must hold at least one floating array, got leaves of types "
+                     f"{sorted({type(leaf).__name__ for leaf in leaves})}.")
   value = jnp.zeros([], jnp.float32)
   bound_sq = jnp.zeros([], jnp.float32)
-  for i, leaf in enumerate(jax.tree.leaves(tree)):
-    if not jnp.issubdtype(leaf.dtype, jnp.inexact):
+  for i, leaf in enumerate(leaves):
+    if not hasattr(leaf, "dtype") or not jnp.issubdtype(leaf.dtype, jnp.inexact):
       continue
     x = leaf.astype(jnp.float32)
     value = value + jnp.sum(_weighted(x, i))
@@ -94,6 +102,9 @@ class Check(NamedTuple):
 def check(params_now: Fingerprint, params_before: jax.Array, update_before: jax.Array,
           has_previous: jax.Array) -> Check:
   """Compares ``<v, params_t> - <v, params_{t-1}>`` with ``<v, u_{t-1}>`` (see module doc)."""
+  if not isinstance(params_now, Fingerprint):
+    raise TypeError(f"`params_now` must be a Fingerprint (from `fingerprint(params)`), got "
+                    f"{type(params_now).__name__}.")
   applied = params_now.value - params_before
   slack = RTOL * jnp.abs(update_before) + params_now.bound
   # Parameters that did not move at all (a dry-run `update` call, a step skipped outside

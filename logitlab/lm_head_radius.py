@@ -152,6 +152,11 @@ def lm_head_spread_fn(
     params: the point of expansion (the guard's ``params``).
     where, token_chunk_size, vocab_chunk_size: as in :func:`lm_head_spread`.
   """
+  if not callable(head_inputs_fn):
+    raise TypeError(f"`head_inputs_fn` must be callable, got {type(head_inputs_fn).__name__}.")
+  _check_int("token_chunk_size", token_chunk_size)
+  _check_int("vocab_chunk_size", vocab_chunk_size, allow_none=True)
+
   def spread_of(step):
     step = jax.tree.map(lambda s, p: jnp.asarray(s).astype(jnp.result_type(p)), step, params)
     primal, tangent = jax.jvp(lambda p: tuple(head_inputs_fn(p)), (params,), (step,))
@@ -174,6 +179,14 @@ def decoder_lm_head_inputs(model, tokens: chex.Array, *,
   caller's model untouched). The model's own logits are computed but unused; under ``jit``
   XLA drops them (and their tangent).
   """
+  if not hasattr(tokens, "dtype") or not jnp.issubdtype(tokens.dtype, jnp.integer):
+    raise TypeError(f"`tokens` must be an int array [B, T], got "
+                    f"{getattr(tokens, 'dtype', type(tokens).__name__)}.")
+  if tokens.ndim != 2:
+    raise ValueError(f"`tokens` must have shape [B, T], got {tokens.shape}.")
+  if attention_mask is not None and jnp.shape(attention_mask) != tokens.shape:
+    raise ValueError(f"`attention_mask` must have the tokens' shape {tokens.shape}, got "
+                     f"{jnp.shape(attention_mask)}.")
   from logitlab.nnx_logits import nnx_logits_fn  # pylint: disable=g-import-not-at-top
 
   def forward(module, tokens):

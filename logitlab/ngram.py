@@ -207,16 +207,30 @@ def order_log_probs(model: NGramModel, context: chex.Array) -> tuple[Array, Arra
           matched.reshape(*batch_shape, matched.shape[-1]))
 
 
-def _combine_orders(log_probs: Array, matched: Array, order_weights: Sequence[float],
-                    normalize_weights: bool) -> Array:
-  """``sum_n w_n [matched_n] log_probs_n`` [..., V] from [..., N, V] and [..., N]."""
-  if len(order_weights) != matched.shape[-1]:
-    raise ValueError(f"`order_weights` must have {matched.shape[-1]} entries (one per order), "
+def _check_order_weights(order_weights: Sequence[float], num_orders: int | None = None) -> None:
+  """Raises unless ``order_weights`` are finite numbers >= 0 with a positive sum (one per order)."""
+  if num_orders is not None and len(order_weights) != num_orders:
+    raise ValueError(f"`order_weights` must have {num_orders} entries (one per order), "
                      f"got {len(order_weights)}.")
   if not all(isinstance(w, (int, float)) and 0 <= w < math.inf for w in order_weights) or \
       not sum(order_weights) > 0:
-    raise ValueError(f"`order_weights` must be finite numbers >= 0 with a positive sum, got "
-                     f"{tuple(order_weights)}.")
+    raise ValueError(f"`order_weights` must be finite numbers >= 0 with a positive sum (one "
+                     f"per n-gram order), got {tuple(order_weights)}.")
+
+
+def _check_tokens(name: str, tokens: chex.Array) -> None:
+  """Raises unless ``tokens`` is an integer array [B, T]."""
+  if not hasattr(tokens, "dtype") or not jnp.issubdtype(tokens.dtype, jnp.integer):
+    raise TypeError(f"`{name}` must be an integer array [B, T] of token ids, got "
+                    f"{getattr(tokens, 'dtype', type(tokens).__name__)}.")
+  if tokens.ndim != 2:
+    raise ValueError(f"`{name}` must have shape [B, T], got {tuple(tokens.shape)}.")
+
+
+def _combine_orders(log_probs: Array, matched: Array, order_weights: Sequence[float],
+                    normalize_weights: bool) -> Array:
+  """``sum_n w_n [matched_n] log_probs_n`` [..., V] from [..., N, V] and [..., N]."""
+  _check_order_weights(order_weights, matched.shape[-1])
   weights = jnp.where(matched, jnp.asarray(order_weights, jnp.float32), 0.0)
   if normalize_weights:
     weights = weights / jnp.maximum(jnp.sum(weights, axis=-1, keepdims=True), 1e-30)
@@ -266,6 +280,7 @@ def _check_strength(strength) -> Array:
 
 def shifted_contexts(model: NGramModel, tokens: chex.Array) -> Array:
   """Contexts [B, T, N-1] of each position of ``tokens`` [B, T] (left-padded with -1)."""
+  _check_tokens("tokens", tokens)
   width = model.max_order - 1
   padded = jnp.pad(tokens.astype(jnp.int32), ((0, 0), (width, 0)), constant_values=-1)
   return jnp.stack([padded[:, i:i + tokens.shape[1]] for i in range(width)], axis=-1)
@@ -285,6 +300,7 @@ def style_perplexity(model: NGramModel, tokens: chex.Array,
       Ids < 0 (e.g. left padding) are "no token" in contexts and must be masked out.
     where: optional [B, T] mask of the positions to score.
   """
+  _check_tokens("tokens", tokens)
   numerics.check_mask("where", where, tokens.shape)
   log_probs, _ = order_log_probs(model, shifted_contexts(model, tokens))
   targets = jnp.maximum(tokens, 0)[..., None]
@@ -301,9 +317,19 @@ def base_perplexity(lm_logits: chex.Array, targets: chex.Array,
     where: optional [B, T] mask.
   """
   numerics.check_logits("lm_logits", lm_logits, min_rank=2)
+  if not hasattr(targets, "dtype") or not jnp.issubdtype(targets.dtype, jnp.integer):
+    raise TypeError(f"`targets` must be an integer array [B, T], got "
+                    f"{getattr(targets, 'dtype', type(targets).__name__)}.")
+  if tuple(targets.shape) != tuple(lm_logits.shape[:-1]):
+    raise ValueError(f"`targets` must have shape {tuple(lm_logits.shape[:-1])} (`lm_logits` "
+                     f"without its vocabulary axis), got {tuple(targets.shape)}.")
   numerics.check_mask("where", where, targets.shape)
+  vocab = lm_logits.shape[-1]
+  in_vocab = numerics.check_values("targets", (targets >= 0) & (targets < vocab),
+                                   f"token ids in [0, {vocab})")
   log_probs = numerics.log_softmax(lm_logits)
-  return perplexity(jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0], where)
+  picked = jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
+  return perplexity(numerics.nan_unless(picked, in_vocab), where)
 
 
 def steering_js(logits: chex.Array, steered_logits: chex.Array,
@@ -367,8 +393,19 @@ def token_overlap(tokens: chex.Array, reference_tokens: chex.Array,
 
 def style_vocab_overlap(model: NGramModel, tokens: chex.Array,
                         where: chex.Array | None = None) -> Array:
-  """Fraction of masked tokens ([B, T]) that occur in the style corpus."""
-  return numerics.masked_mean(model.unigram_counts[tokens] > 0, where)
+  """Fraction of masked tokens ([B, T]) that occur in the style corpus.
+
+  Ids outside ``[0, V)`` at unmasked positions raise (eager) or give NaN (under jit).
+  """
+  _check_tokens("tokens", tokens)
+  numerics.check_mask("where", where, tokens.shape)
+  vocab = model.vocab_size
+  valid = (tokens >= 0) & (tokens < vocab)
+  if where is not None:
+    valid = valid | ~jnp.broadcast_to(jnp.asarray(where, bool), tokens.shape)
+  ok = numerics.check_values("tokens", valid, f"token ids in [0, {vocab}) where unmasked")
+  seen = model.unigram_counts[jnp.clip(tokens, 0, vocab - 1)] > 0
+  return numerics.nan_unless(numerics.masked_mean(seen, where), jnp.all(ok))
 
 
 class NGramStyleState(NamedTuple):
@@ -397,6 +434,9 @@ class NGramStylePolicy:
   order_weights: tuple[float, ...] = (0.2, 0.3, 0.5)
   normalize_weights: bool = True
   sampler: sampling.SamplingPolicy = sampling.GREEDY
+
+  def __post_init__(self):
+    _check_order_weights(self.order_weights)
 
   def __call__(self, logits: Array, state: NGramStyleState, key: chex.PRNGKey):
     log_probs, matched = order_log_probs(state.model, state.context)

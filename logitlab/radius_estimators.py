@@ -75,6 +75,12 @@ class RatioEstimator(NamedTuple):
 
 
 def global_norm(tree: PyTree) -> Array:
+  """``sqrt(sum_leaves sum x^2)`` in float32 over the numeric leaves of ``tree`` (0 if none)."""
+  for leaf in jax.tree.leaves(tree):
+    if isinstance(leaf, (str, bytes)) or not (hasattr(leaf, "dtype") or isinstance(
+        leaf, (int, float))) or not jnp.issubdtype(jnp.result_type(leaf), jnp.number):
+      raise TypeError(f"`tree` must be a pytree of numeric arrays, got a leaf of type "
+                      f"{type(leaf).__name__}.")
   return jnp.sqrt(sum(jnp.sum(numerics.upcast(x) ** 2) for x in jax.tree.leaves(tree)))
 
 

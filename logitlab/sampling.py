@@ -48,10 +48,9 @@ def _check_temperature(temperature):
                      f"{temperature!r}.")
 
 
-def _check_penalty(penalty):
+def _check_penalty(penalty, name="repetition_penalty"):
   if not isinstance(penalty, (int, float)) or not 0 < penalty < math.inf:
-    raise ValueError(f"`repetition_penalty` must be a finite number > 0 (1 = off), got "
-                     f"{penalty!r}.")
+    raise ValueError(f"`{name}` must be a finite number > 0 (1 = off), got {penalty!r}.")
 
 
 def _check_filter_args(top_k, top_p, min_p):
@@ -95,14 +94,20 @@ def filter_logits(logits: Array, *, top_k: int | None = None, top_p: float | Non
 def sample_token(logits: Array, key: Array, *, temperature: float = 1.0,
                  top_k: int | None = None, top_p: float | None = None,
                  min_p: float | None = None) -> Array:
-  """Samples int32 ids ``[...]`` from ``softmax(filter_logits(logits / T))``; T = 0 is argmax."""
+  """Samples int32 ids ``[...]`` from ``softmax(filter_logits(logits / T))``; T = 0 is argmax.
+
+  A row with a NaN logit (e.g. poisoned by the jit-value policy upstream) has no
+  distribution: its id is ``-1``, never a valid-looking token.
+  """
   numerics.check_logits("logits", logits)
   _check_temperature(temperature)
+  logits = numerics.upcast(logits)
   if temperature == 0:
-    return jnp.argmax(numerics.upcast(logits), axis=-1).astype(jnp.int32)
-  filtered = filter_logits(numerics.upcast(logits) / temperature, top_k=top_k, top_p=top_p,
-                           min_p=min_p)
-  return jax.random.categorical(key, filtered, axis=-1).astype(jnp.int32)
+    tokens = jnp.argmax(logits, axis=-1)
+  else:
+    filtered = filter_logits(logits / temperature, top_k=top_k, top_p=top_p, min_p=min_p)
+    tokens = jax.random.categorical(key, filtered, axis=-1)
+  return jnp.where(jnp.any(jnp.isnan(logits), axis=-1), -1, tokens).astype(jnp.int32)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,7 +149,7 @@ def apply_repetition_penalty(logits: Array, seen: Array, penalty: float) -> Arra
   if jnp.shape(seen) != jnp.shape(logits):
     raise ValueError(f"`seen` must be a bool array of the logits' shape {logits.shape}, got "
                      f"{jnp.shape(seen)}.")
-  _check_penalty(penalty)
+  _check_penalty(penalty, "penalty")
   logits = numerics.upcast(logits)
   penalized = jnp.where(logits > 0, logits / penalty, logits * penalty)
   return jnp.where(seen, penalized, logits)
@@ -234,6 +239,11 @@ def left_align(tokens: Array, mask: Array) -> tuple[Array, Array]:
   A stable sort on the mask puts padding first, so left, right or interior padding all
   become left padding.
   """
+  if jnp.ndim(tokens) != 2:
+    raise ValueError(f"`tokens` must have shape [B, T], got {jnp.shape(tokens)}.")
+  if jnp.shape(mask) != jnp.shape(tokens):
+    raise ValueError(f"`mask` must be a bool array of the tokens' shape {jnp.shape(tokens)}, "
+                     f"got {jnp.shape(mask)}.")
   order = jnp.argsort(mask.astype(jnp.int32), axis=-1, stable=True)
   return (jnp.take_along_axis(tokens, order, axis=-1),
           jnp.take_along_axis(mask, order, axis=-1))
@@ -255,6 +265,8 @@ def prompt_bucket(prompt_len: int) -> int:
   Bucketing bounds recompilation to one per bucket (instead of one per prompt length);
   the extra slots are masked padding, so the result does not change.
   """
+  if not isinstance(prompt_len, (int, np.integer)) or prompt_len < 1:
+    raise ValueError(f"`prompt_len` must be an int >= 1, got {prompt_len!r}.")
   return max(8, 1 << (prompt_len - 1).bit_length())
 
 

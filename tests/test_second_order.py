@@ -705,3 +705,83 @@ def test_rank_one_woodbury_matches_the_official_wsm_backend(rng):
     np.testing.assert_allclose(np.asarray(state.params), np.asarray(dense_state.params),
                                rtol=1e-6, atol=1e-8)
   assert float(states[-1].value) < 1e-2 * float(states[0].value)
+
+
+def _official_cubic_newton(f, grad, hess, x0, num_iters, b, h_0=1.0, h_min=1e-5, tol=1e-8):
+  """NumPy port of cubic_newton / cubic_newton_step (epfml/grad-norm-smooth, src/methods.py
+  lines 294-375 / 236-291): T(r) = -(A + M r B)^{-1} g, phi(r) = r - ||T||_B, double r from 1
+  while phi < -tol, then Newton on phi (50 steps each); M = H/2; accept if
+  f(x + T) <= f(x) + <g,T> + T^T A T / 2 + M ||T||_B^3 / 3 then H = max(H/2, H_min), else
+  H *= 2 (40 trials)."""
+  x, h, xs, hs = np.array(x0, np.float64), h_0, [], []
+
+  def step(g, a, m):
+    def at(r):
+      t = np.linalg.solve(a + m * r * b, -g)
+      return t, np.sqrt(t @ b @ t)
+    r = 1.0
+    for _ in range(50):
+      t, tn = at(r)
+      if r - tn >= -tol:
+        break
+      r *= 2
+    for _ in range(50):
+      t, tn = at(r)
+      if abs(r - tn) <= tol:
+        return t, g @ t + 0.5 * t @ a @ t + m * tn**3 / 3
+      bt = b @ t
+      r -= (r - tn) / (1 + m / tn * np.linalg.solve(a + m * r * b, bt) @ bt)
+    raise AssertionError("subproblem did not converge")
+
+  for _ in range(num_iters):
+    g, a = grad(x), hess(x)
+    for _ in range(40):
+      t, model = step(g, a, 0.5 * h)
+      if f(x + t) <= f(x) + model:
+        h = max(0.5 * h, h_min)
+        break
+      h *= 2
+    x = x + t
+    xs.append(x.copy())
+    hs.append(h)
+  return xs, hs
+
+
+def test_cubic_newton_matches_the_official_code(rng):
+  """Cubic Newton with a metric B: iterates and H_k equal the float64 port of the reference."""
+  features, labels = _logistic_data(rng, n=40, d=3)
+  metric = np.diag([2.0, 1.0, 0.5])
+  problem = so.problems.logistic_regression(jnp.asarray(features), jnp.asarray(labels))
+  signs = 2 * labels - 1
+  f = lambda w: float(np.mean(np.logaddexp(0.0, -signs * (features @ w))))
+  grad = lambda w: -(features.T @ (signs * _sigmoid(-signs * (features @ w)))) / len(labels)
+
+  def hess(w):
+    p = _sigmoid(features @ w)
+    return features.T @ (features * (p * (1 - p))[:, None]) / len(labels)
+
+  with jax.enable_x64():
+    solver = so.cubic_newton(problem.value_fn, problem.curvatures["hessian"],
+                             metric=jnp.asarray(metric), h_init=1e-3)
+    data = tuple(jnp.asarray(d, jnp.float64) for d in problem.data)
+    x0 = np.array([4.0, -4.0, 4.0])  # far out: small H overshoots, the search doubles H
+    states = _run(solver, jnp.asarray(x0), data, 5)
+  xs, hs = _official_cubic_newton(f, grad, hess, x0, 5, metric, h_0=1e-3)
+  assert max(int(s.num_solves) for s in states) > 1  # the search doubled H at least once
+  for state, x, h in zip(states[1:], xs, hs):
+    assert bool(state.accepted)
+    # Both stop the root finding at |phi(r)| <= 1e-8: iterates agree to ~1e-7.
+    np.testing.assert_allclose(np.asarray(state.params), x, rtol=1e-6, atol=1e-6)
+    assert float(state.h) == pytest.approx(h)
+  values = [float(s.value) for s in states]
+  assert all(b <= a for a, b in zip(values, values[1:])) and float(states[-1].grad_norm) < 1e-8
+
+
+def test_cubic_newton_rejects_failed_subproblems_and_keeps_the_point():
+  """An indefinite A makes A + M r B non-PD for small r: the NaN subproblem is a rejected
+  trial, never a NaN iterate (the reference would accept a zero step)."""
+  value_fn = lambda x: jnp.sum(x**2) - 3.0 * x[0] ** 2 + 0.25 * x[0] ** 4
+  solver = so.cubic_newton(value_fn, curvature.hessian(value_fn), max_search=2)
+  state = jax.jit(solver.update)(solver.init(jnp.array([0.1, 1.0])))
+  assert np.all(np.isfinite(np.asarray(state.params)))
+  assert float(state.value) <= float(value_fn(jnp.array([0.1, 1.0])))

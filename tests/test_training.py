@@ -110,7 +110,7 @@ def test_put_batch_shards_leading_axis(axis_types):
   assert placed.sharding.spec == P(("data", "fsdp"))
   assert len(placed.addressable_shards) == 8 and placed.addressable_shards[0].data.shape == (2, 3)
   np.testing.assert_array_equal(np.asarray(placed), x)
-  with pytest.raises(ValueError, match=r"local_batch\['x'\].*divisible by data x fsdp = 8"):
+  with pytest.raises(ValueError, match=r"`local_batch` leaf \['x'\].*divisible by data x fsdp = 8"):
     training.put_batch({"x": x[:12]}, mesh)
 
 

@@ -52,6 +52,14 @@ class ChatTemplate:
   template: str
   special_tokens: tuple[tuple[str, str], ...] = ()
 
+  def __post_init__(self):
+    if not isinstance(self.template, str) or not self.template.strip():
+      raise ValueError(f"`template` must be a non-empty jinja2 string, got {self.template!r}.")
+    if not all(isinstance(pair, tuple) and len(pair) == 2 and all(isinstance(v, str) for v in pair)
+               for pair in self.special_tokens):
+      raise ValueError(f"`special_tokens` must be (name, token string) pairs, got "
+                       f"{self.special_tokens!r}.")
+
   @classmethod
   def from_pretrained(cls, path: str | Path, name: str = "default") -> "ChatTemplate":
     """Reads the template of a checkpoint folder (see the module docstring).

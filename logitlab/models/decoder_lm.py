@@ -401,6 +401,12 @@ def positions_from_mask(mask: Array, start: Array | int = 0) -> Array:
   Padding slots get the position of the previous valid token (clipped at ``start``); they
   are masked out of attention, so their value only has to be finite.
   """
+  if jnp.ndim(mask) != 2:
+    raise ValueError(f"`mask` must be a bool array [B, T], got shape {jnp.shape(mask)}.")
+  if jnp.ndim(start) not in (0, 1) or jnp.ndim(start) == 1 and jnp.shape(start) != \
+      jnp.shape(mask)[:1]:
+    raise ValueError(f"`start` must be an int or an int array [B] = ({jnp.shape(mask)[0]},), "
+                     f"got shape {jnp.shape(start)}.")
   start = jnp.asarray(start, jnp.int32)
   if start.ndim == 1:
     start = start[:, None]
@@ -417,6 +423,8 @@ def rope_frequencies(config: LMConfig, sliding: bool = False) -> Array:
   divides every frequency by ``linear_rope_factor``. ``sliding=True`` gives the frequencies
   of sliding-window layers: plain RoPE with ``local_rope_theta`` when that is set (Gemma 3).
   """
+  if not isinstance(config, LMConfig):
+    raise TypeError(f"`config` must be an LMConfig, got {type(config).__name__}.")
   half = config.head_dim // 2
   exponent = -jnp.arange(half, dtype=jnp.float32) / half
   if sliding and config.local_rope_theta is not None:
@@ -440,6 +448,14 @@ def rope(x: Array, positions: Array, inv_freq: Array) -> Array:
 
   Pairs are (i, i + hd/2) rotated by ``pos * inv_freq[i]`` (HF rotate_half layout).
   """
+  if jnp.ndim(x) != 4 or jnp.shape(x)[-1] % 2:
+    raise ValueError(f"`x` must have shape [B, T, N, hd] with an even hd, got {jnp.shape(x)}.")
+  if jnp.shape(positions) != jnp.shape(x)[:2]:
+    raise ValueError(f"`positions` must have shape [B, T] = {jnp.shape(x)[:2]}, got "
+                     f"{jnp.shape(positions)}.")
+  if jnp.shape(inv_freq) != (jnp.shape(x)[-1] // 2,):
+    raise ValueError(f"`inv_freq` must have shape [hd / 2] = ({jnp.shape(x)[-1] // 2},), got "
+                     f"{jnp.shape(inv_freq)}.")
   angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, T, half]
   cos, sin = jnp.cos(angles)[:, :, None, :], jnp.sin(angles)[:, :, None, :]
   x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
@@ -755,6 +771,10 @@ def shard_model(model: DecoderLM, mesh: jax.sharding.Mesh,
   default rules work on e.g. an ``('fsdp', 'tensor')`` mesh), and so is any dimension its mesh
   axes do not divide (e.g. a 50-token vocabulary on 4 devices).
   """
+  if not isinstance(model, nnx.Module):
+    raise TypeError(f"`model` must be an nnx.Module (a DecoderLM), got {type(model).__name__}.")
+  if not isinstance(mesh, jax.sharding.Mesh):
+    raise TypeError(f"`mesh` must be a jax.sharding.Mesh, got {type(mesh).__name__}.")
   def present(axis):
     names = () if axis is None else (axis,) if isinstance(axis, str) else tuple(axis)
     names = tuple(name for name in names if name in mesh.axis_names)

@@ -177,6 +177,14 @@ def save_hf_checkpoint(model: decoder_lm.DecoderLM, tokenizer: tokenizers.Tokeni
     max_shard_bytes: when set, splits weights into ``model-0000i-of-0000n.safetensors``
       shards of at most this size plus ``model.safetensors.index.json``.
   """
+  if not isinstance(model, decoder_lm.DecoderLM):
+    raise TypeError(f"`model` must be a decoder_lm.DecoderLM, got {type(model).__name__}.")
+  if tokenizer is not None and not isinstance(tokenizer, tokenizers.Tokenizer):
+    raise TypeError(f"`tokenizer` must be a tokenizers.Tokenizer or None, got "
+                    f"{type(tokenizer).__name__}.")
+  if max_shard_bytes is not None and (not isinstance(max_shard_bytes, int)
+                                      or max_shard_bytes < 1):
+    raise ValueError(f"`max_shard_bytes` must be None or an int >= 1, got {max_shard_bytes!r}.")
   path = Path(path)
   path.mkdir(parents=True, exist_ok=True)
   config = model.config

@@ -5,7 +5,8 @@ approximate Hessian and the authors' adaptive step-radius search; ``curvature`` 
 exact-Hessian, Gauss-Newton, Fisher and weighted Gauss-Newton operators (matrix-free,
 jvp/vjp based); ``problems`` holds the paper's test problems;
 ``super_universal_newton`` is the reference code's super-universal Newton baseline;
-``gradient_method`` / ``fast_gradient_method`` are its first-order baselines (GM / FGM);
+``gradient_method`` / ``fast_gradient_method`` are its first-order baselines (GM / FGM)
+and ``cubic_newton`` its cubic-regularized Newton baseline;
 ``scale_by_gradient_normalized_newton`` wraps one solver iteration as an optax
 transformation (extra arg ``value_fn``).
 
@@ -22,6 +23,9 @@ Example::
 """
 from logitlab.second_order import curvature
 from logitlab.second_order import problems
+from logitlab.second_order.cubic_newton import CubicNewtonSolver
+from logitlab.second_order.cubic_newton import CubicNewtonState
+from logitlab.second_order.cubic_newton import cubic_newton
 from logitlab.second_order.gradient_methods import GradientSolver
 from logitlab.second_order.gradient_methods import GradientState
 from logitlab.second_order.gradient_methods import fast_gradient_method
@@ -38,4 +42,5 @@ from logitlab.second_order.transform import scale_by_gradient_normalized_newton
 __all__ = ["curvature", "problems", "GNSSolver", "GNSState", "gradient_normalized_newton",
            "ScaleByGNSState", "scale_by_gradient_normalized_newton", "SuperUniversalSolver",
            "SuperUniversalState", "super_universal_newton", "GradientSolver", "GradientState",
-           "gradient_method", "fast_gradient_method"]
+           "gradient_method", "fast_gradient_method", "CubicNewtonSolver", "CubicNewtonState",
+           "cubic_newton"]

@@ -167,12 +167,35 @@ NORMALIZATION = {
 
 def normalize(image: np.ndarray, mean, std) -> np.ndarray:
   """uint8 ``[H, W, 3]`` -> float32 ``(image / 255 - mean) / std``."""
+  channels = np.shape(image)[-1:]
+  for name, value, low in (("mean", mean, -math.inf), ("std", std, 0.0)):
+    value = np.asarray(value, np.float64)
+    if value.ndim > 1 or value.shape not in ((), channels) or \
+        not np.all(np.isfinite(value) & (value > low)):
+      raise ValueError(f"`{name}` must be a finite {'' if low < 0 else 'positive '}number or "
+                       f"one per channel {channels}, got {tuple(np.ravel(value))}.")
   return ((image.astype(np.float32) / 255.0 - np.asarray(mean, np.float32))
           / np.asarray(std, np.float32))
 
 
+def _check_image(image: np.ndarray, uint8: bool = False) -> None:
+  if np.ndim(image) != 3 or np.shape(image)[0] < 1 or np.shape(image)[1] < 1:
+    raise ValueError(f"`image` must be an array [H, W, C] with H, W >= 1, got shape "
+                     f"{np.shape(image)}.")
+  if uint8 and np.asarray(image).dtype != np.uint8:  # PIL resizes uint8 RGB only
+    raise TypeError(f"`image` must be uint8 [H, W, 3], got dtype {np.asarray(image).dtype}.")
+
+
+def _check_size(name: str, value) -> None:
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+    raise ValueError(f"`{name}` must be an int >= 1 (pixels), got {value!r}.")
+
+
 def pad_crop_flip(image: np.ndarray, rng: np.random.Generator, pad: int = 4) -> np.ndarray:
   """CIFAR augmentation: zero-pad ``pad`` pixels, random crop back to ``[H, W]``, random flip."""
+  _check_image(image)
+  if not isinstance(pad, (int, np.integer)) or pad < 0:
+    raise ValueError(f"`pad` must be an int >= 0, got {pad!r}.")
   height, width = image.shape[:2]
   padded = np.pad(image, ((pad, pad), (pad, pad), (0, 0)))
   top, left = rng.integers(0, 2 * pad + 1, size=2)
@@ -189,6 +212,12 @@ def random_resized_crop(image: np.ndarray, rng: np.random.Generator, size: int =
                         attempts: int = 10) -> np.ndarray:
   """Inception crop: a random area fraction in ``scale`` and aspect ratio in ``ratio``
   (log-uniform), resized to ``[size, size]``; falls back to the full image."""
+  _check_size("size", size)
+  _check_image(image, uint8=True)
+  for name, (low, high) in (("scale", scale), ("ratio", ratio)):
+    if not 0 < low <= high < math.inf or name == "scale" and high > 1:
+      bound = " <= 1" if name == "scale" else ""
+      raise ValueError(f"`{name}` must be a range 0 < low <= high{bound}, got {(low, high)}.")
   height, width = image.shape[:2]
   area = height * width
   for _ in range(attempts):
@@ -205,12 +234,23 @@ def random_resized_crop(image: np.ndarray, rng: np.random.Generator, size: int =
 
 def resize_center_crop(image: np.ndarray, resize: int = 256, size: int = 224) -> np.ndarray:
   """Resizes the shorter side to ``resize`` and takes the central ``[size, size]`` crop."""
+  _check_size("resize", resize)
+  _check_size("size", size)
+  if size > resize:
+    raise ValueError(f"`size` must be <= `resize` ({resize}): the crop lies inside the resized "
+                     f"image, got {size}.")
+  _check_image(image, uint8=True)
   height, width = image.shape[:2]
   factor = resize / min(height, width)
   new_h, new_w = max(size, round(height * factor)), max(size, round(width * factor))
   image = _resize(image, new_h, new_w)
   top, left = (new_h - size) // 2, (new_w - size) // 2
   return image[top:top + size, left:left + size]
+
+
+def _check_dataset(dataset: str) -> None:
+  if dataset not in NORMALIZATION:
+    raise ValueError(f"`dataset` must be one of {sorted(NORMALIZATION)}, got {dataset!r}.")
 
 
 def random_erasing(image: np.ndarray, rng: np.random.Generator, mean, std, *,
@@ -267,8 +307,7 @@ def image_transform(dataset: str, *, train: bool, strong_view: bool = False,
     raise ValueError(f"`augment` must be one of {AUGMENTS}, got {augment!r}.")
   if augment == "deit" and (strong_view or not train):
     raise ValueError("`augment='deit'` is a training transform without a strong view.")
-  if dataset not in NORMALIZATION:
-    raise ValueError(f"`dataset` must be one of {sorted(NORMALIZATION)}, got {dataset!r}.")
+  _check_dataset(dataset)
   mean, std = NORMALIZATION[dataset]
   is_imagenet = dataset.startswith("imagenet")
 
@@ -311,6 +350,7 @@ def tfds_image_data(dataset: str, split: str, *, global_batch_size: int, train: 
   ``image_transform(dataset, augment=augment, ...)``. The dataset must already be
   prepared in ``data_dir`` (see docs/scaling.md); nothing is downloaded here.
   """
+  _check_dataset(dataset)  # before the TFDS lookup, whose error lists every TFDS dataset
   import tensorflow_datasets as tfds  # ~1.5 s import; only TFDS runs pay it
   source = tfds.data_source(dataset, split=split, data_dir=data_dir)
   transform = image_transform(dataset, train=train, strong_view=strong_view, augment=augment)

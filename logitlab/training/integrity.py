@@ -21,6 +21,7 @@ cryptographic digest.
 from __future__ import annotations
 
 import functools
+from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
@@ -116,5 +117,9 @@ def inspect_tree(tree) -> tuple[dict[str, list[int]], list[str]]:
 
 def compare(expected: dict[str, list[int]], actual: dict[str, list[int]]) -> list[str]:
   """Paths whose checksums differ, plus paths present in only one of the two."""
+  for name, value in (("expected", expected), ("actual", actual)):
+    if not isinstance(value, Mapping):
+      raise TypeError(f"`{name}` must be a mapping path -> checksum list (from "
+                      f"`inspect_tree`), got {type(value).__name__}.")
   names = sorted(set(expected) | set(actual))
   return [n for n in names if expected.get(n) != actual.get(n)]

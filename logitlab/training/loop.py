@@ -27,7 +27,7 @@ import optax
 from flax import nnx
 
 from logitlab.training import mesh as mesh_lib
-from logitlab.training import run_config
+from logitlab.training import remat, run_config
 from logitlab.training.checkpoint import Checkpointer
 from logitlab.training.faults import EXIT_PREEMPTED, Diverged, Preempted, StopSignals
 from logitlab.training.metrics import (MetricsWriter, Throughput, compiled_flops, peak_flops,
@@ -64,9 +64,10 @@ def _check_int(name: str, value, minimum: int) -> None:
 
 
 def _validate(num_steps, seed, log_every, checkpoint_every, keep_checkpoints, eval_every,
-              on_nonfinite, hooks, grad_accum_steps):
+              on_nonfinite, hooks, grad_accum_steps, remat_policy, remat_modules):
   _check_int("num_steps", num_steps, 1)
   _check_int("grad_accum_steps", grad_accum_steps, 1)
+  remat.check(remat_policy, remat_modules)
   _check_int("seed", seed, 0)
   _check_int("log_every", log_every, 1)
   _check_int("checkpoint_every", checkpoint_every, 1)
@@ -106,6 +107,8 @@ def train(
     init_from: str | None = None,
     compute_dtype: Any = None,
     grad_accum_steps: int = 1,
+    remat_policy: str | None = None,
+    remat_modules: Sequence[type] = (),
 ) -> TrainResult:
   """Trains for ``num_steps`` optimizer steps (resuming from ``workdir`` when possible).
 
@@ -150,12 +153,14 @@ def train(
       (``lax.scan``, one micro-batch of activations in memory; ``step.make_train_step``).
       With the radius guard use ``extra_args_fn=step.radius_guard_args(logits_fn)`` so the
       update is capped on every micro-batch.
+    remat_policy, remat_modules: rematerialization of the forward pass
+      (``logitlab.training.remat``; block remat of ``remat_modules`` lowers peak memory).
 
   Returns:
     ``TrainResult(graphdef, state, shardings)`` at ``num_steps``.
   """
   _validate(num_steps, seed, log_every, checkpoint_every, keep_checkpoints, eval_every,
-            on_nonfinite, hooks, grad_accum_steps)
+            on_nonfinite, hooks, grad_accum_steps, remat_policy, remat_modules)
   require_local_dir(workdir)  # before any checkpoint I/O
   checkpointer = Checkpointer(checkpoint_dir or os.path.join(workdir, "checkpoints"),
                               save_interval_steps=checkpoint_every,
@@ -170,7 +175,8 @@ def train(
                     on_nonfinite=on_nonfinite, config=config,
                     allow_config_changes=allow_config_changes, handle_signals=handle_signals,
                     frozen=frozen, init_from=init_from, compute_dtype=compute_dtype,
-                    grad_accum_steps=grad_accum_steps)
+                    grad_accum_steps=grad_accum_steps, remat_policy=remat_policy,
+                    remat_modules=remat_modules)
   finally:
     checkpointer.close()
 
@@ -196,7 +202,8 @@ def _init_from(directory: str, state: TrainState, abstract: TrainState, sharding
 def _train(checkpointer: Checkpointer, signals: StopSignals, *, model_fn, tx, loss_fn,
            train_data, mesh, workdir, num_steps, seed, log_every, eval_every, eval_fn,
            extra_args_fn, hooks, rules, progress, on_nonfinite, config, allow_config_changes,
-           handle_signals, frozen, init_from, compute_dtype, grad_accum_steps):
+           handle_signals, frozen, init_from, compute_dtype, grad_accum_steps, remat_policy,
+           remat_modules):
   graphdef, abstract, shardings = abstract_train_state(model_fn, tx, mesh, seed=seed,
                                                        rules=rules)
   current_config = {**run_config.flatten(config),
@@ -204,7 +211,10 @@ def _train(checkpointer: Checkpointer, signals: StopSignals, *, model_fn, tx, lo
                                                    "on_nonfinite": on_nonfinite,
                                                    "init_from": init_from or "",
                                                    "compute_dtype": str(compute_dtype),
-                                                   "grad_accum_steps": grad_accum_steps}}),
+                                                   "grad_accum_steps": grad_accum_steps,
+                                                   "remat_policy": str(remat_policy),
+                                                   "remat_modules": ",".join(
+                                                       t.__name__ for t in remat_modules)}}),
                     **run_config.state_signature(abstract)}
 
   def check_config(stored, step):
@@ -230,6 +240,7 @@ def _train(checkpointer: Checkpointer, signals: StopSignals, *, model_fn, tx, lo
   train_step = make_train_step(
       graphdef, tx, loss_fn, shardings, mesh, extra_args_fn=extra_args_fn,
       on_nonfinite=on_nonfinite, compute_dtype=compute_dtype, grad_accum_steps=grad_accum_steps,
+      remat_policy=remat_policy, remat_modules=remat_modules,
       frozen_shardings=None if frozen is None else jax.tree.map(lambda x: x.sharding, frozen))
   start_step = int(state.step)
   if on_nonfinite == "stop" and int(state.nonfinite_steps):

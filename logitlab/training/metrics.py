@@ -52,6 +52,9 @@ def optimizer_scalars(opt_state) -> dict[str, jax.Array]:
   """
   scalars = {}
   for path, leaf in jax.tree_util.tree_flatten_with_path(opt_state)[0]:
+    if not hasattr(leaf, "shape") and not isinstance(leaf, (int, float, np.number)):
+      raise TypeError(f"`opt_state` must be an optax state (a pytree of arrays), got a leaf "
+                      f"of type {type(leaf).__name__} at {jax.tree_util.keystr(path) or 'root'}.")
     if not hasattr(leaf, "ndim") or leaf.ndim != 0:
       continue
     parts = []
@@ -203,6 +206,14 @@ class Throughput:
 
   def __init__(self, *, examples_per_step: int, flops_per_step: float | None,
                peak_flops_per_device: float | None):
+    if isinstance(examples_per_step, bool) or not isinstance(
+        examples_per_step, (int, np.integer)) or examples_per_step < 1:
+      raise ValueError(f"`examples_per_step` must be an int >= 1, got {examples_per_step!r}.")
+    for name, value in (("flops_per_step", flops_per_step),
+                        ("peak_flops_per_device", peak_flops_per_device)):
+      if value is not None and not (isinstance(value, (int, float, np.number))
+                                    and 0 < value < float("inf")):
+        raise ValueError(f"`{name}` must be None or a finite number > 0, got {value!r}.")
     self.examples_per_step = examples_per_step
     self.flops, self.peak = flops_per_step, peak_flops_per_device
     self._start = self._step = None

@@ -40,7 +40,16 @@ CUTOUT_COLOR = (125, 123, 114)
 
 
 def cutout(img: Image.Image, fraction: float, rng: np.random.Generator) -> Image.Image:
-  """A gray square of side ``fraction * width`` at a uniform random centre (``Cutout``)."""
+  """A gray square of side ``fraction * width`` at a uniform random centre (``Cutout``).
+
+  ``fraction`` in ``[0, 1]``; 0 returns ``img`` unchanged.
+  """
+  if isinstance(fraction, bool) or not isinstance(fraction, (int, float, np.number)) or \
+      not 0 <= fraction <= 1:
+    raise ValueError(f"`fraction` must be a number in [0, 1] (of the image width), got "
+                     f"{fraction!r}.")
+  if not isinstance(img, Image.Image):
+    raise TypeError(f"`img` must be a PIL.Image.Image, got {type(img).__name__}.")
   if fraction <= 0:
     return img
   size = fraction * img.size[0]
@@ -60,6 +69,8 @@ def rand_augment(image: np.ndarray, rng: np.random.Generator, num_ops: int = 2, 
   occlusion is RandomErasing instead)."""
   if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
     raise ValueError(f"`image` must be uint8 [H, W, 3], got {image.dtype} {image.shape}.")
+  if isinstance(num_ops, bool) or not isinstance(num_ops, (int, np.integer)) or num_ops < 0:
+    raise ValueError(f"`num_ops` must be an int >= 0, got {num_ops!r}.")
   img = Image.fromarray(image)
   for index in rng.integers(0, len(OPERATIONS), size=num_ops):
     operation, low, high = OPERATIONS[index]

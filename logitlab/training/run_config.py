@@ -58,14 +58,25 @@ def flatten(config: Mapping[str, Any] | None, prefix: str = "") -> dict[str, Any
   return flat
 
 
+def _check_mapping(name: str, value) -> None:
+  if not isinstance(value, Mapping):
+    raise TypeError(f"`{name}` must be a mapping of config fields, got {type(value).__name__}.")
+
+
 def state_signature(state) -> dict[str, str]:
   """``{"state<path>": "dtype[shape]"}`` for every leaf of a (possibly abstract) state."""
+  for path, x in jax.tree_util.tree_flatten_with_path(state)[0]:
+    if not (hasattr(x, "dtype") and hasattr(x, "shape")):
+      raise TypeError(f"`state` must be a pytree of arrays or ShapeDtypeStructs, got a leaf "
+                      f"of type {type(x).__name__} at {jax.tree_util.keystr(path) or 'root'}.")
   return {f"state{jax.tree_util.keystr(path)}": f"{x.dtype}{list(x.shape)}"
           for path, x in jax.tree_util.tree_flatten_with_path(state)[0]}
 
 
 def differences(stored: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
   """Field names whose values differ (or exist on one side only), sorted."""
+  _check_mapping("stored", stored)
+  _check_mapping("current", current)
   missing = object()
   return sorted(name for name in set(stored) | set(current)
                 if stored.get(name, missing) != current.get(name, missing))
@@ -100,6 +111,7 @@ def check_resume(stored: Mapping[str, Any], current: Mapping[str, Any],
 
 def write(workdir: str, config: Mapping[str, Any]) -> None:
   """Writes ``<workdir>/config.json`` (process 0 only), atomically."""
+  _check_mapping("config", config)
   if jax.process_index() != 0:
     return
   os.makedirs(workdir, exist_ok=True)

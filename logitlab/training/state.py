@@ -66,6 +66,25 @@ def _init(model_fn: Callable[[nnx.Rngs], nnx.Module], tx: optax.GradientTransfor
   return graphdef, state
 
 
+def _check_train_state(name: str, state) -> None:
+  if not isinstance(state, TrainState):
+    raise TypeError(f"`{name}` must be a TrainState (e.g. from `abstract_train_state`), got "
+                    f"{type(state).__name__}.")
+
+
+def _check_tx_mesh(tx, mesh) -> None:
+  if not (callable(getattr(tx, "init", None)) and callable(getattr(tx, "update", None))):
+    raise TypeError(f"`tx` must be an optax.GradientTransformation, got {type(tx).__name__}.")
+  mesh_lib.check_mesh(mesh)
+
+
+def _check_builders(model_fn, tx, mesh) -> None:
+  if not callable(model_fn):
+    raise TypeError(f"`model_fn` must be a callable nnx.Rngs -> nnx.Module, got "
+                    f"{type(model_fn).__name__}.")
+  _check_tx_mesh(tx, mesh)
+
+
 def state_shardings(shapes: TrainState, tx: optax.GradientTransformation,
                     mesh: jax.sharding.Mesh, rules=mesh_lib.LOGICAL_AXIS_RULES, *,
                     fsdp_min_bytes: int = mesh_lib.FSDP_MIN_BYTES) -> TrainState:
@@ -74,6 +93,8 @@ def state_shardings(shapes: TrainState, tx: optax.GradientTransformation,
   Parameters of at least ``fsdp_min_bytes`` without an ``fsdp`` dimension from their logical
   names get one (``mesh.fsdp_spec``), so FSDP shrinks every large parameter.
   """
+  _check_train_state("shapes", shapes)
+  _check_tx_mesh(tx, mesh)
 
   def shardings_of(variables, fsdp: bool):
     with spmd.logical_axis_rules(rules):
@@ -108,6 +129,7 @@ def warn_fsdp_tensor_chain(param_shardings, mesh: jax.sharding.Mesh) -> bool:
   or more kernels end in ``("fsdp", "tensor")`` while none ends in ``("tensor", "fsdp")``: a
   Megatron-alternating model has both, a naively annotated one only the first.
   """
+  mesh_lib.check_mesh(mesh)
   if min(mesh.shape.get(a, 1) for a in ("data", "fsdp", "tensor")) < 2:
     return False
   tails = [tuple(s.spec)[-2:] for s in jax.tree.leaves(param_shardings) if len(s.spec) >= 2]
@@ -137,6 +159,7 @@ def abstract_train_state(
     ``(graphdef, abstract, shardings)``: the static module structure, a tree of
     ``jax.ShapeDtypeStruct`` with shardings (the Orbax restore target) and the sharding tree.
   """
+  _check_builders(model_fn, tx, mesh)
   with jax.set_mesh(mesh), spmd.logical_axis_rules(rules):
     graphdef, shapes = nnx.eval_shape(lambda: _init(model_fn, tx, seed))
     shardings = state_shardings(shapes, tx, mesh, rules)
@@ -165,6 +188,7 @@ def create_train_state(
     ``(graphdef, state, shardings)``: the static module structure, the sharded state and the
     sharding tree (reuse it for the train step and for checkpoint restore).
   """
+  _check_builders(model_fn, tx, mesh)
   graphdef, _, shardings = abstract_train_state(model_fn, tx, mesh, seed=seed, rules=rules)
   with jax.set_mesh(mesh), spmd.logical_axis_rules(rules):
     state = jax.jit(lambda: _init(model_fn, tx, seed)[1], out_shardings=shardings)()
@@ -173,11 +197,14 @@ def create_train_state(
 
 def abstract_state(state_or_shapes: TrainState, shardings: TrainState) -> TrainState:
   """``jax.ShapeDtypeStruct`` tree with shardings: the restore target for Orbax."""
+  _check_train_state("state_or_shapes", state_or_shapes)
+  _check_train_state("shardings", shardings)
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                       state_or_shapes, shardings)
 
 
 def num_params(state: TrainState) -> int:
   """Number of trainable parameters (works on abstract states too)."""
+  _check_train_state("state", state)
   return sum(x.size for x in jax.tree.leaves(state.params))
 

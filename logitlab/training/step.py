@@ -36,7 +36,7 @@ micro-batch, again one micro-batch in memory at a time).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -47,6 +47,7 @@ import jax.numpy as jnp
 
 from logitlab import batched_radius
 from logitlab.training import mesh as mesh_lib
+from logitlab.training import remat
 from logitlab.training.integrity import all_finite
 from logitlab.training.metrics import optimizer_scalars
 from logitlab.training.state import TrainState
@@ -135,6 +136,11 @@ def split_micro_batches(batch: Batch, grad_accum_steps: int) -> Batch:
   return jax.tree_util.tree_map_with_path(split, batch)
 
 
+def _check_callable(name: str, fn) -> None:
+  if not callable(fn):
+    raise TypeError(f"`{name}` must be callable, got {type(fn).__name__}.")
+
+
 def make_train_step(
     graphdef: nnx.GraphDef,
     tx: optax.GradientTransformation,
@@ -147,6 +153,8 @@ def make_train_step(
     frozen_shardings: Any = None,
     compute_dtype: Any = None,
     grad_accum_steps: int = 1,
+    remat_policy: str | None = None,
+    remat_modules: Sequence[type] = (),
 ) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
   """Returns ``train_step(state, batch) -> (state, metrics)``, jitted with donated state.
 
@@ -179,10 +187,21 @@ def make_train_step(
       global batch (module docstring); ``k`` must divide the batch size (checked at trace).
       ``loss_fn`` must return a per-example *mean* for the mean of micro-batch gradients to be
       the full-batch gradient.
+    remat_policy: a ``jax.checkpoint_policies`` name (``remat.POLICIES``, e.g.
+      ``"nothing_saveable"``, ``"dots_saveable"``): rematerialize the forward pass
+      (``logitlab.training.remat``); ``None``: no remat.
+    remat_modules: module classes whose calls are checkpointed one block at a time (block
+      remat, what lowers peak memory); empty: the whole loss and forward pass is one
+      ``jax.checkpoint``.
   """
+  _check_callable("loss_fn", loss_fn)
+  if extra_args_fn is not None:
+    _check_callable("extra_args_fn", extra_args_fn)
+  mesh_lib.check_mesh(mesh)
   if on_nonfinite not in ON_NONFINITE:
     raise ValueError(f"`on_nonfinite` must be one of {ON_NONFINITE}, got {on_nonfinite!r}.")
   _check_grad_accum_steps(grad_accum_steps)
+  remat.check(remat_policy, remat_modules)
   if compute_dtype is not None and not jnp.issubdtype(compute_dtype, jnp.floating):
     raise ValueError(f"`compute_dtype` must be a floating dtype, got {compute_dtype!r}.")
 
@@ -199,9 +218,13 @@ def make_train_step(
       # copy=True: fresh Variables owned by this (grad) trace, which the forward pass may
       # update (BatchNorm statistics); the jit-level ones cannot be mutated here.
       model = nnx.merge(graphdef, cast(params), model_state, copy=True)
+      if remat_modules:
+        remat.remat_blocks(model, remat_modules, remat_policy)
       loss, metrics = loss_fn(model, cast(batch), rng, *frozen)
       return loss.astype(jnp.float32), (metrics, nnx.state(model, nnx.Not(nnx.Param)))
 
+    if remat_policy is not None and not remat_modules:
+      objective = jax.checkpoint(objective, policy=remat.policy(remat_policy))
     (loss, (metrics, new_model_state)), grads = jax.value_and_grad(objective, has_aux=True)(
         params)
     # Statistics computed from compute_dtype activations keep their stored dtype.
@@ -283,6 +306,8 @@ def make_eval_step(
   (e.g. ``jnp.sum(correct * batch["mask"])``) plus a ``count``; ``evaluate`` adds them over
   batches and divides once, so padding in the last batch never biases a mean.
   """
+  _check_callable("metrics_fn", metrics_fn)
+  mesh_lib.check_mesh(mesh)
 
   def eval_step(state: TrainState, batch: Batch):
     model = nnx.merge(graphdef, state.params, state.model_state)
