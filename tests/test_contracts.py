@@ -532,6 +532,8 @@ ROWS += rows_for(
     R("nonlinear_equations", lambda: problems.nonlinear_equations(X2, jnp.zeros(4), p=1.0),
       arg("p")),
     R("rosenbrock_residuals", lambda: problems.rosenbrock_residuals(jnp.zeros(1)), arg("x")),
+    R("chebyshev_residuals", lambda: problems.chebyshev_residuals(jnp.zeros((2, 2))), arg("x")),
+    R("chebyshev", lambda: problems.chebyshev(p=1.5), arg("p")),
     R("rosenbrock", lambda: problems.rosenbrock().value_fn(jnp.array([-1.2, 1.0])),
       returns=lambda v: abs(float(v) - 24.2) < 1e-4, case="no arguments: f(-1.2, 1) = 24.2"),
 )
@@ -914,6 +916,8 @@ ROWS += rows_for(
     guard_placement,
     R("fingerprint", lambda: guard_placement.fingerprint({}), arg("tree")),
     R("check", lambda: guard_placement.check("fp", F, F, True), arg("params_now"), TypeError),
+    R("step_fingerprints", lambda: guard_placement.step_fingerprints({"w": F}, {"w": F},
+                                                                      jnp.ones(2)), arg("scale")),
 )
 ROWS += rows_for(
     lm_head_radius,
@@ -1124,6 +1128,7 @@ EXEMPT: dict[str, str] = {
         "rl.trainer.Rollout", "soft_thinking.SoftThinkingState", "tasks.arithmetic.Problem",
         "tasks.math_jsonl.MathProblem", "training.loop.TrainResult", "training.state.TrainState",
         "training.step.StepContext", "guard_placement.Check", "guard_placement.Fingerprint",
+        "guard_placement.StepFingerprints",
         "radius_estimators.LogitSpreadControllerState", "radius_estimators.RatioEstimate",
         "radius_estimators.RatioEstimator", "training.checkpoint.Restored")},
     **{f"logitlab.training.faults.{name}": "exception class (raised by the training loop)"

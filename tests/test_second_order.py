@@ -785,3 +785,32 @@ def test_cubic_newton_rejects_failed_subproblems_and_keeps_the_point():
   state = jax.jit(solver.update)(solver.init(jnp.array([0.1, 1.0])))
   assert np.all(np.isfinite(np.asarray(state.params)))
   assert float(state.value) <= float(value_fn(jnp.array([0.1, 1.0])))
+
+
+def test_chebyshev_matches_the_reference_oracle(rng):
+  """problems.chebyshev value / gradient and its gauss_newton curvature equal the reference's
+  ChebyshevOracle.func / .grad and approx_hess_fn_chebyshev (epfml/grad-norm-smooth,
+  src/oracles.py ChebyshevOracle; src/approximations.py lines 52-73), ported to NumPy."""
+  n, p = 6, 4.0
+  x = rng.uniform(size=n)
+  u = np.r_[0.5 * (1 - x[0]), x[1:] - (2 * x[:-1] ** 2 - 1)]
+  jac = np.zeros((n, n))
+  jac[0, 0] = -0.5
+  jac[np.arange(1, n), np.arange(1, n)] = 1.0
+  jac[np.arange(1, n), np.arange(n - 1)] = -4.0 * x[:-1]
+  norm = np.linalg.norm(u)
+  jtu = jac.T @ u
+  approx = norm ** (p - 2) * jac.T @ jac + (p - 2) * norm ** (p - 4) * np.outer(jtu, jtu)
+  problem = so.problems.chebyshev(p)
+  with jax.enable_x64():
+    xj = jnp.asarray(x)
+    value, grad = jax.value_and_grad(problem.value_fn)(xj)
+    gn = _dense(problem.curvatures["gauss_newton"], xj)
+    rank_one = _dense(problem.curvatures["fisher_term"], xj)
+    at_solution = float(problem.value_fn(jnp.ones(n)))
+  np.testing.assert_allclose(float(value), norm**p / p, rtol=1e-12)
+  np.testing.assert_allclose(np.asarray(grad), norm ** (p - 2) * jtu, rtol=1e-10)
+  np.testing.assert_allclose(gn, approx, rtol=1e-10, atol=1e-12)
+  np.testing.assert_allclose(rank_one, (p - 2) * norm ** (p - 4) * np.outer(jtu, jtu),
+                             rtol=1e-10, atol=1e-12)
+  assert at_solution == 0.0

@@ -203,6 +203,38 @@ def nonlinear_equations(matrix: chex.Array, offsets: chex.Array, p: float = 4.0)
   return Problem(value_fn, curvatures, (jnp.asarray(matrix), numerics.upcast(offsets)))
 
 
+def chebyshev_residuals(x: chex.Array) -> jax.Array:
+  """``u_1 = (1 - x_1)/2``, ``u_i = x_i - (2 x_{i-1}^2 - 1)`` (Chebyshev polynomial ``p_2``);
+  ``x [n >= 1]``, zero only at ``x = 1``."""
+  if jnp.ndim(x) != 1 or jnp.shape(x)[0] < 1:
+    raise ValueError(f"`x` must be a vector [n >= 1], got shape {jnp.shape(x)}.")
+  x = numerics.upcast(x)
+  return jnp.concatenate([0.5 * (1.0 - x[:1]), x[1:] - (2.0 * x[:-1] ** 2 - 1.0)])
+
+
+def chebyshev(p: float = 4.0) -> Problem:
+  """Chebyshev-polynomial equations ``f(x) = (1/p)||u(x)||^p`` (``chebyshev_residuals``),
+  the reference's ``ChebyshevOracle`` (epfml/grad-norm-smooth ``src/oracles.py``); minimum 0
+  at ``x = 1``; params ``x [n]``, no data.
+
+  Curvatures: ``hessian`` (indefinite away from the solution); ``gauss_newton``, the paper's
+  inexact Hessian ``||u||^{p-2} J^T J + (p-2)||u||^{p-4}(J^T u)(J^T u)^T``
+  (``approx_hess_fn_chebyshev``); ``fisher_term`` (rank one, as for ``nonlinear_equations``).
+  """
+  if not (isinstance(p, (int, float)) and p >= 2):
+    raise ValueError(f"`p` must be >= 2, got {p!r}.")
+  residuals = lambda x: chebyshev_residuals(x)
+
+  def value_fn(x):
+    return _power_norm(residuals(x), p)
+
+  return Problem(value_fn, {
+      "hessian": curvature.hessian(value_fn),
+      "gauss_newton": curvature.gauss_newton(residuals, lambda u: _power_norm(u, p)),
+      "fisher_term": curvature.rank_one(functools.partial(_fisher_term_factors, residuals, p)),
+  }, ())
+
+
 def rosenbrock_residuals(x: chex.Array) -> jax.Array:
   """``u(x) = [10 (x_{i+1} - x_i^2), 1 - x_i]`` so that Rosenbrock ``= ||u||^2``; ``x [d >= 2]``."""
   if jnp.ndim(x) != 1 or jnp.shape(x)[0] < 2:
