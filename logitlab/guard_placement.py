@@ -8,9 +8,9 @@ step, that ``params_t - params_{t-1}`` equals the update it returned at ``t - 1`
 
 Storing ``params_{t-1}`` would cost a copy of the model; a random projection costs two
 scalars. With a fixed pseudo-random weight tensor ``v`` (per leaf an outer product of one
-vector per axis, entries uniform in (-1, 1), hashed from positions: nothing stored, a few
-multiplies per parameter) (a hash of each entry's flat index, so
-nothing is stored and every shard computes its own part) the guard keeps
+vector per axis, entries uniform in (-1, 1), hashed from positions at trace time: compile-time
+constants of ``sum(shape)`` entries, a few multiplies per parameter, and every shard computes
+its own part) the guard keeps
 
     f_params = <v, params_{t-1}>,      f_update = <v, u_{t-1}>,
 
@@ -44,27 +44,51 @@ class Fingerprint(NamedTuple):
   bound: jax.Array
 
 
-def _hash_uniform(size: int, salt: int) -> jax.Array:
+class StepFingerprints(NamedTuple):
+  """One pass of :func:`step_fingerprints` over the parameters and the step."""
+  params: Fingerprint       # <v, params_t> and its rounding bound
+  update: jax.Array         # <v, scale * proposal>
+  proposal_finite: jax.Array  # every entry of the proposal is finite
+
+
+def _hash_uniform(size: int, salt: int) -> np.ndarray:
   """``size`` pseudo-random numbers uniform in (-1, 1): murmur3's finalizer of ``salt`` and
   the position. Continuous, not +-1: Adam's early steps are nearly sign vectors, whose +-1
-  projections vanish exactly with a few percent probability."""
-  h = jnp.arange(size, dtype=jnp.uint32) + np.uint32(salt * 0x9E3779B9 % 2**32)
-  h = h ^ (h >> 16)
+  projections vanish exactly with a few percent probability. Computed in NumPy at trace time
+  (shapes are static): the weights are compile-time constants, not a per-step computation."""
+  h = np.arange(size, dtype=np.uint32) + np.uint32(salt * 0x9E3779B9 % 2**32)
+  h = h ^ (h >> np.uint32(16))
   h = h * np.uint32(0x85EBCA6B)
-  h = h ^ (h >> 13)
+  h = h ^ (h >> np.uint32(13))
   h = h * np.uint32(0xC2B2AE35)
-  h = h ^ (h >> 16)
-  return (h >> 8).astype(jnp.float32) * np.float32(2.0**-23) - 1.0
+  h = h ^ (h >> np.uint32(16))
+  return (h >> np.uint32(8)).astype(np.float32) * np.float32(2.0**-23) - np.float32(1.0)
 
 
 def _weighted(x: jax.Array, leaf_index: int) -> jax.Array:
   """``x * v`` with ``v = w_0 (x) w_1 (x) ...`` a product of one random vector per axis: the
-  hash runs on ``sum(shape)`` positions, not ``prod(shape)``, and the products broadcast
+  hash covers ``sum(shape)`` positions, not ``prod(shape)``, and the products broadcast
   elementwise (no gather, no contraction of a sharded axis: valid on any mesh)."""
   for axis, size in enumerate(x.shape):
     w = _hash_uniform(size, 1 + 1000003 * leaf_index + axis)
     x = x * w.reshape((size,) + (1,) * (x.ndim - axis - 1))
   return x * _hash_uniform(1, leaf_index)[0] if x.ndim == 0 else x
+
+
+def _rounding_eps(dtype) -> float:
+  # Rounding of `params + u` in the leaf's dtype (|e_i| <= eps/2 |p_i|) and of the float32
+  # sums: errors of independent sign under the pseudo-random weights add like a random
+  # walk, std <= eps ||p||_2 / 2; `bound` is 16 of those, `8 eps ||p||_2` (a worst-case
+  # eps * ||p||_1 would hide real mismatches of small updates on large models).
+  return 8 * (float(jnp.finfo(dtype).eps) + 4 * float(jnp.finfo(jnp.float32).eps))
+
+
+def _sums(operands: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
+  """Full sums of same-shaped float32 arrays in ONE variadic reduction: on small models the
+  guard's cost is the number of kernels, not the bytes."""
+  zeros = tuple(np.float32(0) for _ in operands)
+  return jax.lax.reduce(operands, zeros, lambda a, b: tuple(s + t for s, t in zip(a, b)),
+                        tuple(range(operands[0].ndim)))
 
 
 def fingerprint(tree: PyTree) -> Fingerprint:
@@ -83,14 +107,49 @@ def fingerprint(tree: PyTree) -> Fingerprint:
     if not hasattr(leaf, "dtype") or not jnp.issubdtype(leaf.dtype, jnp.inexact):
       continue
     x = leaf.astype(jnp.float32)
-    value = value + jnp.sum(_weighted(x, i))
-    # Rounding of `params + u` in the leaf's dtype (|e_i| <= eps/2 |p_i|) and of the float32
-    # sums: errors of independent sign under the pseudo-random weights add like a random
-    # walk, std <= eps ||p||_2 / 2; `bound` is 16 of those (a worst-case eps * ||p||_1 would
-    # hide real mismatches of small updates on large models).
-    eps = float(jnp.finfo(leaf.dtype).eps) + 4 * float(jnp.finfo(jnp.float32).eps)
-    bound_sq = bound_sq + (8 * eps)**2 * jnp.sum(x * x)
+    weighted, sum_sq = _sums((_weighted(x, i), x * x))
+    value = value + weighted
+    bound_sq = bound_sq + _rounding_eps(leaf.dtype)**2 * sum_sq
   return Fingerprint(value, jnp.sqrt(bound_sq))
+
+
+def step_fingerprints(params: PyTree, proposal: PyTree, scale: jax.Array) -> StepFingerprints:
+  """``fingerprint(params)``, ``fingerprint(scale * proposal)`` (each leaf ``p *
+  scale.astype(p.dtype)``, as the guard returns it) and the proposal's finiteness, in one
+  variadic reduction per leaf (``sum(p * 0)`` is 0, or NaN iff some entry is NaN or +-inf).
+
+  Falls back to separate passes when the proposal's leaves do not line up with the
+  parameters' (e.g. ``optax.masked`` placeholders). ``update`` is exact for float32 steps;
+  inside the fused reduction XLA may skip the rounding of a low-precision ``p * scale``, so
+  the guard fingerprints a low-precision returned update with :func:`fingerprint`.
+  """
+  if jnp.ndim(scale) != 0 or not jnp.issubdtype(jnp.result_type(scale), jnp.floating):
+    raise ValueError(f"`scale` must be a float scalar, got shape {jnp.shape(scale)} and "
+                     f"dtype {jnp.result_type(scale)}.")
+  param_leaves, leaves = jax.tree.leaves(params), jax.tree.leaves(proposal)
+  scaled = [p * scale.astype(p.dtype) for p in leaves]
+  if [jnp.shape(p) for p in leaves] != [jnp.shape(x) for x in param_leaves]:
+    finite = [jnp.all(jnp.isfinite(p)) for p in leaves]
+    return StepFingerprints(fingerprint(params), fingerprint(scaled).value,
+                            jnp.all(jnp.stack(finite)) if finite else jnp.array(True))
+  value, bound_sq, update, nonfinite = (jnp.zeros([], jnp.float32),) * 4
+  for i, (leaf, p, sp) in enumerate(zip(param_leaves, leaves, scaled)):
+    p_float = jnp.issubdtype(p.dtype, jnp.inexact)  # integer entries are finite
+    if not jnp.issubdtype(leaf.dtype, jnp.inexact):
+      if p_float:
+        nonfinite = nonfinite + jnp.sum(p.astype(jnp.float32) * 0)
+      continue
+    x = leaf.astype(jnp.float32)
+    operands = (_weighted(x, i), x * x)
+    if p_float:
+      operands += (_weighted(sp.astype(jnp.float32), i), p.astype(jnp.float32) * 0)
+    sums = _sums(operands)
+    value = value + sums[0]
+    bound_sq = bound_sq + _rounding_eps(leaf.dtype)**2 * sums[1]
+    if p_float:
+      update, nonfinite = update + sums[2], nonfinite + sums[3]
+  return StepFingerprints(Fingerprint(value, jnp.sqrt(bound_sq)), update,
+                          jnp.isfinite(nonfinite))
 
 
 class Check(NamedTuple):

@@ -249,13 +249,22 @@ def radius_guard(
                                         temperature=temperature)
     else:
       ratio = ratio_of(proposal)
-    proposal_finite = _all_finite(proposal)
-    finite = jnp.isfinite(ratio) & proposal_finite
-    capped = finite & ((ratio > 0) if mode == "radius_step" else (ratio > cap))
+    ratio_finite = jnp.isfinite(ratio)
+    wants_scale = ratio_finite & ((ratio > 0) if mode == "radius_step" else (ratio > cap))
     low_precision = _is_low_precision(proposal) and estimator is None
     target = cap * (1.0 - _LOW_PRECISION_MARGIN) if low_precision else cap
-    # ratio > 0 inside the `capped` branch, so the division is safe there.
-    scale = jnp.where(capped, target / jnp.where(capped, ratio, 1.0), 1.0)
+    # ratio > 0 where `wants_scale`, so the division is safe there.
+    scale = jnp.where(wants_scale, target / jnp.where(wants_scale, ratio, 1.0), 1.0)
+    # The placement check's fingerprints and the proposal's finiteness: one pass per leaf
+    # over (params, proposal). `scale` does not depend on the proposal's finiteness: where
+    # the step is kept it equals the scale of the capped step, and a skipped step's
+    # fingerprint is replaced below.
+    fingerprints = (None if params is None else
+                    guard_placement.step_fingerprints(params, proposal, scale))
+    proposal_finite = (_all_finite(proposal) if fingerprints is None else
+                       fingerprints.proposal_finite)
+    finite = ratio_finite & proposal_finite
+    capped = finite & wants_scale
     # jnp.where rather than multiplication: 0 * NaN would still be NaN.
     guarded = jax.tree.map(
         lambda p: jnp.where(finite, p * scale.astype(p.dtype), jnp.zeros_like(p)), proposal)
@@ -283,7 +292,7 @@ def radius_guard(
                                                 state.has_previous)
     mismatch, factor = jnp.zeros([], bool), state.applied_factor
     if params is not None:
-      now = guard_placement.fingerprint(params)
+      now = fingerprints.params
       mismatch, factor = guard_placement.check(now, state.check_params, state.check_update,
                                                state.has_previous)
       if on_mismatch != "ignore":
@@ -292,7 +301,13 @@ def radius_guard(
         jax.lax.cond(mismatch, lambda m, f: jax.debug.callback(report, m, f),
                      lambda m, f: None, mismatch, factor)
       check_params = now.value
-      check_update = guard_placement.fingerprint(guarded).value
+      if low_precision:  # the re-measure may have halved the returned update
+        check_update = guard_placement.fingerprint(guarded).value
+      else:
+        # = fingerprint(guarded): `scale * proposal` where the step is kept, 0 where skipped,
+        # the (non-finite) proposal where the stage passes it on, NaN for bad hyperparameters.
+        kept = finite | (~proposal_finite if not is_wrapper else False)
+        check_update = jnp.where(hyper_ok, jnp.where(kept, fingerprints.update, 0.0), jnp.nan)
       has_previous = jnp.ones([], bool)
 
     new_state = RadiusGuardState(
