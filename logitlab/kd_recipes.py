@@ -29,12 +29,14 @@ gradients with NumPy ports of the official code.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
+import os
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from logitlab import losses, numerics
@@ -326,3 +328,118 @@ def module_loss(recipe: Recipe, model: nnx.Module, forward: Callable[[nnx.Module
   loss, (terms, new_rest) = objective(recipe, apply_fn, params, teacher, labels, epoch)
   nnx.update(model, new_rest)
   return loss, terms
+
+
+# --- adapters to the shared training core (logitlab.training) -----------------------------
+
+
+class EpochBatches:
+  """Adds ``epoch [B]`` (:func:`mdistiller_epoch` of the batch's step, per example so it
+  shards like the batch) to each batch of a resumable iterator.
+
+  DKD's warmup and CTKD's curriculum read the epoch inside the jitted loss, whose signature is
+  ``(model, batch, rng)``; ``get_state`` / ``set_state`` pass through, so resume keeps it.
+  """
+
+  def __init__(self, batches, steps_per_epoch: int):
+    if steps_per_epoch <= 0:
+      raise ValueError(f"`steps_per_epoch` must be > 0, got {steps_per_epoch}.")
+    self.batches, self.steps_per_epoch = batches, steps_per_epoch
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    epoch = self.batches.get_state()["position"] // self.steps_per_epoch + 1
+    batch = next(self.batches)
+    return {**batch, "epoch": np.full(len(batch["label"]), epoch, np.float32)}
+
+  def get_state(self):
+    return self.batches.get_state()
+
+  def set_state(self, state):
+    self.batches.set_state(state)
+
+
+def batch_loss_fn(recipe: Recipe, teacher_graphdef: nnx.GraphDef | None = None):
+  """``loss_fn(model, batch, rng, teacher=None)`` for ``training.train`` running ``recipe``.
+
+  ``batch`` has ``image``, ``label`` (``[B]`` or soft ``[B, C]``), ``epoch`` (see
+  :class:`EpochBatches`) and, for MLKD, ``image_strong``. The teacher's arrays
+  ``{"params", "model_state"}`` arrive as a jit argument (``training.train(frozen=...)``; a
+  module closed over by the loss would be inlined as replicated constants) and are merged
+  with ``teacher_graphdef``. MLKD runs the student on the weak view first, as the official
+  ``forward_train`` (BatchNorm statistics order).
+  """
+  _check_recipe(recipe)
+  if recipe.needs_teacher and teacher_graphdef is None:
+    raise ValueError(f"`teacher_graphdef` is required by method {recipe.method!r}.")
+  views = {"logits": "image"}
+  if recipe.needs_strong_view:
+    views["strong_logits"] = "image_strong"
+
+  def forward(model, batch):
+    outputs = model.forward(batch["image"], train=True)
+    if recipe.needs_strong_view:
+      outputs["strong_logits"] = model.forward(batch["image_strong"], train=True)["logits"]
+    return outputs
+
+  def loss_fn(model, batch, rng, teacher=None):
+    del rng
+    teacher_outputs = None
+    if recipe.needs_teacher:
+      if teacher is None:
+        raise ValueError(f"`teacher` arrays are required by method {recipe.method!r}.")
+      teacher_model = nnx.merge(teacher_graphdef, teacher["params"], teacher["model_state"])
+      teacher_outputs = {key: jax.lax.stop_gradient(teacher_model(batch[view], train=False))
+                         for key, view in views.items()}
+    return module_loss(recipe, model, lambda m: forward(m, batch), teacher_outputs,
+                       batch["label"], batch["epoch"][0])
+
+  return loss_fn
+
+
+def accuracy_metrics(model: nnx.Module, batch: Mapping[str, jax.Array]) -> dict[str, jax.Array]:
+  """``training.make_eval_step`` metrics: summed top-1 hits and count over ``batch["mask"]``."""
+  missing = {"image", "label", "mask"} - set(batch)
+  if missing:
+    raise ValueError(f"`batch` must have keys image, label, mask; missing {sorted(missing)}.")
+  logits = model(batch["image"], train=False)
+  correct = (jnp.argmax(logits, -1) == batch["label"]) & batch["mask"]
+  return {"accuracy": jnp.sum(correct), "count": jnp.sum(batch["mask"])}
+
+
+def best_and_final(history: Sequence[Mapping[str, float]]) -> dict[str, Any]:
+  """Final and best evaluation of a run's ``history`` (``[{"step", "epoch", "accuracy"}]``).
+
+  The official tables report the best epoch (mdistiller ``best_acc``, DHKD and CTKD
+  ``best_acc``); logitlab's default reading is the final one. Both are returned.
+  """
+  if not history:
+    raise ValueError("`history` must hold at least one evaluation.")
+  best = max(history, key=lambda h: h["accuracy"])
+  return {"accuracy": history[-1]["accuracy"], "best_accuracy": best["accuracy"],
+          "best_epoch": best["epoch"], "history": list(history)}
+
+
+def restore_teacher(model_fn: Callable[[nnx.Rngs], nnx.Module], tx, mesh,
+                    workdir: str) -> tuple[nnx.GraphDef, dict[str, Any]]:
+  """The teacher a ``method="ce"`` run of ``training.train`` checkpointed under ``workdir``.
+
+  ``tx`` must have the teacher run's optimizer-state structure (the checkpoint holds it).
+  Returns ``(graphdef, {"params", "model_state"})``, sharded like a student's, for
+  :func:`batch_loss_fn` and ``training.train(frozen=...)``.
+  """
+  from logitlab import training  # the training core is only needed by this adapter
+  missing = FileNotFoundError(f"No teacher checkpoint under `workdir` {workdir}/checkpoints; "
+                              "train it first with method='ce' (see kd_cifar100_teacher.py).")
+  if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+    raise missing
+  graphdef, abstract, _ = training.abstract_train_state(model_fn, tx, mesh)
+  checkpointer = training.Checkpointer(os.path.join(workdir, "checkpoints"), read_only=True)
+  restored = checkpointer.restore(abstract)
+  checkpointer.close()
+  if restored is None:
+    raise missing
+  state, _ = restored
+  return graphdef, {"params": state.params, "model_state": state.model_state}

@@ -327,6 +327,8 @@ ROWS += rows_for(
 ROWS += rows_for(
     datasets,
     R("digits", lambda: datasets.digits(test_fraction=1.5), arg("test_fraction")),
+    R("mnist1d", lambda: datasets.mnist1d(num_samples=0), arg("num_samples"), owner="issue 14"),
+    R("flat", lambda: datasets.flat("cifar"), arg("name"), owner="issue 14"),
 )
 
 ROWS += rows_for(
@@ -753,6 +755,7 @@ ROWS += rows_for(
 ROWS += rows_for(
     mesh,
     R("make_mesh", lambda: mesh.make_mesh({"model": 2}), arg("shape")),
+    R("constrain_batch", lambda: mesh.constrain_batch(jnp.zeros((4, 2)), axis=-1), arg("axis")),
     R("batch_sharding", lambda: mesh.batch_sharding("mesh"), arg("mesh"), TypeError),
     R("replicated", lambda: mesh.replicated("mesh"), arg("mesh"), TypeError),
     R("num_batch_shards", lambda: mesh.num_batch_shards("mesh"), arg("mesh"), TypeError),
@@ -950,6 +953,18 @@ ROWS += rows_for(
     R("student_heads", lambda: kd_recipes.student_heads("recipe"), arg("recipe"), TypeError),
     R("LearnedTemperatureStudent", lambda: kd_recipes.LearnedTemperatureStudent(None),
       arg("student"), TypeError),
+    R("EpochBatches", lambda: kd_recipes.EpochBatches(iter([]), 0), arg("steps_per_epoch"),
+      owner="issue 14"),
+    R("batch_loss_fn", lambda: kd_recipes.batch_loss_fn(kd_recipes.Recipe("kd")),
+      arg("teacher_graphdef"), owner="issue 14"),
+    R("batch_loss_fn", lambda: kd_recipes.batch_loss_fn("recipe"), arg("recipe"), TypeError,
+      case="type", owner="issue 14"),
+    R("accuracy_metrics", lambda: kd_recipes.accuracy_metrics(None, {"image": F}),
+      arg("batch"), owner="issue 14"),
+    R("best_and_final", lambda: kd_recipes.best_and_final([]), arg("history"),
+      owner="issue 14"),
+    R("restore_teacher", lambda: kd_recipes.restore_teacher(None, None, None, "/nonexistent"),
+      arg("workdir"), FileNotFoundError, owner="issue 14"),
 )
 ROWS += rows_for(
     ctkd,

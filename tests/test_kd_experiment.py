@@ -160,3 +160,18 @@ def test_tfds_path_uskd_deit_recipe_with_mock_imagenet(tmp_path):
   assert [r["step"] for r in train_records] == [1, 2, 3]
   assert all(np.isfinite(r["loss"]) and {"ce", "target", "non_target", "weak"} <= set(r)
              for r in train_records)
+
+
+def test_epoch_batches_and_best_and_final():
+  source = training.ArraySource(image=np.zeros((8, 2), np.float32),
+                                label=np.zeros(8, np.int32))
+  batches = kd_recipes.EpochBatches(
+      training.ResumableBatches(source, global_batch_size=2, seed=0, num_threads=1), 3)
+  assert [next(batches)["epoch"][0] for _ in range(7)] == [1, 1, 1, 2, 2, 2, 3]
+  batches.set_state({"position": 6})
+  assert next(batches)["epoch"].tolist() == [3.0, 3.0]  # resume keeps the epoch
+  history = [{"step": 1, "epoch": 1.0, "accuracy": 0.3}, {"step": 2, "epoch": 2.0,
+                                                          "accuracy": 0.5},
+             {"step": 3, "epoch": 3.0, "accuracy": 0.4}]
+  summary = kd_recipes.best_and_final(history)
+  assert (summary["accuracy"], summary["best_accuracy"], summary["best_epoch"]) == (0.4, 0.5, 2.0)

@@ -12,8 +12,8 @@ from logitlab.training.faults import (EXIT_PREEMPTED, CheckpointCorruptError,
                                      CheckpointStorageError, ConfigMismatchError, Diverged,
                                      Preempted)
 from logitlab.training.loop import TrainResult, evaluate, train
-from logitlab.training.mesh import (LOGICAL_AXIS_RULES, MESH_AXES, batch_sharding, make_mesh,
-                                    put_batch, replicated)
+from logitlab.training.mesh import (LOGICAL_AXIS_RULES, MESH_AXES, batch_sharding,
+                                    constrain_batch, make_mesh, put_batch, replicated)
 from logitlab.training.metrics import MetricsWriter, batch_checksum, optimizer_scalars, read_jsonl
 from logitlab.training.state import (TrainState, abstract_train_state, create_train_state,
                                      num_params, state_shardings)
@@ -25,7 +25,8 @@ __all__ = [
     "ConfigMismatchError", "Diverged", "EXIT_PREEMPTED", "LOGICAL_AXIS_RULES", "MESH_AXES",
     "MetricsWriter", "ON_NONFINITE", "Preempted", "Restored",
     "ResumableBatches", "StepContext", "TrainResult", "TrainState", "abstract_train_state",
-    "batch_checksum", "batch_sharding", "create_train_state", "eval_batches", "evaluate",
+    "batch_checksum", "batch_sharding", "constrain_batch", "create_train_state", "eval_batches",
+    "evaluate",
     "image_transform", "make_eval_step", "make_mesh", "make_train_step", "mixing", "num_params",
     "optimizer_scalars", "optimizers", "put_batch", "radius_guard_args", "read_jsonl",
     "replicated", "state_shardings",

@@ -109,6 +109,7 @@ def train(
     grad_accum_steps: int = 1,
     remat_policy: str | None = None,
     remat_modules: Sequence[type] = (),
+    shard_activations: bool = False,
 ) -> TrainResult:
   """Trains for ``num_steps`` optimizer steps (resuming from ``workdir`` when possible).
 
@@ -155,6 +156,8 @@ def train(
       update is capped on every micro-batch.
     remat_policy, remat_modules: rematerialization of the forward pass
       (``logitlab.training.remat``; block remat of ``remat_modules`` lowers peak memory).
+    shard_activations: pin the batch, micro-batches and whatever ``loss_fn`` passes to
+      ``training.constrain_batch`` (e.g. logits) to the batch axes (``step.make_train_step``).
 
   Returns:
     ``TrainResult(graphdef, state, shardings)`` at ``num_steps``.
@@ -176,7 +179,7 @@ def train(
                     allow_config_changes=allow_config_changes, handle_signals=handle_signals,
                     frozen=frozen, init_from=init_from, compute_dtype=compute_dtype,
                     grad_accum_steps=grad_accum_steps, remat_policy=remat_policy,
-                    remat_modules=remat_modules)
+                    remat_modules=remat_modules, shard_activations=shard_activations)
   finally:
     checkpointer.close()
 
@@ -203,7 +206,7 @@ def _train(checkpointer: Checkpointer, signals: StopSignals, *, model_fn, tx, lo
            train_data, mesh, workdir, num_steps, seed, log_every, eval_every, eval_fn,
            extra_args_fn, hooks, rules, progress, on_nonfinite, config, allow_config_changes,
            handle_signals, frozen, init_from, compute_dtype, grad_accum_steps, remat_policy,
-           remat_modules):
+           remat_modules, shard_activations):
   graphdef, abstract, shardings = abstract_train_state(model_fn, tx, mesh, seed=seed,
                                                        rules=rules)
   current_config = {**run_config.flatten(config),
@@ -214,7 +217,8 @@ def _train(checkpointer: Checkpointer, signals: StopSignals, *, model_fn, tx, lo
                                                    "grad_accum_steps": grad_accum_steps,
                                                    "remat_policy": str(remat_policy),
                                                    "remat_modules": ",".join(
-                                                       t.__name__ for t in remat_modules)}}),
+                                                       t.__name__ for t in remat_modules),
+                                                   "shard_activations": shard_activations}}),
                     **run_config.state_signature(abstract)}
 
   def check_config(stored, step):
@@ -241,6 +245,7 @@ def _train(checkpointer: Checkpointer, signals: StopSignals, *, model_fn, tx, lo
       graphdef, tx, loss_fn, shardings, mesh, extra_args_fn=extra_args_fn,
       on_nonfinite=on_nonfinite, compute_dtype=compute_dtype, grad_accum_steps=grad_accum_steps,
       remat_policy=remat_policy, remat_modules=remat_modules,
+      shard_activations=shard_activations,
       frozen_shardings=None if frozen is None else jax.tree.map(lambda x: x.sharding, frozen))
   start_step = int(state.step)
   if on_nonfinite == "stop" and int(state.nonfinite_steps):

@@ -33,6 +33,7 @@ import math
 from collections.abc import Mapping, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
@@ -184,6 +185,37 @@ def put_batch(local_batch, mesh: jax.sharding.Mesh):
     return jax.make_array_from_process_local_data(sharding, x)
 
   return jax.tree_util.tree_map_with_path(place, local_batch)
+
+
+def constrain_batch(tree, axis: int = 0):
+  """Constrains every array of ``tree`` to be split over the batch axes along ``axis``.
+
+  For activations inside a train step built with ``shard_activations=True`` (the step runs
+  under the mesh's abstract mesh): e.g. ``logits = training.constrain_batch(model(x))`` in a
+  ``loss_fn`` pins the logits to ``P(("data", "fsdp"))`` instead of leaving their layout to
+  propagation. Auto axes get ``jax.lax.with_sharding_constraint``, Explicit ones
+  ``jax.sharding.reshard``. Arrays whose ``axis`` the batch shards do not divide, and every
+  array when no mesh is in context, are returned unchanged.
+  """
+  if isinstance(axis, bool) or not isinstance(axis, int) or axis < 0:
+    raise ValueError(f"`axis` must be an int >= 0, got {axis!r}.")
+  abstract = jax.sharding.get_abstract_mesh()
+  if abstract.empty or not set(BATCH_AXES) <= set(abstract.axis_names):
+    return tree
+  shards = math.prod(abstract.shape[name] for name in BATCH_AXES)
+  spec = PartitionSpec(*(None,) * axis, BATCH_AXES)
+  explicit = any(kind == jax.sharding.AxisType.Explicit
+                 for name, kind in zip(abstract.axis_names, abstract.axis_types)
+                 if name in BATCH_AXES)
+
+  def constrain(x):
+    if jnp.ndim(x) <= axis or jnp.shape(x)[axis] % shards:
+      return x
+    if explicit:
+      return jax.sharding.reshard(x, spec)
+    return jax.lax.with_sharding_constraint(x, NamedSharding(abstract, spec))
+
+  return jax.tree.map(constrain, tree)
 
 
 def divisible_spec(spec: PartitionSpec, shape: tuple[int, ...],

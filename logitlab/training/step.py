@@ -155,6 +155,7 @@ def make_train_step(
     grad_accum_steps: int = 1,
     remat_policy: str | None = None,
     remat_modules: Sequence[type] = (),
+    shard_activations: bool = False,
 ) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
   """Returns ``train_step(state, batch) -> (state, metrics)``, jitted with donated state.
 
@@ -193,6 +194,10 @@ def make_train_step(
     remat_modules: module classes whose calls are checkpointed one block at a time (block
       remat, what lowers peak memory); empty: the whole loss and forward pass is one
       ``jax.checkpoint``.
+    shard_activations: constrain the batch (and each micro-batch) to the batch axes
+      ``("data", "fsdp")`` inside the step, and trace the step under the mesh's abstract mesh
+      so that ``loss_fn`` can pin activations the same way with ``mesh.constrain_batch``
+      (e.g. the logits); otherwise their layout is left to sharding propagation.
   """
   _check_callable("loss_fn", loss_fn)
   if extra_args_fn is not None:
@@ -202,6 +207,8 @@ def make_train_step(
     raise ValueError(f"`on_nonfinite` must be one of {ON_NONFINITE}, got {on_nonfinite!r}.")
   _check_grad_accum_steps(grad_accum_steps)
   remat.check(remat_policy, remat_modules)
+  if not isinstance(shard_activations, bool):
+    raise ValueError(f"`shard_activations` must be a bool, got {shard_activations!r}.")
   if compute_dtype is not None and not jnp.issubdtype(compute_dtype, jnp.floating):
     raise ValueError(f"`compute_dtype` must be a floating dtype, got {compute_dtype!r}.")
 
@@ -253,11 +260,15 @@ def make_train_step(
   def train_step(state: TrainState, batch: Batch, *frozen):
     rng, step_rng = jax.random.split(jax.random.wrap_key_data(state.rng))
     micro_batches = None
+    if shard_activations:
+      batch = mesh_lib.constrain_batch(batch)
     if grad_accum_steps == 1:
       loss, metrics, model_state, grads = gradients(state.params, state.model_state, batch,
                                                     step_rng, frozen)
     else:
       micro_batches = split_micro_batches(batch, grad_accum_steps)
+      if shard_activations:
+        micro_batches = mesh_lib.constrain_batch(micro_batches, axis=1)
       loss, metrics, model_state, grads = accumulated_gradients(
           state.params, state.model_state, micro_batches, step_rng, frozen)
     extra_args = {}
@@ -290,8 +301,17 @@ def make_train_step(
   in_shardings = (shardings, mesh_lib.batch_sharding(mesh))
   if frozen_shardings is not None:
     in_shardings += (frozen_shardings,)
-  return jax.jit(mesh_lib.auto_axes(train_step, mesh, out_shardings),
-                 in_shardings=in_shardings, out_shardings=out_shardings, donate_argnums=0)
+  step = mesh_lib.auto_axes(train_step, mesh, out_shardings)
+  if shard_activations:
+    body = step
+
+    def step(*args):
+      # The mesh in context lets constrain_batch (here and in loss_fn) name its axes.
+      with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+        return body(*args)
+
+  return jax.jit(step, in_shardings=in_shardings, out_shardings=out_shardings,
+                 donate_argnums=0)
 
 
 def make_eval_step(
