@@ -12,7 +12,6 @@ import jax
 import numpy as np
 import optax
 import pytest
-import torch
 from flax import nnx
 
 from logitlab.models import vision
@@ -150,6 +149,7 @@ def test_warmup_cosine_schedule_matches_mmcls():
 def test_adamw_recipe_matches_torch_adamw_with_param_groups_and_clipping():
   """Three steps on a small ViT: optax chain == torch AdamW (decay / no-decay groups as
   mmcls builds them) after ``clip_grad_norm_(5)``, gradients scaled so clipping is active."""
+  torch = pytest.importorskip("torch")
   # The mask on a real ViT's parameter tree (abstract: building one eagerly is slow).
   abstract = nnx.state(nnx.eval_shape(lambda: vision.build(
       "deit_tiny", 4, rngs=nnx.Rngs(0), image_size=8, patch_size=4, dim=12, depth=1,
