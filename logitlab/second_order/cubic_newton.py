@@ -31,7 +31,8 @@ from jax.flatten_util import ravel_pytree
 
 from logitlab import numerics
 from logitlab.second_order import curvature as curvature_lib
-from logitlab.second_order.solver import _metric_ops
+from logitlab.second_order.solver import (_check_int_at_least_1, _check_metric_shape,
+                                           _metric_ops)
 
 Params = Any
 
@@ -112,17 +113,14 @@ def cubic_newton(value_fn: Callable[..., chex.Array], curvature_fn: curvature_li
   for name, value in (("h_init", h_init), ("h_min", h_min), ("subproblem_tol", subproblem_tol)):
     numerics.check_positive(name, value)
   for name, value in (("max_search", max_search), ("subproblem_maxiter", subproblem_maxiter)):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-      raise ValueError(f"`{name}` must be an integer >= 1, got {value!r}.")
+    _check_int_at_least_1(name, value)
   apply_b, _, dual_norm_sq = _metric_ops(metric)
   value_and_grad = jax.value_and_grad(value_fn)
 
   def init(params, *data):
     params = jax.tree.map(numerics.upcast, params)
     size = ravel_pytree(params)[0].size
-    if metric is not None and metric.shape != (size, size):
-      raise ValueError(f"`metric` must have shape [d, d] with d = {size} (the size of "
-                       f"ravel_pytree(params)), got {metric.shape}.")
+    _check_metric_shape(metric, size)
     value, grad = value_and_grad(params, *data)
     dtype = jnp.result_type(value)
     return CubicNewtonState(params, value, grad,

@@ -31,7 +31,8 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
 from logitlab import numerics
-from logitlab.second_order.solver import _metric_ops
+from logitlab.second_order.solver import (_check_int_at_least_1, _check_metric_shape,
+                                           _metric_ops)
 
 Params = Any
 
@@ -64,17 +65,14 @@ def _build(value_fn, metric, l_init, l_min, line_search, max_search, accelerated
   numerics.check_positive("l_min", l_min)
   if not isinstance(line_search, bool):
     raise TypeError(f"`line_search` must be a bool, got {line_search!r}.")
-  if isinstance(max_search, bool) or not isinstance(max_search, int) or max_search < 1:
-    raise ValueError(f"`max_search` must be an integer >= 1, got {max_search!r}.")
+  _check_int_at_least_1("max_search", max_search)
   apply_b, solve_b, dual_norm_sq = _metric_ops(metric)
   value_and_grad = jax.value_and_grad(value_fn)
 
   def init(params, *data):
     params = jax.tree.map(numerics.upcast, params)
     flat = ravel_pytree(params)[0]
-    if metric is not None and metric.shape != (flat.size, flat.size):
-      raise ValueError(f"`metric` must have shape [d, d] with d = {flat.size} (the size of "
-                       f"ravel_pytree(params)), got {metric.shape}.")
+    _check_metric_shape(metric, flat.size)
     value, grad = value_and_grad(params, *data)
     dtype = jnp.result_type(value)
     return GradientState(params, value, grad, jnp.sqrt(dual_norm_sq(ravel_pytree(grad)[0])),

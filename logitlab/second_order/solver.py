@@ -84,6 +84,19 @@ class GNSSolver(NamedTuple):
   update: Callable[..., GNSState]
 
 
+def _check_int_at_least_1(name: str, value) -> None:
+  """Raises a ValueError naming ``name`` unless ``value`` is a Python int >= 1 (not a bool)."""
+  if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    raise ValueError(f"`{name}` must be an integer >= 1, got {value!r}.")
+
+
+def _check_metric_shape(metric: chex.Array | None, size: int) -> None:
+  """Raises unless ``metric`` is None or ``[size, size]`` (size of ``ravel_pytree(params)``)."""
+  if metric is not None and metric.shape != (size, size):
+    raise ValueError(f"`metric` must have shape [d, d] with d = {size} (the size of "
+                     f"ravel_pytree(params)), got {metric.shape}.")
+
+
 def _metric_ops(metric: chex.Array | None):
   """Returns ``(apply_b, solve_b, dual_norm_sq)`` on flat vectors for the metric ``B``
   (``B v``, ``B^{-1} v`` by one Cholesky factorization, ``g^T B^{-1} g``)."""
@@ -231,9 +244,7 @@ def gradient_normalized_newton(
   def init(params, *data):
     params = jax.tree.map(numerics.upcast, params)
     size = ravel_pytree(params)[0].size
-    if metric is not None and metric.shape != (size, size):
-      raise ValueError(f"`metric` must have shape [d, d] with d = {size} (the size of "
-                       f"ravel_pytree(params)), got {metric.shape}.")
+    _check_metric_shape(metric, size)
     value, grad = value_and_grad(params, *data)
     dtype = jnp.result_type(value)
     return GNSState(
