@@ -131,6 +131,33 @@ def _report_mismatch(mode: str, mismatch, factor) -> None:
   warnings.warn(message, RadiusGuardPlacementWarning, stacklevel=2)
 
 
+def _reported(mode: str, mismatch, factor):
+  """``mismatch``, after raising or warning on the host if it is true.
+
+  Eager: reports directly. Traced: a ``jax.pure_callback`` inside ``lax.cond``, so the host
+  is only called on a mismatch, and its (zero) result is added to ``mismatch`` so that it is
+  not removed as dead code. Not ``jax.debug.callback``: its effect takes the jitted train
+  step off JAX's C++ dispatch path (about 20 us per argument leaf, every step; 2 ms of a
+  17 ms step in benchmarks/guard_overhead.py), and XLA:CPU has failed to compile some
+  programs with it (an INTERNAL "instruction is live" check).
+  """
+  if not (numerics.is_traced(mismatch) or numerics.is_traced(factor)):
+    _report_mismatch(mode, mismatch, factor)
+    return mismatch
+
+  def host(m, f):
+    _report_mismatch(mode, m, f)
+    return np.zeros(np.shape(m), bool)
+
+  def call(m, f):
+    return jax.pure_callback(host, jax.ShapeDtypeStruct(m.shape, bool), m, f,
+                             vmap_method="sequential")
+
+  mismatch, factor = jax.lax.stop_gradient((mismatch, factor))
+  return mismatch | jax.lax.cond(mismatch, call, lambda m, f: jnp.zeros_like(m), mismatch,
+                                 factor)
+
+
 def _tangent_of(updates, params, logits_fn, logits_jvp):
   if logits_jvp is not None:
     return logits_jvp(updates)
@@ -296,10 +323,7 @@ def radius_guard(
       mismatch, factor = guard_placement.check(now, state.check_params, state.check_update,
                                                state.has_previous)
       if on_mismatch != "ignore":
-        # Under lax.cond the host callback runs only on a mismatch: no per-step host sync.
-        report = functools.partial(_report_mismatch, on_mismatch)
-        jax.lax.cond(mismatch, lambda m, f: jax.debug.callback(report, m, f),
-                     lambda m, f: None, mismatch, factor)
+        mismatch = _reported(on_mismatch, mismatch, factor)
       check_params = now.value
       if low_precision:  # the re-measure may have halved the returned update
         check_update = guard_placement.fingerprint(guarded).value
