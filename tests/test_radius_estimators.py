@@ -112,6 +112,48 @@ def test_attention_and_ffn_radii_against_a_numpy_port_of_the_reference():
   np.testing.assert_allclose(r2, 1 / min(rho_out, rho_attn), rtol=1e-4)
 
 
+def test_guard_with_all_components_on_the_digits_transformer_internals():
+  """The guard's ratio_attention / ratio_ffn on TinyTransformer.internals equal a float64
+  NumPy reduction of the JVP of Adam's proposal (recomputed outside the guard), and the step
+  is capped by the maximum of the three components."""
+  from flax import nnx
+  from logitlab.models import small
+  model = small.TinyTransformer(10, num_layers=2, rngs=nnx.Rngs(0))
+  x = jax.random.uniform(jax.random.key(1), (32, 8, 8))
+  y = jnp.arange(32) % 10
+  params = nnx.state(model, nnx.Param)
+  logits_fn = logitlab.nnx_logits_fn(model, x, forward=lambda m, x: m.internals(x))
+  est = re_.step_ratio_estimator(components=("output", "attention", "ffn"))
+  tx = logitlab.radius_guard(optax.adam(0.1), max_ratio=0.5, estimator=est)
+  adam = optax.adam(0.1)
+
+  @jax.jit  # one compilation: eager nnx forwards would dominate the test's time
+  def run(params):
+    grads = jax.grad(lambda p: optax.softmax_cross_entropy_with_integer_labels(
+        logits_fn(p)["logits"], y).mean())(params)
+    updates, state = tx.update(grads, tx.init(params), params, logits_fn=logits_fn)
+    proposal, _ = adam.update(grads, adam.init(params), params)
+    primal, tangent = jax.jvp(logits_fn, (params,), (proposal,))
+    return updates, logitlab.guard_metrics(state), proposal, primal, tangent
+
+  updates, metrics, proposal, primal, tangent = run(params)
+  f64 = lambda a: np.asarray(a, np.float64)
+  d_att = np.stack([f64(t) for t in tangent["attention_logits"]])  # [layer, B, head, Q, K]
+  r_attn = (d_att.max(-1) - d_att.min(-1)).max() / np.pi
+  u = np.concatenate([f64(a).ravel() for a in primal["ffn_preactivations"]])
+  du = np.concatenate([f64(a).ravel() for a in tangent["ffn_preactivations"]])
+  r_ffn = 1 / np.quantile(np.abs(u) / np.maximum(np.abs(du), 1e-12), 0.01)
+  d_out = f64(tangent["logits"])
+  r_out = (d_out.max(-1) - d_out.min(-1)).max() / np.pi
+  np.testing.assert_allclose(metrics["guard/ratio_attention"], r_attn, rtol=1e-3)
+  np.testing.assert_allclose(metrics["guard/ratio_ffn"], r_ffn, rtol=1e-3)
+  np.testing.assert_allclose(metrics["guard/ratio_output"], r_out, rtol=1e-3)
+  r = max(r_out, r_attn, r_ffn)
+  assert r > 0.5  # the cap binds: the applied step is the proposal scaled by 0.5 / r
+  for got, want in zip(jax.tree.leaves(updates), jax.tree.leaves(proposal)):
+    np.testing.assert_allclose(got, want * 0.5 / r, rtol=1e-3, atol=1e-9)
+
+
 @pytest.mark.parametrize("lr", [1e-4, 10.0])
 def test_radius_stepping_scales_every_step_to_the_target_up_and_down(lr):
   params, _, logits_fn, step = _mlp(3)

@@ -120,6 +120,36 @@ class TinyTransformer(nnx.Module):
       h = h + self.mlps_out[i](jax.nn.gelu(self.mlps_in[i](self.mlp_norms[i](h))))
     return self.out(self.final_norm(h).mean(axis=1))
 
+  def internals(self, x) -> dict:
+    """The forward with the internals of the network-wide radius (``radius_estimators``).
+
+    Each attention layer is computed explicitly from its own projections, as
+    ``nnx.MultiHeadAttention`` does: ``S = (q / sqrt(d_head)) k^T`` per head, then
+    ``out(softmax_k(S) v)``; the logits equal ``__call__``'s (bit for bit on CPU).
+
+    Returns:
+      ``{"logits": [B, classes], "attention_logits": per layer S [B, heads, rows, rows],
+      "attention_mask": None (every row attends to every row), "ffn_preactivations": per
+      layer the GELU's input u [B, rows, 2 dim]}``. GELU has no kink: the FFN radius
+      ``|u| / |du|`` measures the distance to its curvature region around ``u = 0``, as the
+      reference code does for its GELU Transformer (``tfmbottlenecks/run.py`` L213-216).
+    """
+    h = self.embed(_as_images(x)) + self.position[...]
+    attention_logits, ffn_preactivations = [], []
+    for i, attn in enumerate(self.attns):
+      a = self.attn_norms[i](h)
+      q, k, v = attn.query(a), attn.key(a), attn.value(a)  # [B, rows, heads, d_head]
+      # Scale q before the product, in q's dtype: the same rounding as nnx's attention.
+      s = jnp.einsum("bqhd,bkhd->bhqk", q / jnp.sqrt(q.shape[-1]).astype(q.dtype), k)
+      h = h + attn.out(jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(s), v))
+      u = self.mlps_in[i](self.mlp_norms[i](h))
+      h = h + self.mlps_out[i](jax.nn.gelu(u))
+      attention_logits.append(s)
+      ffn_preactivations.append(u)
+    return {"logits": self.out(self.final_norm(h).mean(axis=1)),
+            "attention_logits": tuple(attention_logits), "attention_mask": None,
+            "ffn_preactivations": tuple(ffn_preactivations)}
+
 
 _BUILDERS: dict[str, Callable[..., nnx.Module]] = {
     "linear": lambda c, rngs: Linear(64, c, rngs=rngs),
