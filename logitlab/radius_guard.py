@@ -25,7 +25,9 @@ that change the update: ``add_decayed_weights``, ``scale(-lr)``, a schedule) is 
 the next step: the guard checks that ``params_t - params_{t-1}`` is the update it returned
 (a random projection, :mod:`logitlab.guard_placement`; no copy of the parameters). A mismatch
 raises (``on_mismatch="raise"``, default), warns (``"warn"``) or is only counted
-(``"ignore"``); ``num_mismatched`` and ``applied_factor`` report it in the metrics.
+(``"ignore"``); ``num_mismatched`` and ``applied_factor`` report it in the metrics. Under
+``jit`` nothing can raise (jit-value policy): ``"raise"`` warns from the host and returns a NaN
+update for that step, so an uncapped step is never applied silently.
 
 Non-finite values. The wrapper skips a step whose proposal or tangent is non-finite (zero
 update) and keeps the inner optimizer's state, so a NaN gradient cannot poison Adam's moments.
@@ -121,37 +123,51 @@ _PLACEMENT_MESSAGE = (
     "schedule after it. (on_mismatch='warn' or 'ignore' to continue; docs/radius_guard.md)")
 
 
-def _report_mismatch(mode: str, mismatch, factor) -> None:
+def _report_mismatch(mode: str, mismatch, factor, *, traced: bool = False) -> None:
   mismatch, factor = np.asarray(mismatch), np.asarray(factor)
   if not mismatch.any():
     return
   message = _PLACEMENT_MESSAGE.format(factor=float(factor[mismatch].reshape(-1)[0]))
-  if mode == "raise":
+  if mode == "raise" and not traced:
     raise RadiusGuardPlacementError(message)
+  if mode == "raise":
+    message += (" Under jit the guard cannot raise: it returned a NaN update for this step "
+                "(on_mismatch='raise').")
   warnings.warn(message, RadiusGuardPlacementWarning, stacklevel=2)
 
 
-def _reported(mode: str, mismatch, factor):
-  """``mismatch``, after raising or warning on the host if it is true.
+def _explicit(x) -> bool:
+  sharding = getattr(jax.typeof(x), "sharding", None)
+  mesh = getattr(sharding, "mesh", None)
+  return bool(getattr(mesh, "explicit_axes", ()))
 
-  Eager: reports directly. Traced: a ``jax.pure_callback`` inside ``lax.cond``, so the host
-  is only called on a mismatch, and its (zero) result is added to ``mismatch`` so that it is
-  not removed as dead code. Not ``jax.debug.callback``: its effect takes the jitted train
-  step off JAX's C++ dispatch path (about 20 us per argument leaf, every step; 2 ms of a
-  17 ms step in benchmarks/guard_overhead.py), and XLA:CPU has failed to compile some
-  programs with it (an INTERNAL "instruction is live" check).
+
+def _reported(mode: str, mismatch, factor):
+  """``mismatch``, after reporting it on the host.
+
+  Eager (concrete values): ``"raise"`` raises :class:`RadiusGuardPlacementError`, ``"warn"``
+  warns. Traced (under ``jit``): both warn from a ``jax.pure_callback`` inside ``lax.cond``,
+  so the host is only called on a mismatch; the caller makes the update NaN for ``"raise"``
+  (the jit-value policy, docs/architecture.md). Why no exception under ``jit``: an exception
+  in a callback of a multi-device program leaves the other devices waiting in the
+  collective that broadcasts the callback's result, and the process aborts. Why not
+  ``jax.debug.callback`` (which may raise): its effect takes every jitted train step off
+  JAX's C++ dispatch path, about 20 us per argument leaf per step (2 ms of a 17 ms step in
+  benchmarks/guard_overhead.py). The callback's (false) result is or-ed into ``mismatch`` so
+  that it is not removed as dead code.
   """
   if not (numerics.is_traced(mismatch) or numerics.is_traced(factor)):
     _report_mismatch(mode, mismatch, factor)
-    return mismatch
+    return jnp.asarray(mismatch)
 
   def host(m, f):
-    _report_mismatch(mode, m, f)
+    _report_mismatch(mode, m, f, traced=True)
     return np.zeros(np.shape(m), bool)
 
   def call(m, f):
-    return jax.pure_callback(host, jax.ShapeDtypeStruct(m.shape, bool), m, f,
-                             vmap_method="sequential")
+    r = jax.pure_callback(host, jax.ShapeDtypeStruct(m.shape, bool), m, f,
+                          vmap_method="sequential")
+    return jax.sharding.reshard(r, jax.typeof(m).sharding) if _explicit(m) else r
 
   mismatch, factor = jax.lax.stop_gradient((mismatch, factor))
   return mismatch | jax.lax.cond(mismatch, call, lambda m, f: jnp.zeros_like(m), mismatch,
@@ -311,27 +327,31 @@ def radius_guard(
       # The stage form owns no optimizer state: never hide a non-finite proposal as a
       # zero step (the optimizer before it is poisoned); pass it on.
       guarded = jax.tree.map(lambda g, p: jnp.where(proposal_finite, g, p), guarded, proposal)
-    guarded = jax.tree.map(lambda g: jnp.where(hyper_ok, g, jnp.full_like(g, jnp.nan)), guarded)
     inner_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), inner_state,
                                state.inner_state)
 
     check_params, check_update, has_previous = (state.check_params, state.check_update,
                                                 state.has_previous)
     mismatch, factor = jnp.zeros([], bool), state.applied_factor
+    usable = hyper_ok
     if params is not None:
       now = fingerprints.params
       mismatch, factor = guard_placement.check(now, state.check_params, state.check_update,
                                                state.has_previous)
       if on_mismatch != "ignore":
         mismatch = _reported(on_mismatch, mismatch, factor)
+        if on_mismatch == "raise":  # reached only under jit: eager calls raised above
+          usable = usable & ~mismatch
+    guarded = jax.tree.map(lambda g: jnp.where(usable, g, jnp.full_like(g, jnp.nan)), guarded)
+    if params is not None:
       check_params = now.value
       if low_precision:  # the re-measure may have halved the returned update
         check_update = guard_placement.fingerprint(guarded).value
       else:
         # = fingerprint(guarded): `scale * proposal` where the step is kept, 0 where skipped,
-        # the (non-finite) proposal where the stage passes it on, NaN for bad hyperparameters.
+        # the (non-finite) proposal where the stage passes it on, NaN where poisoned.
         kept = finite | (~proposal_finite if not is_wrapper else False)
-        check_update = jnp.where(hyper_ok, jnp.where(kept, fingerprints.update, 0.0), jnp.nan)
+        check_update = jnp.where(usable, jnp.where(kept, fingerprints.update, 0.0), jnp.nan)
       has_previous = jnp.ones([], bool)
 
     new_state = RadiusGuardState(

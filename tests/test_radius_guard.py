@@ -120,7 +120,9 @@ def test_every_placement_caps_the_applied_step_or_reports_it(placement):
     np.testing.assert_allclose(metrics["guard/applied_factor"], -50.0, rtol=1e-3)
 
 
-def test_misplaced_guard_raises_by_default_eager_and_jitted():
+def test_misplaced_guard_raises_by_default_eager_and_poisons_under_jit():
+  """Eager: RadiusGuardPlacementError. Under jit (cannot raise): a warning naming the cause
+  and a NaN update for the step, never a silently uncapped step."""
   params, logits_fn, loss_fn, _ = _problem()
   tx = optax.chain(logitlab.radius_guard(), optax.adam(50.0))  # the spelling of issue 12
   for jit in (False, True):
@@ -128,8 +130,17 @@ def test_misplaced_guard_raises_by_default_eager_and_jitted():
     step = lambda p, st: tx.update(jax.grad(loss_fn)(p), st, p, logits_fn=logits_fn)
     step = jax.jit(step) if jit else step
     updates, state = step(params, state)  # the first step cannot be checked yet
-    with pytest.raises(Exception, match="radius_guard: the parameters moved by"):
-      jax.block_until_ready(step(optax.apply_updates(params, updates), state))
+    assert all(np.isfinite(u).all() for u in jax.tree.leaves(updates))
+    moved = optax.apply_updates(params, updates)
+    if not jit:
+      with pytest.raises(logitlab.RadiusGuardPlacementError,
+                         match="radius_guard: the parameters moved by"):
+        step(moved, state)
+      continue
+    with pytest.warns(logitlab.RadiusGuardPlacementWarning, match="returned a NaN update"):
+      updates, state = jax.block_until_ready(step(moved, state))
+    assert all(np.isnan(u).all() for u in jax.tree.leaves(updates))
+    assert int(logitlab.guard_metrics(state)["guard/num_mismatched"]) == 1
   warn = optax.chain(logitlab.radius_guard(on_mismatch="warn"), optax.adam(50.0))
   state = warn.init(params)
   updates, state = warn.update(jax.grad(loss_fn)(params), state, params, logits_fn=logits_fn)

@@ -173,3 +173,25 @@ def test_radius_guard_matches_one_device(mesh):
   args = _put(mesh, (params, x, y), (PARAM_SPECS, ROWS, ROWS))
   got = jax.jit(step)(*args)
   _assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_misplaced_guard_reports_on_the_mesh(mesh):
+  """The placement report (a host callback inside `lax.cond`) fires from a sharded step and
+  the step's update is NaN (an exception there would hang the other devices)."""
+  params, x, y = _guard_problem()
+  replicate = NamedSharding(mesh, P())
+  gather = lambda w: jax.sharding.reshard(w, replicate)
+  logits_fn = lambda p, x: jnp.tanh(x @ gather(p["w1"])) @ gather(p["w2"])
+  tx = optax.chain(logitlab.radius_guard(), optax.adam(30.0))  # the guard before Adam
+
+  @jax.jit
+  def step(p, state, x, y):
+    grads = jax.grad(lambda p: losses.cross_entropy(logits_fn(p, x), y))(p)
+    updates, state = tx.update(grads, state, p, logits_fn=lambda p: logits_fn(p, x))
+    return optax.apply_updates(p, updates), state
+
+  params, x, y = _put(mesh, (params, x, y), (PARAM_SPECS, ROWS, ROWS))
+  params, state = step(params, tx.init(params), x, y)  # step 1 cannot be checked
+  with pytest.warns(logitlab.RadiusGuardPlacementWarning, match="radius_guard: the parameters"):
+    params, state = jax.block_until_ready(step(params, state, x, y))
+  assert all(np.isnan(np.asarray(p)).all() for p in jax.tree.leaves(params))
