@@ -236,7 +236,8 @@ def radius_guard(
       a finite number > 0.
     on_mismatch: what to do when the parameters did not move by the update the guard
       returned (a stage after the guard changed it): ``"raise"`` a
-      :class:`RadiusGuardPlacementError`, ``"warn"`` or ``"ignore"`` (metrics only).
+      :class:`RadiusGuardPlacementError` (under ``jit``: a warning and a NaN update for
+      that step), ``"warn"`` or ``"ignore"`` (metrics only).
     mode: ``"cap"`` scales down to ``r <= max_ratio``; ``"radius_step"`` (the reference
       code's radius stepping, ``experiments/resnetnatural/run.py`` L235-296 of
       piyush314/ghosts-of-softmax) scales every step to ``r = max_ratio``, up as well as
