@@ -47,7 +47,7 @@ class Fingerprint(NamedTuple):
 class StepFingerprints(NamedTuple):
   """One pass of :func:`step_fingerprints` over the parameters and the step."""
   params: Fingerprint       # <v, params_t> and its rounding bound
-  update: jax.Array         # <v, scale * proposal>
+  update: jax.Array         # <v, proposal>
   proposal_finite: jax.Array  # every entry of the proposal is finite
 
 
@@ -113,27 +113,26 @@ def fingerprint(tree: PyTree) -> Fingerprint:
   return Fingerprint(value, jnp.sqrt(bound_sq))
 
 
-def step_fingerprints(params: PyTree, proposal: PyTree, scale: jax.Array) -> StepFingerprints:
-  """``fingerprint(params)``, ``fingerprint(scale * proposal)`` (each leaf ``p *
-  scale.astype(p.dtype)``, as the guard returns it) and the proposal's finiteness, in one
+def step_fingerprints(params: PyTree, proposal: PyTree) -> StepFingerprints:
+  """``fingerprint(params)``, ``fingerprint(proposal)`` and the proposal's finiteness, in one
   variadic reduction per leaf (``sum(p * 0)`` is 0, or NaN iff some entry is NaN or +-inf).
 
+  The guard fingerprints the update it returns, ``scale * proposal``, as ``scale *
+  update``: the reductions then depend on the proposal only, so XLA runs them while the JVP
+  that decides ``scale`` is still running instead of after it (the difference is the
+  rounding of ``scale * p``, relative eps per entry, far inside the check's tolerance).
   Falls back to separate passes when the proposal's leaves do not line up with the
-  parameters' (e.g. ``optax.masked`` placeholders). ``update`` is exact for float32 steps;
-  inside the fused reduction XLA may skip the rounding of a low-precision ``p * scale``, so
-  the guard fingerprints a low-precision returned update with :func:`fingerprint`.
+  parameters' (e.g. ``optax.masked`` placeholders).
   """
-  if jnp.ndim(scale) != 0 or not jnp.issubdtype(jnp.result_type(scale), jnp.floating):
-    raise ValueError(f"`scale` must be a float scalar, got shape {jnp.shape(scale)} and "
-                     f"dtype {jnp.result_type(scale)}.")
+  if not any(jnp.issubdtype(jnp.result_type(x), jnp.inexact) for x in jax.tree.leaves(params)):
+    raise ValueError("`params` must hold at least one floating array.")
   param_leaves, leaves = jax.tree.leaves(params), jax.tree.leaves(proposal)
-  scaled = [p * scale.astype(p.dtype) for p in leaves]
   if [jnp.shape(p) for p in leaves] != [jnp.shape(x) for x in param_leaves]:
     finite = [jnp.all(jnp.isfinite(p)) for p in leaves]
-    return StepFingerprints(fingerprint(params), fingerprint(scaled).value,
+    return StepFingerprints(fingerprint(params), fingerprint(proposal).value,
                             jnp.all(jnp.stack(finite)) if finite else jnp.array(True))
   value, bound_sq, update, nonfinite = (jnp.zeros([], jnp.float32),) * 4
-  for i, (leaf, p, sp) in enumerate(zip(param_leaves, leaves, scaled)):
+  for i, (leaf, p) in enumerate(zip(param_leaves, leaves)):
     p_float = jnp.issubdtype(p.dtype, jnp.inexact)  # integer entries are finite
     if not jnp.issubdtype(leaf.dtype, jnp.inexact):
       if p_float:
@@ -142,7 +141,7 @@ def step_fingerprints(params: PyTree, proposal: PyTree, scale: jax.Array) -> Ste
     x = leaf.astype(jnp.float32)
     operands = (_weighted(x, i), x * x)
     if p_float:
-      operands += (_weighted(sp.astype(jnp.float32), i), p.astype(jnp.float32) * 0)
+      operands += (_weighted(p.astype(jnp.float32), i), p.astype(jnp.float32) * 0)
     sums = _sums(operands)
     value = value + sums[0]
     bound_sq = bound_sq + _rounding_eps(leaf.dtype)**2 * sums[1]

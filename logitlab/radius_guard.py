@@ -300,11 +300,9 @@ def radius_guard(
     # ratio > 0 where `wants_scale`, so the division is safe there.
     scale = jnp.where(wants_scale, target / jnp.where(wants_scale, ratio, 1.0), 1.0)
     # The placement check's fingerprints and the proposal's finiteness: one pass per leaf
-    # over (params, proposal). `scale` does not depend on the proposal's finiteness: where
-    # the step is kept it equals the scale of the capped step, and a skipped step's
-    # fingerprint is replaced below.
+    # over (params, proposal), independent of `scale`, so it overlaps the JVP.
     fingerprints = (None if params is None else
-                    guard_placement.step_fingerprints(params, proposal, scale))
+                    guard_placement.step_fingerprints(params, proposal))
     proposal_finite = (_all_finite(proposal) if fingerprints is None else
                        fingerprints.proposal_finite)
     finite = ratio_finite & proposal_finite
@@ -339,10 +337,11 @@ def radius_guard(
       now = fingerprints.params
       mismatch, factor = guard_placement.check(now, state.check_params, state.check_update,
                                                state.has_previous)
+      if on_mismatch == "raise":  # reached only under jit: eager calls raise below
+        usable = usable & ~mismatch
       if on_mismatch != "ignore":
+        # Only the counter waits for the host: the update does not (no serialization).
         mismatch = _reported(on_mismatch, mismatch, factor)
-        if on_mismatch == "raise":  # reached only under jit: eager calls raised above
-          usable = usable & ~mismatch
     guarded = jax.tree.map(lambda g: jnp.where(usable, g, jnp.full_like(g, jnp.nan)), guarded)
     if params is not None:
       check_params = now.value
@@ -352,7 +351,8 @@ def radius_guard(
         # = fingerprint(guarded): `scale * proposal` where the step is kept, 0 where skipped,
         # the (non-finite) proposal where the stage passes it on, NaN where poisoned.
         kept = finite | (~proposal_finite if not is_wrapper else False)
-        check_update = jnp.where(usable, jnp.where(kept, fingerprints.update, 0.0), jnp.nan)
+        check_update = jnp.where(usable, jnp.where(kept, scale * fingerprints.update, 0.0),
+                                 jnp.nan)
       has_previous = jnp.ones([], bool)
 
     new_state = RadiusGuardState(

@@ -917,8 +917,8 @@ ROWS += rows_for(
     guard_placement,
     R("fingerprint", lambda: guard_placement.fingerprint({}), arg("tree")),
     R("check", lambda: guard_placement.check("fp", F, F, True), arg("params_now"), TypeError),
-    R("step_fingerprints", lambda: guard_placement.step_fingerprints({"w": F}, {"w": F},
-                                                                      jnp.ones(2)), arg("scale")),
+    R("step_fingerprints", lambda: guard_placement.step_fingerprints(
+        {"n": jnp.arange(2)}, {"n": jnp.arange(2)}), arg("params")),
 )
 ROWS += rows_for(
     lm_head_radius,
