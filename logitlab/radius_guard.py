@@ -166,7 +166,7 @@ def _reported(mode: str, mismatch, factor):
 
   def call(m, f):
     r = jax.pure_callback(host, jax.ShapeDtypeStruct(m.shape, bool), m, f,
-                          vmap_method="sequential")
+                          vmap_method="expand_dims")
     return jax.sharding.reshard(r, jax.typeof(m).sharding) if _explicit(m) else r
 
   mismatch, factor = jax.lax.stop_gradient((mismatch, factor))

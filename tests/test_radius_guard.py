@@ -424,3 +424,28 @@ def test_linen_recipe_eval_and_train_mode():
                                                         logits_fn=fn))(params)
     assert int(state.num_capped) == 1
     assert independent_ratio(fn, params, updates) <= 1.0 + 1e-4
+
+
+def test_placement_report_under_vmap_over_seeds():
+  """digits_trainer vmaps whole guarded runs over seeds: the report works per seed."""
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(16, 4)), jnp.float32)
+  y = jnp.asarray(rng.integers(0, 3, 16))
+  logits_fn = lambda p: x @ p["w"]
+  loss = lambda p: optax.softmax_cross_entropy_with_integer_labels(logits_fn(p), y).mean()
+
+  def second_update(tx, p):
+    state = tx.init(p)
+    u, state = tx.update(jax.grad(loss)(p), state, p, logits_fn=logits_fn)
+    p = optax.apply_updates(p, u)
+    u, state = tx.update(jax.grad(loss)(p), state, p, logits_fn=logits_fn)
+    return u["w"], logitlab.guard_metrics(state)["guard/num_mismatched"]
+
+  seeds = {"w": jnp.asarray(rng.normal(size=(2, 4, 3)), jnp.float32)}
+  misplaced = optax.chain(logitlab.radius_guard(), optax.adam(50.0))
+  with pytest.warns(logitlab.RadiusGuardPlacementWarning):
+    u, count = jax.jit(jax.vmap(lambda p: second_update(misplaced, p)))(seeds)
+  assert np.isnan(np.asarray(u)).all() and list(np.asarray(count)) == [1, 1]
+  u, count = jax.jit(jax.vmap(
+      lambda p: second_update(logitlab.radius_guard(optax.adam(50.0)), p)))(seeds)
+  assert np.isfinite(np.asarray(u)).all() and list(np.asarray(count)) == [0, 0]
