@@ -9,13 +9,15 @@ curvature ``H(x)`` (exact Hessian, Gauss-Newton, Fisher, ...)::
     else gamma <- gamma / 2 and re-solve (at most ``max_search`` solves)
     after acceptance: x <- x + dx, gamma <- max(2 gamma, gamma_min)
 
-This is the adaptive search of the authors' code (epfml/grad-norm-smooth), with three
+This is the adaptive search of the authors' code (epfml/grad-norm-smooth), with four
 deliberate differences, documented in docs/second_order.md: a failed solve (e.g. a
 non-PD ``H + lambda B`` for an indefinite exact Hessian makes Cholesky return NaN) counts
 as a rejected trial and halves gamma instead of aborting; when all ``max_search``
 trials fail the point is not moved (the reference moves anyway), so ``f`` never increases;
-and such a stalled iteration leaves gamma where it started, with ``gamma >= gamma_min``
-always (the reference only floors after an acceptance, so in float32 gamma reached 0.0).
+such a stalled iteration leaves gamma where it started, with ``gamma >= gamma_min``
+always (the reference only floors after an acceptance, so in float32 gamma reached 0.0);
+and a trial rejected at round-off (``|<g, dx>| <= eps |f(x)|``: the test compares rounding
+noise) ends the search as such a stall instead of halving gamma.
 ``adaptive_search=False`` is the reference's fixed-gamma mode.
 
 With a known Hessian-Lipschitz constant ``L`` (``hessian_lipschitz=L``) the search is
@@ -45,6 +47,10 @@ from logitlab.second_order import curvature as curvature_lib
 
 Params = Any
 
+
+# A step whose first-order change of f is below this many spacings of f (eps |f|) is at
+# round-off: the acceptance test then compares rounding noise.
+_ROUNDOFF_ULPS = 1
 
 class GNSState(NamedTuple):
   """State of the gradient-normalized smoothness solver.
@@ -269,10 +275,15 @@ def gradient_normalized_newton(
     sufficient = state.value - new_value >= new_grad_norm**2 / (8 * lam)
     flat_dx = ravel_pytree(dx)[0]
     step_norm = jnp.sqrt(jnp.vdot(flat_dx, apply_b(flat_dx)))
-    return sufficient & jnp.isfinite(new_value), (new_params, new_value, new_grad,
-                                                   new_grad_norm, step_norm), (
-                                                       cg_iterations,
-                                                       cg_residual.astype(state.value.dtype))
+    # The step's first-order change of f below the dtype's resolution of f: the acceptance
+    # test compares rounding noise, so the trial says nothing about gamma.
+    # (NaN from a failed solve is not round-off: such a trial halves gamma as before.)
+    predicted = jnp.abs(jnp.vdot(ravel_pytree(state.grad)[0], flat_dx))
+    resolvable = ~(predicted <= _ROUNDOFF_ULPS * jnp.finfo(state.value.dtype).eps * jnp.abs(
+        state.value))
+    return sufficient & jnp.isfinite(new_value), resolvable, (
+        new_params, new_value, new_grad, new_grad_norm, step_norm), (
+            cg_iterations, cg_residual.astype(state.value.dtype))
 
   def update(state, *data):
     solve = make_solve(state.params, data)
@@ -282,29 +293,34 @@ def gradient_normalized_newton(
     if hessian_lipschitz is not None or not adaptive_search:
       gamma = (state.gamma if hessian_lipschitz is None
                else jnp.sqrt(2 * state.grad_norm / hessian_lipschitz))
-      _, candidate, (cg_iterations, cg_residual) = trial(state, solve, gamma, data)
+      _, _, candidate, (cg_iterations, cg_residual) = trial(state, solve, gamma, data)
       params, value, grad, grad_norm, step_norm = candidate
       return GNSState(params, value, grad, grad_norm, gamma, gamma, step_norm,
                       jnp.asarray(True), jnp.ones((), jnp.int32), state.count + 1,
                       cg_iterations, cg_residual)
 
     def search_cond(carry):
-      num_solves, accepted = carry[0], carry[1]
-      return (~accepted) & (num_solves < max_search)
+      num_solves, accepted, at_roundoff = carry[0], carry[1], carry[2]
+      return (~accepted) & (~at_roundoff) & (num_solves < max_search)
 
     def search_body(carry):
-      num_solves, _, gamma, _, _, _ = carry
-      accepted, candidate, diagnostics = trial(state, solve, gamma, data)
+      num_solves, _, _, gamma, _, _, _ = carry
+      accepted, resolvable, candidate, diagnostics = trial(state, solve, gamma, data)
+      # A trial rejected at round-off ends the search as a stall instead of halving gamma:
+      # halving on rounding noise walked gamma down to ~4e-6 over a float32 plateau, and the
+      # optax transform then needed ~18 doublings to move on the next batch. (An acceptance
+      # at round-off is kept: in float32 such steps still lower the gradient norm.)
       # The floor applies to halving too: in float32, 40 halvings per stalled iteration
       # reached gamma = 0.0 exactly, from which doubling never recovers.
       next_gamma = jnp.maximum(jnp.where(accepted, 2 * gamma, gamma / 2), gamma_min)
-      return num_solves + 1, accepted, next_gamma, gamma, candidate, diagnostics
+      return (num_solves + 1, accepted, ~accepted & ~resolvable, next_gamma, gamma, candidate,
+              diagnostics)
 
     zero_diagnostics = (jnp.zeros((), jnp.int32), jnp.zeros((), state.value.dtype))
-    num_solves, accepted, gamma, step_gamma, candidate, diagnostics = jax.lax.while_loop(
+    num_solves, accepted, _, gamma, step_gamma, candidate, diagnostics = jax.lax.while_loop(
         search_cond, search_body,
-        (jnp.zeros((), jnp.int32), jnp.asarray(False), state.gamma, state.gamma,
-         zero_candidate, zero_diagnostics))
+        (jnp.zeros((), jnp.int32), jnp.asarray(False), jnp.asarray(False), state.gamma,
+         state.gamma, zero_candidate, zero_diagnostics))
     # If every trial failed, `candidate` is the last rejected one: stay at x, and keep the
     # gamma this iteration started from (recovery: the stall says nothing about curvature).
     params, value, grad, grad_norm, step_norm = jax.tree.map(
