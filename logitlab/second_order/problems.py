@@ -22,6 +22,7 @@ import jax.numpy as jnp
 
 from logitlab import numerics
 from logitlab.second_order import curvature
+from logitlab.second_order.solver import _check_int_at_least_1
 
 
 class Problem(NamedTuple):
@@ -116,8 +117,7 @@ def softmax_regression(features: chex.Array, labels: chex.Array, num_classes: in
   _check_design(features, where)
   if labels.shape != features.shape[:1]:
     raise ValueError(f"`labels` must have shape [n] = {features.shape[:1]}, got {labels.shape}.")
-  if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-    raise ValueError(f"`num_classes` must be an integer >= 1, got {num_classes!r}.")
+  _check_int_at_least_1("num_classes", num_classes)
   numerics.check_values("labels", (labels >= 0) & (labels < num_classes),
                         f"class indices in [0, {num_classes})")
   one_hot = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)

@@ -98,9 +98,9 @@ def _check_int_at_least_1(name: str, value) -> None:
 
 def _check_metric_shape(metric: chex.Array | None, size: int) -> None:
   """Raises unless ``metric`` is None or ``[size, size]`` (size of ``ravel_pytree(params)``)."""
-  if metric is not None and metric.shape != (size, size):
+  if metric is not None and jnp.shape(metric) != (size, size):
     raise ValueError(f"`metric` must have shape [d, d] with d = {size} (the size of "
-                     f"ravel_pytree(params)), got {metric.shape}.")
+                     f"ravel_pytree(params)), got {jnp.shape(metric)}.")
 
 
 def _metric_ops(metric: chex.Array | None):

@@ -26,6 +26,7 @@ from jax.flatten_util import ravel_pytree
 
 from logitlab import numerics
 from logitlab.second_order import curvature as curvature_lib
+from logitlab.second_order.solver import _check_int_at_least_1, _check_metric_shape
 
 Params = Any
 
@@ -69,14 +70,12 @@ def super_universal_newton(value_fn: Callable[..., chex.Array],
     numerics.check_positive(name, value)
   if not (isinstance(alpha, (int, float)) and 0.0 <= alpha <= 1.0):
     raise ValueError(f"`alpha` must be in [0, 1], got {alpha!r}.")
-  if isinstance(max_search, bool) or not isinstance(max_search, int) or max_search < 1:
-    raise ValueError(f"`max_search` must be an integer >= 1, got {max_search!r}.")
+  _check_int_at_least_1("max_search", max_search)
   value_and_grad = jax.value_and_grad(value_fn)
 
   def metric_ops(size, dtype):
+    _check_metric_shape(metric, size)
     b = jnp.eye(size, dtype=dtype) if metric is None else numerics.upcast(metric).astype(dtype)
-    if b.shape != (size, size):
-      raise ValueError(f"`metric` must have shape [d, d] with d = {size}, got {b.shape}.")
     chol = jax.scipy.linalg.cho_factor(b, lower=True)
     return b, lambda g: jnp.vdot(g, jax.scipy.linalg.cho_solve(chol, g))
 
