@@ -31,8 +31,8 @@ from jax.flatten_util import ravel_pytree
 
 from logitlab import numerics
 from logitlab.second_order import curvature as curvature_lib
-from logitlab.second_order.solver import (_check_int_at_least_1, _check_metric_shape,
-                                           _metric_ops)
+from logitlab.second_order.solver import (_backtracking_search, _check_int_at_least_1,
+                                          _check_metric_shape, _metric_ops)
 
 Params = Any
 
@@ -142,17 +142,8 @@ def cubic_newton(value_fn: Callable[..., chex.Array], curvature_fn: curvature_li
       return ok, flat_x + t
 
     if adaptive_search:
-
-      def cond(carry):
-        return (~carry[1]) & (carry[0] < max_search)
-
-      def body(carry):
-        num_solves, _, h, _ = carry
-        ok, candidate = trial(h)
-        return num_solves + 1, ok, jnp.where(ok, jnp.maximum(h / 2, h_min), 2 * h), candidate
-
-      num_solves, accepted, h, flat_new = jax.lax.while_loop(
-          cond, body, (jnp.zeros((), jnp.int32), jnp.asarray(False), state.h, flat_x))
+      num_solves, accepted, h, flat_new = _backtracking_search(
+          trial, state.h, flat_x, factor=2, floor=h_min, max_search=max_search)
       h = jnp.where(accepted, h, state.h)
       flat_new = jnp.where(accepted, flat_new, flat_x)
     else:

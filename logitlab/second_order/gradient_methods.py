@@ -31,8 +31,8 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
 from logitlab import numerics
-from logitlab.second_order.solver import (_check_int_at_least_1, _check_metric_shape,
-                                           _metric_ops)
+from logitlab.second_order.solver import (_backtracking_search, _check_int_at_least_1,
+                                          _check_metric_shape, _metric_ops)
 
 Params = Any
 
@@ -104,18 +104,9 @@ def _build(value_fn, metric, l_init, l_min, line_search, max_search, accelerated
       _, (flat_t, _, a) = trial(state.lipschitz)
       accepted, lip, num_trials = jnp.asarray(True), state.lipschitz, jnp.ones((), jnp.int32)
     else:
-
-      def cond(carry):
-        return (~carry[1]) & (carry[0] < max_search)
-
-      def body(carry):
-        num_trials, _, lip, _ = carry
-        ok, candidate = trial(lip)
-        return num_trials + 1, ok, jnp.where(ok, jnp.maximum(lip / 2, l_min), 2 * lip), candidate
-
       start = (flat_x, state.value, jnp.zeros_like(state.a_sum))
-      num_trials, accepted, lip, (flat_t, _, a) = jax.lax.while_loop(
-          cond, body, (jnp.zeros((), jnp.int32), jnp.asarray(False), state.lipschitz, start))
+      num_trials, accepted, lip, (flat_t, _, a) = _backtracking_search(
+          trial, state.lipschitz, start, factor=2, floor=l_min, max_search=max_search)
       lip = jnp.where(accepted, lip, state.lipschitz)
     value, grad = value_and_grad(unravel(flat_t), *data)
     if accelerated:

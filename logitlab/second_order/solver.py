@@ -103,6 +103,29 @@ def _check_metric_shape(metric: chex.Array | None, size: int) -> None:
                      f"ravel_pytree(params)), got {jnp.shape(metric)}.")
 
 
+def _backtracking_search(trial: Callable, constant: chex.Array, candidate, *, factor: float,
+                         floor: float, max_search: int):
+  """The reference codes' adaptive search for cubic Newton, super-universal Newton and
+  GM/FGM: ``trial(c) -> (ok, candidate)`` from ``c = constant`` until one accepts or
+  ``max_search`` have run; after an acceptance the next constant is ``max(c / factor,
+  floor)``, after a rejection ``factor * c``.
+
+  Returns ``(num_trials, accepted, next_constant, candidate)``, ``candidate`` being the last
+  trial's (the given one if none ran); what a stalled search keeps is the caller's rule.
+  """
+  def cond(carry):
+    return (~carry[1]) & (carry[0] < max_search)
+
+  def body(carry):
+    num_trials, _, c, _ = carry
+    ok, new_candidate = trial(c)
+    next_c = jnp.where(ok, jnp.maximum(c / factor, floor), factor * c)
+    return num_trials + 1, ok, next_c, new_candidate
+
+  return jax.lax.while_loop(cond, body, (jnp.zeros((), jnp.int32), jnp.asarray(False),
+                                         constant, candidate))
+
+
 def _metric_ops(metric: chex.Array | None):
   """Returns ``(apply_b, solve_b, dual_norm_sq)`` on flat vectors for the metric ``B``
   (``B v``, ``B^{-1} v`` by one Cholesky factorization, ``g^T B^{-1} g``)."""

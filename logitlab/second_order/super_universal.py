@@ -26,7 +26,8 @@ from jax.flatten_util import ravel_pytree
 
 from logitlab import numerics
 from logitlab.second_order import curvature as curvature_lib
-from logitlab.second_order.solver import _check_int_at_least_1, _check_metric_shape
+from logitlab.second_order.solver import (_backtracking_search, _check_int_at_least_1,
+                                          _check_metric_shape)
 
 Params = Any
 
@@ -106,18 +107,9 @@ def super_universal_newton(value_fn: Callable[..., chex.Array],
       ok = (jnp.vdot(flat_new_g, -dx) >= new_norm_sq / (4 * lam)) & jnp.isfinite(new_value)
       return ok, (new_params, new_value, new_grad, jnp.sqrt(new_norm_sq))
 
-    def cond(carry):
-      return (~carry[1]) & (carry[0] < max_search)
-
-    def body(carry):
-      num_solves, _, h, _ = carry
-      ok, candidate = trial(h)
-      next_h = jnp.where(ok, jnp.maximum(h / 4, h_min), 4 * h)
-      return num_solves + 1, ok, next_h, candidate
-
     stay = (state.params, state.value, state.grad, state.grad_norm)
-    num_solves, accepted, h, candidate = jax.lax.while_loop(
-        cond, body, (jnp.zeros((), jnp.int32), jnp.asarray(False), state.h, stay))
+    num_solves, accepted, h, candidate = _backtracking_search(
+        trial, state.h, stay, factor=4, floor=h_min, max_search=max_search)
     params, value, grad, grad_norm = jax.tree.map(
         lambda new, old: jnp.where(accepted, new, old), candidate, stay)
     h = jnp.where(accepted, h, state.h)  # a stalled search keeps its start (as in GNS)
